@@ -1,0 +1,20 @@
+"""pytest fixtures for the simulated gateway.
+
+Enable with ``pytest_plugins = ["ibkr_resilience.simulator.pytest_plugin"]`` in a
+``conftest.py``. ``fake_gateway`` is a started ``FakeGateway`` on a free port,
+stopped after the test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from ._gateway import FakeGateway
+
+
+@pytest.fixture
+def fake_gateway() -> Iterator[FakeGateway]:
+    with FakeGateway() as gw:
+        yield gw

@@ -323,8 +323,10 @@ class FakeGateway:
         return sorted(c.client_id for c in list(self._conns.values()) if c.client_id is not None)
 
     def _record(self, conn: _Conn, fields: list[str], name: str) -> None:
-        rec = Received(conn.id, conn.client_id, int(fields[0]), name, tuple(fields),
-                       time.monotonic())  # fmt: skip
+        client_id = conn.client_id
+        if name == "startApi" and len(fields) > 2 and fields[2].lstrip("-").isdigit():
+            client_id = int(fields[2])  # the id the client asks for, granted or not
+        rec = Received(conn.id, client_id, int(fields[0]), name, tuple(fields), time.monotonic())
         with self._cond:
             self._received.append(rec)
             self._cond.notify_all()

@@ -370,10 +370,12 @@ class FakeGateway:
     async def _shutdown(self) -> None:
         if self._reopen is not None:
             self._reopen.cancel()
-        await self._close_listener()
-        for task in list(self._serving):
-            task.cancel()
-        await asyncio.gather(*self._serving, return_exceptions=True)
+        await self._close_listener()  # closing each connection ends its handler
+        if self._serving:
+            _, stuck = await asyncio.wait(list(self._serving), timeout=2)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
 
     def _schedule_drop(self, conn: _Conn, after: float) -> None:
         loop = asyncio.get_running_loop()
@@ -431,9 +433,14 @@ class FakeGateway:
         except (ConnectionError, asyncio.IncompleteReadError):
             reason = "client closed"
         except asyncio.CancelledError:
+            # Only _shutdown cancels a handler. Not re-raised: asyncio's stream
+            # callback would report a cancelled handler as an unhandled error.
             reason = "gateway stopped"
-            raise
-        finally:
+        except Exception as exc:  # a simulator bug: keep serving the others
+            reason = f"internal error: {exc!r}"
+            self._record_event("sim.internal_error", conn=conn.id, error=repr(exc))
+            log.exception("sim.internal_error", extra={"conn": conn.id})
+        with contextlib.suppress(asyncio.CancelledError):
             await self._close(conn, reason)
 
     async def _read_message(self, conn: _Conn) -> bytes | None:

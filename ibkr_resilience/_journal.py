@@ -1,0 +1,220 @@
+"""The trade journal: one JSON object per line, durable before the call returns.
+
+The team's trade records used to miss whole days when a script died, so every record
+is written with one ``os.write`` on an ``O_APPEND`` descriptor (concurrent writers never
+interleave inside a line) and ``os.fsync``-ed before :meth:`Journal.append` returns: once
+the script logs "placed", the journal has it even if the process is killed next.
+The format and default path are documented in ``docs/order-plan.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+SUBMITTED = "order.submitted"
+SKIPPED = "order.skipped"
+REJECTED = "order.rejected"
+UNCONFIRMED = "order.unconfirmed"
+DRY_RUN = "order.dry_run"
+CANCELLED = "order.cancelled"
+EVENTS = frozenset({SUBMITTED, SKIPPED, REJECTED, UNCONFIRMED, DRY_RUN, CANCELLED})
+
+# Read access only so that _ends_torn can look at the last byte; writes always append.
+_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+
+
+class JournalError(OSError):
+    """The journal cannot be opened, written or read.
+
+    The message is one line naming the path and the reason. It is an ``OSError`` so a
+    caller's existing ``except OSError`` still applies; ``errno`` is kept.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def utc_now() -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``, the form log viewers sort correctly."""
+    now = datetime.now(UTC)
+    return f"{now:%Y-%m-%dT%H:%M:%S}.{now.microsecond // 1000:03d}Z"
+
+
+class Journal:
+    """An append-only JSON-lines file, opened (and created) at construction.
+
+    Opening eagerly makes an unwritable journal fail the run before any order is sent,
+    not after the first fill.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        script: str | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.path = Path(path).expanduser()
+        self.script = script or _default_script()
+        self.run_id = run_id or uuid.uuid4().hex
+        self._fd: int | None = self._open()
+
+    @staticmethod
+    def default_path(env: Mapping[str, str] | None = None) -> Path:
+        """``$IBKR_JOURNAL``, else ``$XDG_STATE_HOME/ibkr_resilience/journal.jsonl``,
+        else ``~/.local/state/ibkr_resilience/journal.jsonl``.
+
+        A journal is state that must outlive caches and temp-dir cleaners, hence the XDG
+        state directory; a relative ``XDG_STATE_HOME`` is ignored, as the spec requires.
+        """
+        environ = os.environ if env is None else env
+        explicit = environ.get("IBKR_JOURNAL", "").strip()
+        if explicit:
+            return Path(explicit).expanduser()
+        state = environ.get("XDG_STATE_HOME", "").strip()
+        base = Path(state) if state and os.path.isabs(state) else Path.home() / ".local/state"
+        return base / "ibkr_resilience" / "journal.jsonl"
+
+    def append(self, event: str, **fields: Any) -> dict[str, Any]:
+        """Write one record and fsync it; return the record as written.
+
+        ``time``, ``event``, ``script`` and ``run_id`` come first; ``fields`` follow
+        (usually ``PlannedOrder.journal_fields()`` plus order id, perm id, status and
+        message). Values JSON cannot encode are written as their ``str()``, because
+        losing a record over an odd type is worse than a less structured field.
+        """
+        record: dict[str, Any] = {
+            "time": utc_now(),
+            "event": event,
+            "script": self.script,
+            "run_id": self.run_id,
+        }
+        record.update(fields)
+        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        self._write(line.encode("utf-8"))
+        return record
+
+    def close(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _open(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
+            fd = os.open(self.path, _FLAGS, 0o644)
+        except OSError as exc:
+            raise _error("cannot open journal", self.path, exc) from None
+        try:
+            if created:
+                _fsync_dir(self.path.parent)  # so the new file's name survives a crash too
+            elif _ends_torn(fd):
+                # A writer died mid-line: end that line so our record starts on its own.
+                os.write(fd, b"\n")
+        except OSError as exc:
+            os.close(fd)
+            raise _error("cannot open journal", self.path, exc) from None
+        return fd
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            raise JournalError(f"journal {self.path} is closed")
+        try:
+            view = memoryview(data)
+            while view:  # a regular file takes it whole; loop only on a short write
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise _error("cannot write journal", self.path, exc) from None
+
+
+@dataclass
+class JournalContents:
+    """Records read back, plus how many lines could not be parsed.
+
+    A torn last line is what a writer killed mid-``write`` leaves; it is counted in
+    ``skipped`` rather than raised, since every complete record is still good.
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    skipped: int = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def read_journal(path: str | os.PathLike[str]) -> JournalContents:
+    """Every complete record in ``path``; unparseable lines are skipped and counted."""
+    p = Path(path).expanduser()
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise _error("cannot read journal", p, exc) from None
+    contents = JournalContents()
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            record = None
+        if isinstance(record, dict):
+            contents.records.append(record)
+        else:
+            contents.skipped += 1
+    return contents
+
+
+def _ends_torn(fd: int) -> bool:
+    size = os.fstat(fd).st_size
+    return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # not supported everywhere (e.g. Windows); the file itself is still synced
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _error(action: str, path: Path, exc: OSError) -> JournalError:
+    reason = exc.strerror or str(exc)
+    return JournalError(f"{action} {path}: {reason}", exc.errno)
+
+
+def _default_script() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"

@@ -1,7 +1,43 @@
-"""Resilient IB Gateway / TWS sessions for unattended trading scripts."""
+"""Resilient IB Gateway / TWS sessions for unattended trading scripts.
+
+``with ibkr_session(client_id=10) as ib:`` yields a connected, fully synced ``IB`` and
+always disconnects; see ``docs/configuration.md`` and ``docs/logging.md``. Nothing here
+configures logging on import: scripts call :func:`configure_logging`.
+"""
 
 from __future__ import annotations
 
+from ._alerts import TelegramAlert
+from ._config import (
+    DEFAULT_CLIENT_ID,
+    GATEWAY_LIVE_PORT,
+    GATEWAY_PAPER_PORT,
+    LIVE_PORT,
+    PAPER_PORT,
+    SessionConfig,
+)
+from ._errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from ._legacy import connect, disconnect, get_account
+from ._logging import configure_logging
+from ._session import ibkr_session
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "GATEWAY_LIVE_PORT",
+    "GATEWAY_PAPER_PORT",
+    "LIVE_PORT",
+    "PAPER_PORT",
+    "ConfigError",
+    "ConnectionFailed",
+    "LiveAccountRefused",
+    "SessionConfig",
+    "TelegramAlert",
+    "__version__",
+    "configure_logging",
+    "connect",
+    "disconnect",
+    "get_account",
+    "ibkr_session",
+]

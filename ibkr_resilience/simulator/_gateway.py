@@ -502,7 +502,7 @@ class FakeGateway:
                 raise ProtocolError(f"unknown message id {msg_id}")
             self._record(conn, fields, name)
             log.info("sim.message", extra={"conn": conn.id, "client_id": conn.client_id,
-                                           "msg": name, "fields": fields[1:]})  # fmt: skip
+                                           "request": name, "fields": fields[1:]})  # fmt: skip
             if self._scenario.name == "hang":
                 continue
             try:

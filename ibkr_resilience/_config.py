@@ -1,0 +1,271 @@
+"""Port constants and every setting, parsed and validated in exactly one place.
+
+Cron lines tune the library through environment variables, and a typo there must fail
+the job at once with a message that says which variable is wrong and what it should
+be, instead of surfacing later as an odd retry schedule. So all parsing and all checks
+go through :func:`_convert`, and the only error type is :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._errors import ConfigError
+
+PAPER_PORT = 7497
+"""TWS, paper trading."""
+LIVE_PORT = 7496
+"""TWS, live trading."""
+GATEWAY_PAPER_PORT = 4002
+"""IB Gateway, paper trading."""
+GATEWAY_LIVE_PORT = 4001
+"""IB Gateway, live trading."""
+DEFAULT_CLIENT_ID = 10
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "console")
+
+_Kind = Literal[
+    "host",
+    "port",
+    "client_id",
+    "count",
+    "positive",
+    "non_negative",
+    "bool",
+    "log_format",
+    "log_level",
+    "url",
+    "text",
+    "secret",
+]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Every setting of a session, frozen so a running session cannot be re-tuned midway.
+
+    The defaults are chosen to ride out a daily IB Gateway restart (a minute or more of
+    closed port and login) inside one cron run: a 120 s budget, refused connections
+    retried every 0.5 s because a closed port costs the gateway nothing, and an attempt
+    count high enough that the budget, not the count, is what ends the retries.
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = PAPER_PORT
+    client_id: int = DEFAULT_CLIENT_ID
+    timeout: float = 15.0
+    max_attempts: int = 500
+    max_time: float = 120.0
+    retry_delay: float = 1.0
+    max_retry_delay: float = 15.0
+    refused_retry_interval: float = 0.5
+    alert_timeout: float = 5.0
+    paper_only: bool = True
+    allow_live: bool = False
+    telegram_token: str | None = field(default=None, repr=False)
+    telegram_chat_id: str | None = None
+    telegram_api_url: str = DEFAULT_TELEGRAM_API_URL
+    log_format: str | None = None
+    log_file: str | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for spec in _SPECS:
+            value = getattr(self, spec.field)
+            if value is None and spec.optional:
+                continue
+            converted = _convert(spec, value, spec.field)
+            if converted != value:
+                object.__setattr__(self, spec.field, converted)
+        if self.refused_retry_interval > self.max_time:
+            raise ConfigError(
+                f"refused_retry_interval={self.refused_retry_interval!r}: expected a value "
+                f"no larger than max_time ({self.max_time!r})"
+            )
+
+    @property
+    def live_allowed(self) -> bool:
+        """Whether the paper guard is off, by argument or by ``IBKR_ALLOW_LIVE``."""
+        return self.allow_live or not self.paper_only
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> SessionConfig:
+        """Build a config from the environment, then apply keyword overrides.
+
+        An override of ``None`` means "not given" so that ``ibkr_session(port=None)``
+        falls back to the environment and then to the default, as documented. An empty
+        environment variable counts as unset (``IBKR_PORT= ./job`` in a crontab).
+        """
+        return _load(os.environ if env is None else env, overrides, base=None)
+
+    def replace(self, **overrides: Any) -> SessionConfig:
+        """Return a copy with the non-``None`` overrides applied and validated."""
+        return _load({}, overrides, base=self)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    field: str
+    env: str | None
+    kind: _Kind
+    optional: bool = False
+
+
+_SPECS: tuple[_Spec, ...] = (
+    _Spec("host", "IBKR_HOST", "host"),
+    _Spec("port", "IBKR_PORT", "port"),
+    _Spec("client_id", None, "client_id"),
+    _Spec("timeout", "IBKR_CONNECT_TIMEOUT", "positive"),
+    _Spec("max_attempts", "IBKR_CONNECT_MAX_RETRIES", "count"),
+    _Spec("max_time", "IBKR_CONNECT_MAX_TIME", "positive"),
+    _Spec("retry_delay", "IBKR_CONNECT_RETRY_DELAY", "non_negative"),
+    _Spec("max_retry_delay", None, "non_negative"),
+    _Spec("refused_retry_interval", None, "non_negative"),
+    _Spec("alert_timeout", "IBKR_ALERT_TIMEOUT", "positive"),
+    _Spec("paper_only", None, "bool"),
+    _Spec("allow_live", "IBKR_ALLOW_LIVE", "bool"),
+    _Spec("telegram_token", "IFDS_TELEGRAM_BOT_TOKEN", "secret", optional=True),
+    _Spec("telegram_chat_id", "IFDS_TELEGRAM_CHAT_ID", "text", optional=True),
+    _Spec("telegram_api_url", "IFDS_TELEGRAM_API_URL", "url"),
+    _Spec("log_format", "IBKR_LOG_FORMAT", "log_format", optional=True),
+    _Spec("log_file", "IBKR_LOG_FILE", "text", optional=True),
+    _Spec("log_level", "IBKR_LOG_LEVEL", "log_level"),
+)
+_BY_FIELD = {spec.field: spec for spec in _SPECS}
+_BY_ENV = {spec.env: spec for spec in _SPECS if spec.env}
+
+
+def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
+    """Parse one environment variable by its name; ``None`` when unset or empty.
+
+    For callers that need a single setting (logging setup, the legacy module's
+    constants) without failing on an unrelated bad variable.
+    """
+    spec = _BY_ENV[name]
+    raw = (os.environ if env is None else env).get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return _convert(spec, raw, name)
+
+
+def _load(
+    env: Mapping[str, str], overrides: Mapping[str, Any], base: SessionConfig | None
+) -> SessionConfig:
+    values: dict[str, Any] = {}
+    if base is not None:
+        values.update({f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    for name, spec in _BY_ENV.items():
+        raw = env.get(name)
+        if raw is not None and raw.strip() != "":
+            values[spec.field] = _convert(spec, raw, name)
+    for key, value in overrides.items():
+        if key not in _BY_FIELD:
+            raise TypeError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = _convert(_BY_FIELD[key], value, key)
+    return SessionConfig(**values)
+
+
+def _show(label: str, value: object, spec: _Spec) -> str:
+    if spec.kind == "secret":
+        return f"{label} (value hidden)"
+    return f"{label}={value!r}"
+
+
+def _convert(spec: _Spec, value: object, label: str) -> Any:
+    """Parse (when given a string) and validate one setting; the only place checks live."""
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{_show(label, value, spec)}: expected {expected}")
+
+    kind = spec.kind
+    if kind in ("port", "client_id", "count"):
+        expected = {
+            "port": "an integer port between 1 and 65535",
+            "client_id": "an integer client id >= 0",
+            "count": "an integer >= 1",
+        }[kind]
+        number: int
+        if isinstance(value, bool):
+            raise bad(expected)
+        if isinstance(value, int):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = int(value.strip())
+            except ValueError:
+                raise bad(expected) from None
+        else:
+            raise bad(expected)
+        low, high = {"port": (1, 65535), "client_id": (0, 2**31 - 1), "count": (1, 10**9)}[kind]
+        if not low <= number <= high:
+            raise bad(expected)
+        return number
+    if kind in ("positive", "non_negative"):
+        expected = (
+            "a finite number of seconds > 0"
+            if kind == "positive"
+            else "a finite number of seconds >= 0"
+        )
+        real: float
+        if isinstance(value, bool):
+            raise bad(expected)
+        if isinstance(value, int | float):
+            real = float(value)
+        elif isinstance(value, str):
+            try:
+                real = float(value.strip())
+            except ValueError:
+                raise bad(expected) from None
+        else:
+            raise bad(expected)
+        if not math.isfinite(real) or real < 0 or (kind == "positive" and real == 0):
+            raise bad(expected)
+        return value if isinstance(value, int | float) else real
+    if kind == "bool":
+        expected = "one of 1/0, true/false, yes/no, on/off"
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+        raise bad(expected)
+    if kind == "log_format":
+        if isinstance(value, str) and value.strip().lower() in LOG_FORMATS:
+            return value.strip().lower()
+        raise bad("json or console")
+    if kind == "log_level":
+        if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+            return value.strip().upper()
+        raise bad("one of " + ", ".join(LOG_LEVELS))
+    if kind == "host":
+        if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value.strip()):
+            return value.strip()
+        raise bad("a host name or IP address without spaces")
+    if kind == "url":
+        if isinstance(value, str) and value.strip().startswith(("http://", "https://")):
+            return value.strip().rstrip("/")
+        raise bad("an http:// or https:// URL")
+    # text and secret
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise bad("a non-empty string")
+
+
+def check_setting(name: str, value: object) -> Any:
+    """Validate one programmatic setting by its field name (same rules, same error)."""
+    return _convert(_BY_FIELD[name], value, name)

@@ -1,0 +1,165 @@
+"""The one place where logging is configured, called by the scripts, never on import.
+
+A library that configures logging on import fights its host application; so the
+package only *emits* events and :func:`configure_logging` wires them up. It routes
+structlog and the stdlib (``ib_insync.*``, ``urllib3``) through the same
+``ProcessorFormatter`` so that one run produces one homogeneous stream of JSON lines a
+log viewer can index: ``timestamp`` (RFC 3339, UTC, ``Z``), ``level``, ``logger``,
+``event``, plus the run's ``run_id`` and ``script`` on every line. Secrets are removed by
+a single processor that runs after exceptions are rendered, so tracebacks are scrubbed
+too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Mapping, MutableMapping
+from typing import IO, Any
+
+import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.typing import Processor
+
+from ._config import check_setting, env_value
+from ._redact import redact_secrets, register_secret
+
+_HANDLER_MARK = "_ibkr_resilience_handler"
+_FIRST_KEYS = ("timestamp", "level", "logger", "event", "run_id", "script")
+
+
+class _RunContext:
+    """Stamp every line, ours and foreign, with the run's id and script name.
+
+    A processor rather than contextvars: contextvars do not follow the daemon threads
+    that deliver alerts, and every line of the run must carry the same ids.
+    """
+
+    def __init__(self, run_id: str, script: str) -> None:
+        self.run_id = run_id
+        self.script = script
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        event_dict.setdefault("run_id", self.run_id)
+        event_dict.setdefault("script", self.script)
+        return event_dict
+
+
+def _order_keys(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Put the keys a human scans first at the start of each JSON line."""
+    ordered = {key: event_dict.pop(key) for key in _FIRST_KEYS if key in event_dict}
+    ordered.update(event_dict)
+    return ordered
+
+
+def _default_script() -> str:
+    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+
+
+def configure_logging(
+    format: str | None = None,
+    level: str | None = None,
+    file: str | None = None,
+    script: str | None = None,
+    run_id: str | None = None,
+    *,
+    stream: IO[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """Configure structlog and the stdlib root logger; return the run id.
+
+    ``None`` arguments come from ``IBKR_LOG_FORMAT``, ``IBKR_LOG_LEVEL`` and
+    ``IBKR_LOG_FILE``, else the defaults (console when ``stream`` is a terminal, JSON
+    otherwise; INFO; no file). Calling it again replaces the previous setup instead of
+    stacking handlers, so a script and a test can both call it.
+    """
+    environ = os.environ if env is None else env
+    out: IO[str] = sys.stderr if stream is None else stream
+    fmt = check_setting("log_format", format) if format else env_value("IBKR_LOG_FORMAT", environ)
+    if fmt is None:
+        isatty = getattr(out, "isatty", None)
+        fmt = "console" if callable(isatty) and isatty() else "json"
+    lvl = check_setting("log_level", level) if level else env_value("IBKR_LOG_LEVEL", environ)
+    lvl = lvl or "INFO"
+    path = file or env_value("IBKR_LOG_FILE", environ)
+    run = run_id or uuid.uuid4().hex
+    register_secret(environ.get("IFDS_TELEGRAM_BOT_TOKEN"))
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        _RunContext(run, script or _default_script()),
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        # stdlib ``logger.info(msg, extra={...})`` fields become keys of the line.
+        structlog.stdlib.ExtraAdder(),
+    ]
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        # Not cached: module-level loggers must follow a later reconfiguration.
+        cache_logger_on_first_use=False,
+    )
+
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+        if isinstance(old, logging.FileHandler):
+            old.close()
+
+    console = logging.StreamHandler(out)
+    console.setFormatter(_formatter(fmt, shared, colors=fmt == "console" and _isatty(out)))
+    setattr(console, _HANDLER_MARK, True)
+    root.addHandler(console)
+    if path:
+        to_file = logging.FileHandler(path, mode="a", encoding="utf-8")
+        to_file.setFormatter(_formatter("json", shared, colors=False))
+        setattr(to_file, _HANDLER_MARK, True)
+        root.addHandler(to_file)
+    root.setLevel(lvl)
+    return run
+
+
+def _isatty(stream: IO[str]) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    return bool(callable(isatty) and isatty())
+
+
+def _formatter(
+    fmt: str, shared: list[Processor], *, colors: bool
+) -> structlog.stdlib.ProcessorFormatter:
+    renderer: Processor
+    exceptions: Processor
+    if fmt == "console":
+        # Render the traceback to text first so that redaction sees it.
+        exceptions = structlog.processors.format_exc_info
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
+    else:
+        # show_locals=False: a frame local may hold the bot token.
+        exceptions = structlog.processors.ExceptionRenderer(
+            ExceptionDictTransformer(show_locals=False)
+        )
+        renderer = structlog.processors.JSONRenderer()
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            exceptions,
+            redact_secrets,
+            _order_keys,
+            renderer,
+        ],
+    )

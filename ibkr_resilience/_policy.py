@@ -1,0 +1,263 @@
+"""The retry schedule, driven by ``backoff``, with an injected clock and sleep.
+
+Attempts are run by ``backoff.on_exception``: it counts tries (``max_tries``), asks our
+``giveup`` predicate about the total budget, sends each failure into our wait generator
+(backoff 2.x does ``wait.send(exception)``) and calls the handlers that write the log
+lines. What backoff cannot do is decided here:
+
+* **The delay depends on the failure class.** A refused connection costs the gateway
+  nothing, so while the port is closed we retry at a short fixed interval and connect
+  within about that interval of the gateway coming back. Failures where the gateway
+  answered but misbehaved get exponential backoff with full jitter (``backoff.expo``
+  and ``backoff.full_jitter``), capped, so a struggling gateway is not hammered.
+* **The budget is measured on a monotonic clock.** backoff's own ``max_time`` reads
+  ``datetime.now()``, which NTP steps and DST distort and freezegun freezes; it is not
+  used. Every delay and every attempt's timeout is clamped to what is left.
+* **Sleeping goes through an injected function when one is given.** backoff hard-codes
+  ``time.sleep``. With no injected sleep, the generator yields the real delay and
+  backoff sleeps it itself (so code that patches ``time.sleep``, like old callers'
+  tests, sees exactly one ``time.sleep(delay)`` per retry). With an injected sleep the
+  generator yields ``0`` to backoff and the ``on_backoff`` handler, after logging the
+  planned delay, calls the injected sleep with it: tests then use a fake clock and fake
+  sleep and never wait, without patching backoff's globals.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import backoff
+import structlog
+
+from ._attempt import AttemptFailed, FailureClass
+from ._errors import ConnectionFailed
+
+log = structlog.get_logger("ibkr_resilience.connect")
+
+T = TypeVar("T")
+
+MIN_ATTEMPT_WINDOW = 0.1
+"""An attempt gets at least this long; the budget is not spent on shorter ones."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many attempts, how long in total, and how long between them."""
+
+    max_attempts: int
+    max_time: float | None
+    retry_delay: float
+    max_retry_delay: float
+    refused_interval: float
+    fixed_delay: bool = False
+    """Legacy schedule: every retry waits exactly ``retry_delay``, whatever the class."""
+    jitter: Callable[[float], float] = backoff.full_jitter
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where to connect, and the per-attempt bound; carried into every log line."""
+
+    host: str
+    port: int
+    client_id: int
+    timeout: float
+
+
+def hint_for(failure_class: str, client_id: int) -> str | None:
+    """What the operator should check, for the classes where we know."""
+    if failure_class == FailureClass.REJECTED:
+        return (
+            f"another process probably holds client id {client_id} "
+            "(a previous run that did not disconnect, or a second job with the same id)"
+        )
+    if failure_class == FailureClass.NOT_LOGGED_IN:
+        return "the API port is open but the API did not start: is the gateway logged in?"
+    if failure_class == FailureClass.REFUSED:
+        return "nothing listens on the port: is the gateway running, and is the port right?"
+    if failure_class == FailureClass.INCOMPLETE_SYNC:
+        return "the gateway started the API but did not answer the initial sync"
+    return None
+
+
+class _Run(Generic[T]):
+    """The state of one retry loop: budget, attempt number, the planned next delay."""
+
+    def __init__(
+        self,
+        attempt: Callable[[int, float], T],
+        *,
+        policy: RetryPolicy,
+        target: Target,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None] | None,
+        describe: Callable[[T], Mapping[str, Any]],
+    ) -> None:
+        self.attempt = attempt
+        self.policy = policy
+        self.target = target
+        self.clock = clock
+        self.sleep = sleep
+        self.describe = describe
+        self.log = log.bind(host=target.host, port=target.port, client_id=target.client_id)
+        self.start = clock()
+        self.deadline = None if policy.max_time is None else self.start + policy.max_time
+        self.attempts = 0
+        self.attempt_started = self.start
+        self.planned_delay = 0.0
+        self.last: AttemptFailed | None = None
+        self.result: T | None = None
+
+    # -- budget -----------------------------------------------------------------------
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - self.clock()
+
+    def elapsed_ms(self) -> float:
+        return round((self.clock() - self.start) * 1000, 1)
+
+    def budget_exhausted(self, _failure: Exception) -> bool:
+        remaining = self.remaining()
+        return remaining is not None and remaining < MIN_ATTEMPT_WINDOW
+
+    # -- backoff hooks ----------------------------------------------------------------
+    def wait_gen(self) -> Generator[float, Any, None]:
+        expo = backoff.expo(factor=self.policy.retry_delay, max_value=self.policy.max_retry_delay)
+        next(expo)  # advance past expo's priming yield
+        failure = yield 0.0  # backoff primes us with send(None)
+        while True:
+            failure_class = getattr(failure, "failure_class", FailureClass.ERROR)
+            if self.policy.fixed_delay:
+                planned = self.policy.retry_delay
+            elif failure_class == FailureClass.REFUSED:
+                planned = self.policy.refused_interval
+            else:
+                planned = self.policy.jitter(next(expo))
+            remaining = self.remaining()
+            if remaining is not None:
+                planned = max(0.0, min(planned, remaining - MIN_ATTEMPT_WINDOW))
+            self.planned_delay = planned
+            failure = yield (planned if self.sleep is None else 0.0)
+
+    def on_backoff(self, details: Mapping[str, Any]) -> None:
+        self._log_failure(details["exception"], next_delay=self.planned_delay)
+        if self.sleep is not None:
+            self.sleep(self.planned_delay)
+
+    def on_giveup(self, details: Mapping[str, Any]) -> None:
+        failure = details["exception"]
+        self._log_failure(failure, next_delay=None)
+        reason = "max_attempts" if self.attempts >= self.policy.max_attempts else "max_time"
+        self.log.error(
+            "ibkr.connect.gave_up",
+            attempts=self.attempts,
+            max_attempts=self.policy.max_attempts,
+            max_time_s=self.policy.max_time,
+            reason=reason,
+            elapsed_ms=self.elapsed_ms(),
+            failure_class=str(failure.failure_class),
+            error_type=type(failure.error).__name__,
+            error=str(failure.error),
+            hint=hint_for(failure.failure_class, self.target.client_id),
+        )
+
+    def on_success(self, details: Mapping[str, Any]) -> None:
+        result = self.result
+        info = dict(self.describe(result)) if result is not None else {}
+        self.log.info(
+            "ibkr.connect.success",
+            attempt=self.attempts,
+            max_attempts=self.policy.max_attempts,
+            attempt_ms=round((self.clock() - self.attempt_started) * 1000, 1),
+            elapsed_ms=self.elapsed_ms(),
+            **info,
+        )
+
+    def _log_failure(self, failure: AttemptFailed, next_delay: float | None) -> None:
+        self.log.warning(
+            "ibkr.connect.failed",
+            attempt=self.attempts,
+            max_attempts=self.policy.max_attempts,
+            failure_class=str(failure.failure_class),
+            error_type=type(failure.error).__name__,
+            error=str(failure.error),
+            detail=failure.detail,
+            attempt_ms=round((self.clock() - self.attempt_started) * 1000, 1),
+            elapsed_ms=self.elapsed_ms(),
+            next_delay_s=None if next_delay is None else round(next_delay, 3),
+            hint=hint_for(failure.failure_class, self.target.client_id),
+        )
+
+    # -- the target backoff retries ---------------------------------------------------
+    def one_attempt(self) -> T:
+        self.attempts += 1
+        timeout = self.target.timeout
+        remaining = self.remaining()
+        if remaining is not None:
+            timeout = max(MIN_ATTEMPT_WINDOW, min(timeout, remaining))
+        self.attempt_started = self.clock()
+        self.log.info(
+            "ibkr.connect.attempt",
+            attempt=self.attempts,
+            max_attempts=self.policy.max_attempts,
+            timeout_s=round(timeout, 3),
+        )
+        try:
+            self.result = self.attempt(self.attempts, timeout)
+        except AttemptFailed as failure:
+            self.last = failure
+            raise
+        return self.result
+
+    def run(self) -> T:
+        retrying = backoff.on_exception(
+            self.wait_gen,
+            AttemptFailed,
+            max_tries=self.policy.max_attempts,
+            giveup=self.budget_exhausted,
+            on_backoff=self.on_backoff,
+            on_giveup=self.on_giveup,
+            on_success=self.on_success,
+            jitter=None,  # jitter is applied per class inside wait_gen
+            logger=None,  # our handlers write the log lines
+        )(self.one_attempt)
+        try:
+            return retrying()
+        except AttemptFailed as failure:
+            elapsed = self.clock() - self.start
+            t = self.target
+            raise ConnectionFailed(
+                f"could not connect to {t.host}:{t.port} with client id {t.client_id}: "
+                f"{self.attempts} attempt(s) in {elapsed:.1f} s, last failure "
+                f"{failure.failure_class}: {type(failure.error).__name__}: {failure.error}",
+                attempts=self.attempts,
+                elapsed=elapsed,
+                last_error=failure.error,
+                failure_class=str(failure.failure_class),
+            ) from failure.error
+
+
+def connect_with_retries(
+    attempt: Callable[[int, float], T],
+    *,
+    policy: RetryPolicy,
+    target: Target,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] | None = None,
+    describe: Callable[[T], Mapping[str, Any]] = lambda _result: {},
+) -> T:
+    """Call ``attempt(n, timeout)`` until it succeeds; raise ConnectionFailed on give-up.
+
+    ``attempt`` raises :class:`AttemptFailed` to ask for a retry; anything else (a
+    ``KeyboardInterrupt``, the ``SystemExit`` raised on SIGTERM) ends the loop at once.
+    """
+    return _Run(
+        attempt,
+        policy=policy,
+        target=target,
+        clock=clock,
+        sleep=sleep,
+        describe=describe,
+    ).run()

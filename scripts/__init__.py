@@ -1,0 +1,1 @@
+"""Trading scripts, importable from the repository root (``scripts.paper_trading...``)."""

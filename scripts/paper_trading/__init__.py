@@ -1,0 +1,1 @@
+"""The paper-trading cron jobs."""

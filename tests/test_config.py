@@ -1,0 +1,150 @@
+"""Settings: one parser, one error type, messages that name the variable and value."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import ibkr_resilience as ir
+from ibkr_resilience import ConfigError, SessionConfig
+from ibkr_resilience._config import env_value
+
+TOKEN = "123456789:AAFakeTokenValue_abcdefghijklmnop"
+
+
+def test_port_constants() -> None:
+    assert (ir.PAPER_PORT, ir.LIVE_PORT) == (7497, 7496)
+    assert (ir.GATEWAY_PAPER_PORT, ir.GATEWAY_LIVE_PORT) == (4002, 4001)
+    assert ir.DEFAULT_CLIENT_ID == 10
+
+
+def test_defaults_ride_out_a_sixty_second_restart() -> None:
+    cfg = SessionConfig.from_env({})
+    assert cfg.host == "127.0.0.1" and cfg.port == ir.PAPER_PORT
+    assert cfg.max_time >= 120
+    # Refused retries every <1 s for the whole budget must fit in the attempt count.
+    assert cfg.refused_retry_interval < 1
+    assert cfg.max_attempts * cfg.refused_retry_interval >= cfg.max_time
+    assert cfg.alert_timeout == 5
+    assert cfg.paper_only and not cfg.allow_live and not cfg.live_allowed
+
+
+def test_every_variable_is_read() -> None:
+    env = {
+        "IBKR_HOST": "gw.local",
+        "IBKR_PORT": "4002",
+        "IBKR_CONNECT_TIMEOUT": "2.5",
+        "IBKR_CONNECT_MAX_RETRIES": "7",
+        "IBKR_CONNECT_RETRY_DELAY": "0.5",
+        "IBKR_CONNECT_MAX_TIME": "30",
+        "IBKR_ALERT_TIMEOUT": "3",
+        "IFDS_TELEGRAM_BOT_TOKEN": TOKEN,
+        "IFDS_TELEGRAM_CHAT_ID": "-100123",
+        "IFDS_TELEGRAM_API_URL": "http://127.0.0.1:8081/",
+        "IBKR_LOG_FORMAT": "Console",
+        "IBKR_LOG_FILE": "/tmp/x.jsonl",
+        "IBKR_LOG_LEVEL": "debug",
+        "IBKR_ALLOW_LIVE": "yes",
+    }
+    cfg = SessionConfig.from_env(env)
+    assert (cfg.host, cfg.port, cfg.timeout, cfg.max_attempts) == ("gw.local", 4002, 2.5, 7)
+    assert (cfg.retry_delay, cfg.max_time, cfg.alert_timeout) == (0.5, 30.0, 3.0)
+    assert cfg.telegram_token == TOKEN and cfg.telegram_chat_id == "-100123"
+    assert cfg.telegram_api_url == "http://127.0.0.1:8081"
+    assert (cfg.log_format, cfg.log_file, cfg.log_level) == ("console", "/tmp/x.jsonl", "DEBUG")
+    assert cfg.allow_live and cfg.live_allowed
+
+
+def test_empty_variable_counts_as_unset() -> None:
+    assert SessionConfig.from_env({"IBKR_PORT": "", "IBKR_HOST": "  "}).port == 7497
+
+
+def test_overrides_win_and_none_means_not_given() -> None:
+    cfg = SessionConfig.from_env({"IBKR_PORT": "4002"}, port=None, client_id=11, timeout=3)
+    assert (cfg.port, cfg.client_id, cfg.timeout) == (4002, 11, 3)
+    assert SessionConfig.from_env({"IBKR_PORT": "4002"}, port=4001).port == 4001
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("IBKR_PORT", "abc", "integer port"),
+        ("IBKR_PORT", "0", "integer port"),
+        ("IBKR_PORT", "70000", "integer port"),
+        ("IBKR_PORT", "-1", "integer port"),
+        ("IBKR_CONNECT_TIMEOUT", "abc", "> 0"),
+        ("IBKR_CONNECT_TIMEOUT", "-2", "> 0"),
+        ("IBKR_CONNECT_TIMEOUT", "0", "> 0"),
+        ("IBKR_CONNECT_TIMEOUT", "nan", "finite"),
+        ("IBKR_CONNECT_TIMEOUT", "inf", "finite"),
+        ("IBKR_CONNECT_MAX_RETRIES", "0", "integer >= 1"),
+        ("IBKR_CONNECT_MAX_RETRIES", "2.5", "integer >= 1"),
+        ("IBKR_CONNECT_MAX_RETRIES", "-3", "integer >= 1"),
+        ("IBKR_CONNECT_RETRY_DELAY", "-1", ">= 0"),
+        ("IBKR_CONNECT_RETRY_DELAY", "NaN", ">= 0"),
+        ("IBKR_CONNECT_MAX_TIME", "inf", "> 0"),
+        ("IBKR_CONNECT_MAX_TIME", "-inf", "> 0"),
+        ("IBKR_ALERT_TIMEOUT", "soon", "> 0"),
+        ("IBKR_LOG_FORMAT", "xml", "json or console"),
+        ("IBKR_LOG_LEVEL", "LOUD", "DEBUG"),
+        ("IBKR_ALLOW_LIVE", "maybe", "true/false"),
+        ("IFDS_TELEGRAM_API_URL", "ftp://x", "http"),
+        ("IBKR_HOST", "two words", "host name"),
+    ],
+)
+def test_bad_values_raise_one_line_config_error(var: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SessionConfig.from_env({var: value, "IFDS_TELEGRAM_BOT_TOKEN": TOKEN})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{var}={value!r}: expected")
+    assert expected in message
+    assert TOKEN not in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_bad_override_names_the_parameter() -> None:
+    with pytest.raises(ConfigError, match=r"^timeout=-1: expected a finite number"):
+        SessionConfig.from_env({}, timeout=-1)
+    with pytest.raises(ConfigError, match=r"^max_attempts=0"):
+        SessionConfig.from_env({}, max_attempts=0)
+    with pytest.raises(ConfigError, match=r"^max_time=nan"):
+        SessionConfig(max_time=float("nan"))
+    with pytest.raises(ConfigError, match=r"^port=True"):
+        SessionConfig(port=True)
+
+
+def test_unknown_override_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="unknown setting 'prot'"):
+        SessionConfig.from_env({}, prot=1)
+
+
+def test_token_is_hidden_from_repr_and_errors() -> None:
+    cfg = SessionConfig(telegram_token=TOKEN, telegram_chat_id="1")
+    assert TOKEN not in repr(cfg) and "telegram_token" not in repr(cfg)
+    assert "telegram_chat_id='1'" in repr(cfg)
+    with pytest.raises(ConfigError) as info:
+        SessionConfig.from_env({}, telegram_token=123)
+    assert "value hidden" in str(info.value) and "123" not in str(info.value)
+
+
+def test_frozen_and_replace_validates() -> None:
+    cfg = SessionConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.port = 1  # type: ignore[misc]
+    assert cfg.replace(port=4002, host=None).port == 4002
+    with pytest.raises(ConfigError, match=r"^port=99999"):
+        cfg.replace(port=99999)
+
+
+def test_refused_interval_cannot_exceed_budget() -> None:
+    with pytest.raises(ConfigError, match="refused_retry_interval"):
+        SessionConfig(max_time=1, refused_retry_interval=2)
+
+
+def test_env_value_reads_one_variable() -> None:
+    assert env_value("IBKR_CONNECT_TIMEOUT", {"IBKR_CONNECT_TIMEOUT": "4"}) == 4.0
+    assert env_value("IBKR_CONNECT_TIMEOUT", {}) is None
+    with pytest.raises(ConfigError, match=r"^IBKR_CONNECT_TIMEOUT='x'"):
+        env_value("IBKR_CONNECT_TIMEOUT", {"IBKR_CONNECT_TIMEOUT": "x"})

@@ -1,0 +1,220 @@
+"""configure_logging: one JSON stream for ours and ib_insync's lines, secrets scrubbed."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+import structlog
+from freezegun import freeze_time
+
+from ibkr_resilience import ConfigError, configure_logging
+
+TOKEN = "987654321:AAHsecretTokenValue-abcdefghij_KLMN"
+RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+def test_json_lines_have_the_common_keys_and_run_context() -> None:
+    out = io.StringIO()
+    run_id = configure_logging(format="json", stream=out, script="submit_orders.py", env={})
+    structlog.get_logger("ibkr_resilience.test").info("ibkr.connect.attempt", attempt=1, port=7497)
+    logging.getLogger("ib_insync.client").info(
+        "Connecting to %s:%s", "127.0.0.1", 7497, extra={"conn": 3, "peer": f"bot{TOKEN}"}
+    )
+    ours, foreign = lines(out)
+    assert foreign["conn"] == 3 and foreign["peer"] == "bot[REDACTED]"
+    for line in (ours, foreign):
+        assert RFC3339_Z.match(str(line["timestamp"])), line
+        assert line["level"] == "info"
+        assert line["run_id"] == run_id and line["script"] == "submit_orders.py"
+    assert ours["event"] == "ibkr.connect.attempt" and ours["logger"] == "ibkr_resilience.test"
+    assert ours["attempt"] == 1 and ours["port"] == 7497
+    assert foreign["logger"] == "ib_insync.client"
+    assert foreign["event"] == "Connecting to 127.0.0.1:7497"
+    assert list(ours)[:4] == ["timestamp", "level", "logger", "event"]
+
+
+def test_timestamp_is_utc_wall_clock() -> None:
+    out = io.StringIO()
+    configure_logging(format="json", stream=out, env={})
+    with freeze_time("2024-03-31T01:30:00+02:00"):  # a DST day in Europe
+        structlog.get_logger("t").warning("ibkr.test")
+    assert lines(out)[0]["timestamp"] == "2024-03-30T23:30:00Z"
+
+
+def test_exceptions_are_structured_without_locals_and_redacted() -> None:
+    out = io.StringIO()
+    configure_logging(format="json", stream=out, env={"IFDS_TELEGRAM_BOT_TOKEN": TOKEN})
+
+    def post() -> None:
+        secret_local = f"https://api.telegram.org/bot{TOKEN}/sendMessage"
+        raise ConnectionError(f"Max retries exceeded with url: {secret_local}")
+
+    try:
+        post()
+    except ConnectionError:
+        structlog.get_logger("t").exception("ibkr.test.failed")
+    try:
+        post()
+    except ConnectionError:
+        logging.getLogger("ib_insync.wrapper").exception("foreign failure")
+    text = out.getvalue()
+    assert TOKEN not in text and TOKEN.split(":")[1] not in text
+    ours, foreign = lines(out)
+    for line in (ours, foreign):
+        exc = line["exception"]
+        assert isinstance(exc, list) and exc[0]["exc_type"] == "ConnectionError"
+        assert "bot[REDACTED]" in exc[0]["exc_value"]
+        assert all("locals" not in frame or not frame["locals"] for frame in exc[0]["frames"])
+        assert "secret_local" not in json.dumps(line)
+
+
+def test_one_processor_redacts_every_string() -> None:
+    out = io.StringIO()
+    custom = "not-token-shaped-secret-42"
+    configure_logging(format="json", stream=out, env={"IFDS_TELEGRAM_BOT_TOKEN": custom})
+    log = structlog.get_logger("t")
+    log.info(f"event with bot{TOKEN}", nested={"url": [f"/bot{TOKEN}/x", ("a", custom)]})
+    logging.getLogger("ib_insync.client").error("foreign %s and %s", TOKEN, custom)
+    text = out.getvalue()
+    assert TOKEN not in text and custom not in text
+    assert text.count("[REDACTED]") >= 4
+
+
+class _BotApi(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b'{"ok":true}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_urllib3_debug_lines_are_redacted() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _BotApi)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    try:
+        out = io.StringIO()
+        configure_logging(format="json", level="DEBUG", stream=out, env={})
+        port = server.server_address[1]
+        requests.get(f"http://127.0.0.1:{port}/bot{TOKEN}/getMe", timeout=2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    urllib3_lines = [x for x in lines(out) if str(x["logger"]).startswith("urllib3")]
+    assert any("/bot[REDACTED]/getMe" in str(x["event"]) for x in urllib3_lines)
+    assert TOKEN not in out.getvalue()
+
+
+def test_console_format_is_rendered_and_redacted() -> None:
+    out = io.StringIO()
+    configure_logging(stream=out, env={"IBKR_LOG_FORMAT": "console"})
+    structlog.get_logger("t").info("ibkr.connect.attempt", url=f"bot{TOKEN}")
+    text = out.getvalue()
+    assert "ibkr.connect.attempt" in text and not text.lstrip().startswith("{")
+    assert TOKEN not in text
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_format_defaults_to_console_on_a_terminal_else_json() -> None:
+    tty = _Tty()
+    configure_logging(stream=tty, env={})
+    structlog.get_logger("t").info("ibkr.test")
+    assert not tty.getvalue().startswith("{")
+    pipe = io.StringIO()
+    configure_logging(stream=pipe, env={})
+    structlog.get_logger("t").info("ibkr.test")
+    assert json.loads(pipe.getvalue())["event"] == "ibkr.test"
+
+
+def test_calling_twice_does_not_duplicate_lines(tmp_path: Path) -> None:
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging(format="json", stream=first, file=str(tmp_path / "a.jsonl"), env={})
+    run_id = configure_logging(format="json", stream=second, run_id="fixed-run", env={})
+    assert run_id == "fixed-run"
+    structlog.get_logger("t").info("ibkr.once")
+    logging.getLogger("ib_insync.ib").warning("once too")
+    assert first.getvalue() == ""
+    assert [x["event"] for x in lines(second)] == ["ibkr.once", "once too"]
+    marked = [h for h in logging.getLogger().handlers if getattr(h, "_ibkr_resilience_handler", 0)]
+    assert len(marked) == 1
+
+
+def test_log_file_appends_json_lines(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    path.write_text('{"earlier": "line"}\n')
+    configure_logging(format="console", stream=io.StringIO(), env={"IBKR_LOG_FILE": str(path)})
+    structlog.get_logger("t").info("ibkr.to.file", token=f"bot{TOKEN}")
+    logging.getLogger("ib_insync.client").info("foreign to file")
+    configure_logging(format="json", stream=io.StringIO(), file=str(path), env={})
+    structlog.get_logger("t").info("ibkr.second.run")
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert rows[0] == {"earlier": "line"}
+    assert [r["event"] for r in rows[1:]] == ["ibkr.to.file", "foreign to file", "ibkr.second.run"]
+    assert TOKEN not in path.read_text()
+
+
+def test_level_filters_ours_and_foreign() -> None:
+    out = io.StringIO()
+    configure_logging(format="json", stream=out, env={"IBKR_LOG_LEVEL": "warning"})
+    structlog.get_logger("t").info("ibkr.hidden")
+    logging.getLogger("ib_insync.client").info("hidden too")
+    structlog.get_logger("t").warning("ibkr.shown")
+    assert [x["event"] for x in lines(out)] == ["ibkr.shown"]
+
+
+def test_bad_settings_raise_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^IBKR_LOG_FORMAT='xml'"):
+        configure_logging(stream=io.StringIO(), env={"IBKR_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigError, match=r"^log_level='chatty'"):
+        configure_logging(level="chatty", stream=io.StringIO(), env={})
+
+
+def test_importing_the_package_configures_nothing() -> None:
+    code = (
+        "import logging, structlog, ibkr_resilience, scripts.paper_trading.lib.connection;"
+        "print(len(logging.getLogger().handlers), structlog.is_configured())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.stdout.split() == ["0", "False"]

@@ -84,7 +84,10 @@ def test_handshake_and_initial_sync(fake_gateway: FakeGateway) -> None:
 
 
 def test_positions_and_accounts_are_served() -> None:
-    positions = [SimPosition("DU1234567", "AAPL", 100, 150.0), SimPosition("DU1234567", "MSFT", -5, 400.0)]
+    positions = [
+        SimPosition("DU1234567", "AAPL", 100, 150.0),
+        SimPosition("DU1234567", "MSFT", -5, 400.0),
+    ]
     with FakeGateway(accounts=["DU1234567"], positions=positions) as gw:
         ib = IB().connect("127.0.0.1", gw.port, clientId=3, timeout=2)
         try:
@@ -120,7 +123,8 @@ def test_market_order_fills_with_order_ref(fake_gateway: FakeGateway, ib_conn: I
     assert placed.fields[3] == "AAPL" and placed.fields[16] == "BUY"
     assert placed.fields[26] == "plan-a:1"
     order = fake_gateway.state.order_list()[0]
-    assert (order.symbol, order.action, order.quantity, order.order_type) == ("AAPL", "BUY", 10, "MKT")
+    assert (order.symbol, order.action, order.quantity) == ("AAPL", "BUY", 10)
+    assert order.order_type == "MKT"
 
 
 def test_limit_order_submitted_and_cancelled(fake_gateway: FakeGateway, ib_conn: IB) -> None:
@@ -247,7 +251,7 @@ def test_client_id_in_use_scenario(fake_gateway: FakeGateway) -> None:
 
 def test_second_connection_with_same_client_id_is_refused(fake_gateway: FakeGateway,
                                                           ib_conn: IB) -> None:
-    exc, took, _ = timed_connect(fake_gateway.port, timeout=0.5, client_id=10)
+    exc, _, _ = timed_connect(fake_gateway.port, timeout=0.5, client_id=10)
     assert isinstance(exc, TimeoutError)
     assert fake_gateway.events("sim.client_id_in_use")[0]["client_id"] == 10
     assert ib_conn.isConnected()  # the holder keeps its session

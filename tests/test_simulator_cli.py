@@ -1,4 +1,4 @@
-"""``python -m ibkr_resilience.simulator``: serves until Ctrl-C, logs JSON lines, rejects bad input."""
+"""``python -m ibkr_resilience.simulator``: serves until Ctrl-C, logs JSON, rejects bad input."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def _drain(q: queue.Queue[str]) -> str | None:
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     proc = _spawn("--port", "0", *args)
-    out, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=20)
     assert proc.returncode == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1

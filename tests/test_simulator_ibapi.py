@@ -72,8 +72,8 @@ class Recorder(ibapi_wrapper.EWrapper):  # type: ignore[misc, name-defined]
         self._hit("execDetailsEnd", reqId)
 
     def error(self, reqId: int, *args: Any) -> None:  # signature differs across versions
-        code, text = [a for a in args if isinstance(a, int)][-1], str(args[-2] if len(args) > 2 else args[-1])
-        self.errors.append((reqId, code, text))
+        code = [a for a in args if isinstance(a, int)][-1]
+        self.errors.append((reqId, code, " ".join(str(a) for a in args)))
 
 
 def _seed_orders(port: int) -> None:
@@ -119,7 +119,9 @@ def test_official_ibapi_client_completes_handshake_and_sync() -> None:
 
             assert ("DU1234567", "MSFT", 7.0, 300.0) in rec.data["position"]
             assert ("DU1234567", "AAPL", 2.0, 190.0) in rec.data["position"]
-            assert [o[1:] for o in rec.data["openOrder"]] == [("AAPL", "BUY", 3.0, "x:2", "Submitted")]
+            assert [o[1:] for o in rec.data["openOrder"]] == [
+                ("AAPL", "BUY", 3.0, "x:2", "Submitted")
+            ]
             assert rec.data["execDetails"] == [("AAPL", "x:1", 2.0)]
             assert rec.data["accountDownloadEnd"] == [("DU1234567",)]
             assert rec.errors == []

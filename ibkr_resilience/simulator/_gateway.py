@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from . import _messages as m
 from . import _protocol as p
@@ -37,6 +37,7 @@ log = logging.getLogger("ibkr_resilience.simulator")
 T = TypeVar("T")
 
 SYNC_REQUESTS = frozenset({5, 6, 7, 16, 61, 76, 99})  # what IB.connect() waits for
+NO_SECURITY_DEFINITION = "No security definition has been found for the request"
 CLIENT_ID_IN_USE_TEXT = (
     "Unable to connect as the client id is already in use. Retry with a unique client id."
 )
@@ -660,8 +661,7 @@ class FakeGateway:
             and wc.currency in ("", contract.currency)
         )
         if not ok or contract is None:
-            self._send(conn, m.error(req_id, 200,
-                                     "No security definition has been found for the request"))  # fmt: skip
+            self._send(conn, m.error(req_id, 200, NO_SECURITY_DEFINITION))
             return
         self._send(conn, m.contract_details(req_id, contract))
         self._send(conn, m.contract_details_end(req_id))
@@ -680,8 +680,7 @@ class FakeGateway:
             return
         contract = self.state.contract_for(wc.symbol, wc.con_id)
         if contract is None:
-            self._send(conn, m.error(order_id, 200,
-                                     "No security definition has been found for the request"))  # fmt: skip
+            self._send(conn, m.error(order_id, 200, NO_SECURITY_DEFINITION))
             return
         account = account or self.state.accounts[0]
         problem = None
@@ -802,7 +801,7 @@ class FakeGateway:
         contract = self.state.contract_for(symbol)
         return contract.price if contract is not None else fallback
 
-    _handlers: dict[int, Callable[[FakeGateway, _Conn, list[str]], None]] = {
+    _handlers: ClassVar[dict[int, Callable[[FakeGateway, _Conn, list[str]], None]]] = {
         3: _place_order,
         4: _cancel_order,
         5: _req_open_orders,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ibkr_resilience._ibcompat import IB  # noqa: E402
-from ibkr_resilience.simulator import FakeGateway  # noqa: E402
+from ibkr_resilience._ibcompat import IB
+from ibkr_resilience.simulator import FakeGateway
 
 
 def raw_cycle(port: int) -> tuple[float, float]:
@@ -34,7 +34,8 @@ def raw_cycle(port: int) -> tuple[float, float]:
 def summarize(name: str, samples: list[float]) -> str:
     ordered = sorted(samples)
     p95 = ordered[int(0.95 * (len(ordered) - 1))]
-    return f"{name:<28} median {statistics.median(ordered) * 1000:7.2f} ms   p95 {p95 * 1000:7.2f} ms"
+    median = statistics.median(ordered)
+    return f"{name:<28} median {median * 1000:7.2f} ms   p95 {p95 * 1000:7.2f} ms"
 
 
 def main() -> int:

@@ -1,0 +1,342 @@
+"""``ibkr_session`` against the simulated gateway: the real ib_insync client, real sockets.
+
+Each test asserts the outcome and its timing with short timeouts (0.5-1 s), and reads
+what the session logged through the real ``configure_logging`` JSON pipeline.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ibkr_resilience import (
+    ConnectionFailed,
+    LiveAccountRefused,
+    configure_logging,
+    ibkr_session,
+)
+from ibkr_resilience.simulator import FakeGateway
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET_ENV: dict[str, str] = {}  # no IFDS_TELEGRAM_*: the default alert is a logged no-op
+
+
+class Alerts:
+    """An alert hook that records what it was asked to send."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def __call__(self, text: str) -> None:
+        self.texts.append(text)
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[dict[str, Any]]]:
+    """Configure the real JSON logging into a buffer; yields the parsed lines (live view)."""
+    buf = io.StringIO()
+    configure_logging(format="json", level="INFO", stream=buf, script="itest", env={})
+
+    class View(list):  # type: ignore[type-arg]
+        """Re-parses the buffer whenever a test iterates it."""
+
+        def __iter__(self) -> Any:
+            self[:] = [json.loads(x) for x in buf.getvalue().splitlines() if x.strip()]
+            return super().__iter__()
+
+    yield View()  # type: ignore[misc]
+
+
+def events(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    return [r for r in lines if r.get("event") == name]
+
+
+def session(gw: FakeGateway, **kw: Any) -> Any:
+    kw.setdefault("timeout", 1.0)
+    kw.setdefault("max_attempts", 3)
+    kw.setdefault("max_time", 10.0)
+    kw.setdefault("alert", Alerts())
+    return ibkr_session(kw.pop("client_id", 10), "127.0.0.1", gw.port, env=QUIET_ENV, **kw)
+
+
+# --------------------------------------------------------------------------- point 3
+@pytest.mark.parametrize(
+    "scenario, failure_class, per_attempt_max",
+    [
+        ("down", "refused", 0.2),
+        ("hang", "timeout", 0.75),
+        ("not_logged_in", "not_logged_in", 0.75),
+        ("client_id_in_use", "rejected", 0.2),  # detected at once, not after the timeout
+        ("stall_sync", "incomplete_sync", 0.75),  # one bound for the whole sync, not 2 x T
+        ("close_on_accept", "timeout", 0.2),
+    ],
+)
+def test_each_failure_is_classified_and_bounded(
+    fake_gateway: FakeGateway,
+    log_lines: list[dict[str, Any]],
+    scenario: str,
+    failure_class: str,
+    per_attempt_max: float,
+) -> None:
+    fake_gateway.set_scenario(scenario)
+    alerts = Alerts()
+    ran = False
+    start = time.monotonic()
+    with (
+        pytest.raises(ConnectionFailed) as info,
+        session(fake_gateway, timeout=0.5, max_attempts=2, alert=alerts),
+    ):
+        ran = True
+    took = time.monotonic() - start
+    assert not ran
+    assert info.value.failure_class == failure_class
+    assert info.value.attempts == 2
+    failed = events(log_lines, "ibkr.connect.failed")
+    assert [f["failure_class"] for f in failed] == [failure_class] * 2
+    assert all(f["attempt_ms"] <= per_attempt_max * 1000 for f in failed), failed
+    # two bounded attempts plus one backoff delay (capped by the policy)
+    assert took < 2 * per_attempt_max + failed[0]["next_delay_s"] + 0.5
+    assert len(alerts.texts) == 1 and failure_class in alerts.texts[0]
+    if failure_class == "rejected":
+        assert "another process probably holds client id 10" in alerts.texts[0].lower()
+        assert "another process probably holds" in failed[0]["hint"]
+
+
+def test_localhost_refused_is_classified_refused(log_lines: list[dict[str, Any]]) -> None:
+    with FakeGateway() as gw:
+        port = gw.port
+    # the port is closed now; "localhost" makes asyncio try ::1 and 127.0.0.1
+    with (
+        pytest.raises(ConnectionFailed) as info,
+        ibkr_session(10, "localhost", port, timeout=0.5, max_attempts=2, max_time=5,
+                     alert=Alerts(), env=QUIET_ENV),
+    ):
+        pass
+    assert info.value.failure_class == "refused"
+    assert isinstance(info.value.last_error, OSError)
+
+
+# --------------------------------------------------------------------------- point 4
+@pytest.mark.parametrize("restart_s", [1.0, 3.0])
+def test_recovers_within_one_second_of_the_port_opening(
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]], restart_s: float
+) -> None:
+    fake_gateway.restart(restart_s)
+    with session(fake_gateway, timeout=1.0, max_attempts=100, max_time=restart_s + 10) as ib:
+        ready = time.monotonic()
+        assert ib.isConnected() and ib.managedAccounts() == ["DU1234567"]
+    reopened = fake_gateway.events("sim.restarted")[0]["at"]
+    lag = ready - reopened
+    assert 0 <= lag < 1.0
+    refused = [f for f in events(log_lines, "ibkr.connect.failed")
+               if f["failure_class"] == "refused"]
+    assert len(refused) >= restart_s / 0.6  # short interval while the port is closed
+    assert all(f["next_delay_s"] <= 0.5 for f in refused)
+
+
+# --------------------------------------------------------------------------- point 5/6
+def test_happy_path_logs_attempt_success_and_end(
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]]
+) -> None:
+    alerts = Alerts()
+    with session(fake_gateway, alert=alerts) as ib:
+        assert ib.isConnected()
+        assert fake_gateway.connected_client_ids() == [10]
+    assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 2)
+    attempt = events(log_lines, "ibkr.connect.attempt")[0]
+    assert (attempt["attempt"], attempt["host"], attempt["port"], attempt["client_id"]) == (
+        1, "127.0.0.1", fake_gateway.port, 10)
+    success = events(log_lines, "ibkr.connect.success")[0]
+    assert success["server_version"] == 157 and success["accounts"] == ["DU1234567"]
+    end = events(log_lines, "ibkr.session.end")[0]
+    assert end["outcome"] == "ok" and end["connection_lost"] is False
+    assert alerts.texts == []
+    assert len({line["run_id"] for line in log_lines}) == 1
+    # no fixed sleep after connecting: the block starts right after the sync
+    assert success["attempt_ms"] < 200
+
+
+def test_exception_in_block_is_logged_alerted_reraised_and_disconnects(
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]]
+) -> None:
+    alerts = Alerts()
+    boom = ValueError("bad plan row 7")
+    with pytest.raises(ValueError) as info, session(fake_gateway, alert=alerts):
+        raise boom
+    assert info.value is boom
+    assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 2)
+    err = events(log_lines, "ibkr.session.error")[0]
+    assert err["error_type"] == "ValueError"
+    assert err["exception"][0]["exc_type"] == "ValueError"
+    assert len(alerts.texts) == 1 and "bad plan row 7" in alerts.texts[0]
+    assert events(log_lines, "ibkr.session.end")[0]["outcome"] == "error"
+
+
+def test_keyboard_interrupt_is_logged_not_alerted(
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]]
+) -> None:
+    alerts = Alerts()
+    with pytest.raises(KeyboardInterrupt), session(fake_gateway, alert=alerts):
+        raise KeyboardInterrupt
+    assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 2)
+    assert alerts.texts == []
+    assert events(log_lines, "ibkr.session.end")[0]["outcome"] == "interrupted"
+
+
+def test_give_up_alerts_once_through_a_real_bot_api(
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]]
+) -> None:
+    """The default alert: TelegramAlert from the environment, posting to a loopback Bot API."""
+    posted: list[tuple[str, dict[str, Any]]] = []
+
+    class BotApi(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posted.append((self.path, json.loads(body)))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"ok": true, "result": {}}')
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BotApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    token = "123456:ABC-secret_token"
+    env = {
+        "IFDS_TELEGRAM_BOT_TOKEN": token,
+        "IFDS_TELEGRAM_CHAT_ID": "-100200",
+        "IFDS_TELEGRAM_API_URL": f"http://127.0.0.1:{server.server_address[1]}",
+    }
+    fake_gateway.down()
+    try:
+        with (
+            pytest.raises(ConnectionFailed),
+            ibkr_session(10, "127.0.0.1", fake_gateway.port, timeout=0.5, max_attempts=2,
+                         max_time=5, env=env),
+        ):
+            pass
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(posted) == 1
+    path, body = posted[0]
+    assert path == f"/bot{token}/sendMessage"
+    assert body["chat_id"] == "-100200" and body["parse_mode"] == "HTML"
+    assert "IBKR CONNECTION FAILED" in body["text"] and "refused" in body["text"]
+    assert token not in json.dumps(list(log_lines))
+
+
+# --------------------------------------------------------------------------- point 8
+def test_mid_session_drop_is_logged_alerted_and_not_reconnected(
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]]
+) -> None:
+    alerts = Alerts()
+    with session(fake_gateway, alert=alerts) as ib:
+        fake_gateway.drop_connections()
+        with pytest.raises(ConnectionError):
+            ib.sleep(2)  # the next IB call raises
+        with pytest.raises(ConnectionError):
+            ib.reqCurrentTime()
+        assert not ib.isConnected()
+    lost = events(log_lines, "ibkr.session.lost")
+    assert len(lost) == 1 and lost[0]["connected_s"] < 1.0
+    assert len(alerts.texts) == 1 and "LOST" in alerts.texts[0]
+    assert len(fake_gateway.events("sim.connection.open")) == 1  # no silent reconnect
+    assert events(log_lines, "ibkr.session.end")[0]["outcome"] == "lost"
+
+
+# --------------------------------------------------------------------------- point 9
+def test_live_account_is_refused_and_disconnected(log_lines: list[dict[str, Any]]) -> None:
+    alerts = Alerts()
+    with FakeGateway(accounts=["U1234567"]) as gw:
+        with pytest.raises(LiveAccountRefused), session(gw, alert=alerts):
+            pytest.fail("the block must not run on a live account")
+        assert gw.wait_for(lambda: gw.connection_count() == 0, 2)
+        assert len(alerts.texts) == 1 and "U1234567" in alerts.texts[0]
+        # explicitly allowed: it connects
+        with ibkr_session(10, "127.0.0.1", gw.port, timeout=1, alert=alerts,
+                          env={"IBKR_ALLOW_LIVE": "1"}) as ib:
+            assert ib.managedAccounts() == ["U1234567"]
+        assert gw.messages("placeOrder") == []
+
+
+# --------------------------------------------------------------------------- point 7
+SIGTERM_SCRIPT = """
+import sys, time
+from ibkr_resilience import configure_logging, ibkr_session
+configure_logging(format="json", file=sys.argv[2])
+with ibkr_session(10, "127.0.0.1", int(sys.argv[1]), timeout=1, max_attempts=200,
+                  max_time=30) as ib:
+    print("ready", flush=True)
+    ib.sleep(30)
+"""
+
+
+def _run_script(port: int, tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    log_file = tmp_path / "run.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_SCRIPT, str(port), str(log_file)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_LOG_FORMAT": "json"},
+    )
+    return proc, log_file
+
+
+def _log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_sigterm_inside_the_block_disconnects_and_logs_the_end(
+    fake_gateway: FakeGateway, tmp_path: Path
+) -> None:
+    proc, log_file = _run_script(fake_gateway.port, tmp_path)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        assert fake_gateway.connected_client_ids() == [10]
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 143
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.wait()
+    assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 2)
+    close = fake_gateway.events("sim.connection.close")[-1]
+    assert close["reason"] == "client closed" and close["client_id"] == 10
+    assert took < 2.0
+    end = [r for r in _log(log_file) if r["event"] == "ibkr.session.end"]
+    assert end and end[0]["outcome"] == "terminated"
+
+
+def test_sigterm_during_a_retry_wait_exits_143(fake_gateway: FakeGateway, tmp_path: Path) -> None:
+    fake_gateway.down()
+    proc, log_file = _run_script(fake_gateway.port, tmp_path)
+    try:
+        # wait until the script has failed at least once (it is retrying)
+        deadline = time.monotonic() + 10
+        while not any(r["event"] == "ibkr.connect.failed"
+                      for r in (_log(log_file) if log_file.exists() else [])):
+            assert time.monotonic() < deadline, "the script never tried to connect"
+            time.sleep(0.05)  # polling a file another process writes
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 143
+    finally:
+        proc.kill()
+        proc.wait()
+    end = [r for r in _log(log_file) if r["event"] == "ibkr.session.end"]
+    assert end and end[0]["outcome"] == "terminated"

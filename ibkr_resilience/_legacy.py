@@ -32,9 +32,6 @@ from ._session import connect_failed_text, describe_ib, is_paper_account
 log = structlog.get_logger("ibkr_resilience.legacy")
 
 __all__ = [
-    "CONNECT_MAX_RETRIES",
-    "CONNECT_RETRY_DELAY",
-    "CONNECT_TIMEOUT",
     "DEFAULT_CLIENT_ID",
     "IB",
     "LIVE_PORT",
@@ -50,7 +47,9 @@ def legacy_settings(env: Mapping[str, str] | None = None) -> tuple[int, float, f
     """``(CONNECT_MAX_RETRIES, CONNECT_RETRY_DELAY, CONNECT_TIMEOUT)`` from the environment.
 
     The legacy defaults stay 3 attempts, 5 s apart, 15 s timeout; a bad value raises
-    ``ConfigError`` (a ``ValueError``) at import, naming the variable.
+    ``ConfigError`` (a ``ValueError``) naming the variable. The legacy module reads them
+    when it is imported (its contract); ``import ibkr_resilience`` never does, so a bad
+    variable cannot break an import of the package.
     """
     retries = env_value("IBKR_CONNECT_MAX_RETRIES", env)
     delay = env_value("IBKR_CONNECT_RETRY_DELAY", env)
@@ -60,9 +59,6 @@ def legacy_settings(env: Mapping[str, str] | None = None) -> tuple[int, float, f
         5.0 if delay is None else float(delay),
         15.0 if timeout is None else float(timeout),
     )
-
-
-CONNECT_MAX_RETRIES, CONNECT_RETRY_DELAY, CONNECT_TIMEOUT = legacy_settings()
 
 
 def _send_telegram_alert(message: str) -> None:
@@ -120,18 +116,23 @@ def connect(
     host: str = DEFAULT_HOST,
     port: int = PAPER_PORT,
     client_id: int = DEFAULT_CLIENT_ID,
-    max_retries: int = CONNECT_MAX_RETRIES,
-    retry_delay: float = CONNECT_RETRY_DELAY,
-    timeout: float = CONNECT_TIMEOUT,
+    max_retries: int | None = None,
+    retry_delay: float | None = None,
+    timeout: float | None = None,
 ) -> Any:
-    """Connect with retries; on failure alert once and ``sys.exit(1)`` (legacy contract)."""
+    """Connect with retries; on failure alert once and ``sys.exit(1)`` (legacy contract).
+
+    ``None`` settings come from ``IBKR_CONNECT_*`` at call time, else 3 attempts, 5 s
+    apart, 15 s timeout (the legacy defaults).
+    """
+    env_retries, env_delay, env_timeout = legacy_settings()
     return connect_impl(
         host,
         port,
         client_id,
-        max_retries,
-        retry_delay,
-        timeout,
+        env_retries if max_retries is None else max_retries,
+        env_delay if retry_delay is None else retry_delay,
+        env_timeout if timeout is None else timeout,
         ib_class=lambda: IB(),  # type: ignore[no-untyped-call]
         send_alert=lambda message: _send_telegram_alert(message),
     )

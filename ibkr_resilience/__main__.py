@@ -1,0 +1,7 @@
+"""``python -m ibkr_resilience`` is the ``ibkr-resilience`` command."""
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

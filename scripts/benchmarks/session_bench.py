@@ -25,9 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ibkr_resilience import ConnectionFailed, configure_logging, ibkr_session  # noqa: E402
-from ibkr_resilience._ibcompat import IB  # noqa: E402
-from ibkr_resilience.simulator import FakeGateway  # noqa: E402
+import contextlib
+
+from ibkr_resilience import ConnectionFailed, configure_logging, ibkr_session
+from ibkr_resilience._ibcompat import IB
+from ibkr_resilience.simulator import FakeGateway
 
 QUIET: dict[str, str] = {}
 
@@ -83,10 +85,8 @@ def give_up(scenario: str, timeout: float) -> tuple[float, float, str]:
         gw.set_scenario(scenario)
         t0 = time.monotonic()
         ib = IB()
-        try:
+        with contextlib.suppress(Exception):
             ib.connect("127.0.0.1", gw.port, clientId=10, timeout=timeout)
-        except Exception:
-            pass
         raw = time.monotonic() - t0
         t0 = time.monotonic()
         try:

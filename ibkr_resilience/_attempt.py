@@ -17,7 +17,9 @@ told. So an attempt:
 
   ``refused``         TCP refused or host unreachable (any ``OSError`` from connect,
                       including ``OSError("Multiple exceptions: ...")`` for ``localhost``);
-  ``timeout``         no API handshake: the port hangs, or closes before answering;
+  ``timeout``         no API handshake: the port accepts TCP and never answers;
+  ``closed``          the gateway closed the connection before the API handshake
+                      (API disabled, or this host not in the gateway's Trusted IPs);
   ``not_logged_in``   handshake done, but the API never started (gateway not logged in);
   ``rejected``        the peer closed during the handshake, or error 326: client id in use;
   ``incomplete_sync`` the API started but the initial sync did not finish in time (or the
@@ -51,6 +53,7 @@ CLIENT_ID_IN_USE = 326
 class FailureClass(StrEnum):
     REFUSED = "refused"
     TIMEOUT = "timeout"
+    CLOSED = "closed"
     NOT_LOGGED_IN = "not_logged_in"
     REJECTED = "rejected"
     INCOMPLETE_SYNC = "incomplete_sync"
@@ -86,7 +89,7 @@ class _Progress:
             return FailureClass.INCOMPLETE_SYNC
         if self.handshake:
             return FailureClass.REJECTED if closed else FailureClass.NOT_LOGGED_IN
-        return FailureClass.TIMEOUT
+        return FailureClass.CLOSED if closed else FailureClass.TIMEOUT
 
     def set_signal(self, failure_class: FailureClass, error: BaseException) -> None:
         # Frozen once the attempt's outcome is decided: our own cleanup closes the
@@ -185,7 +188,7 @@ class _Watch:
         elif _call_bool(client, "isConnected"):
             failure_class = FailureClass.REJECTED
         else:
-            failure_class = FailureClass.TIMEOUT
+            failure_class = FailureClass.CLOSED
         self.progress.set_signal(failure_class, ConnectionError(text))
         self.wake()
 
@@ -201,7 +204,7 @@ class _Watch:
         if self.progress.signal is None:
             failure_class = self.progress.phase_class(closed=True)
             what = {
-                FailureClass.TIMEOUT: "before the API handshake",
+                FailureClass.CLOSED: "before the API handshake",
                 FailureClass.REJECTED: "during the API handshake",
                 FailureClass.INCOMPLETE_SYNC: "during the initial sync",
             }.get(failure_class, "")

@@ -39,6 +39,12 @@ log = structlog.get_logger("ibkr_resilience.connect")
 
 T = TypeVar("T")
 
+FAIL_FAST = frozenset({FailureClass.REJECTED, FailureClass.CLOSED})
+"""Classes where the gateway answered at once with a refusal of *us*: another process
+holds the client id (the gateway may hold it until it restarts), or the API is disabled /
+this host is not trusted. A few quick retries cover a just-released client id; waiting
+out the whole budget would only delay the alert an operator has to act on."""
+
 MIN_ATTEMPT_WINDOW = 0.1
 """An attempt gets at least this long; the budget is not spent on shorter ones."""
 
@@ -54,6 +60,8 @@ class RetryPolicy:
     refused_interval: float
     fixed_delay: bool = False
     """Legacy schedule: every retry waits exactly ``retry_delay``, whatever the class."""
+    max_fail_fast_attempts: int = 3
+    """Attempts allowed for classes that retrying rarely fixes (see ``FAIL_FAST``)."""
     jitter: Callable[[float], float] = backoff.full_jitter
 
 
@@ -78,6 +86,11 @@ def hint_for(failure_class: str, client_id: int) -> str | None:
         return "the API port is open but the API did not start: is the gateway logged in?"
     if failure_class == FailureClass.REFUSED:
         return "nothing listens on the port: is the gateway running, and is the port right?"
+    if failure_class == FailureClass.CLOSED:
+        return (
+            "the gateway closed the connection before the API handshake: is "
+            "'Enable ActiveX and Socket Clients' on, and is this host in 'Trusted IPs'?"
+        )
     if failure_class == FailureClass.INCOMPLETE_SYNC:
         return "the gateway started the API but did not answer the initial sync"
     return None
@@ -106,6 +119,7 @@ class _Run(Generic[T]):
         self.start = clock()
         self.deadline = None if policy.max_time is None else self.start + policy.max_time
         self.attempts = 0
+        self.fail_fast_failures = 0
         self.attempt_started = self.start
         self.planned_delay = 0.0
         self.last: AttemptFailed | None = None
@@ -121,6 +135,15 @@ class _Run(Generic[T]):
     def budget_exhausted(self, _failure: Exception) -> bool:
         remaining = self.remaining()
         return remaining is not None and remaining < MIN_ATTEMPT_WINDOW
+
+    def give_up(self, failure: Exception) -> bool:
+        """backoff's ``giveup`` predicate: the budget, or too many fail-fast refusals."""
+        if self.budget_exhausted(failure):
+            return True
+        return (
+            not self.policy.fixed_delay
+            and self.fail_fast_failures >= self.policy.max_fail_fast_attempts
+        )
 
     # -- backoff hooks ----------------------------------------------------------------
     def wait_gen(self) -> Generator[float, Any, None]:
@@ -149,7 +172,12 @@ class _Run(Generic[T]):
     def on_giveup(self, details: Mapping[str, Any]) -> None:
         failure = details["exception"]
         self._log_failure(failure, next_delay=None)
-        reason = "max_attempts" if self.attempts >= self.policy.max_attempts else "max_time"
+        if self.attempts >= self.policy.max_attempts:
+            reason = "max_attempts"
+        elif self.budget_exhausted(failure):
+            reason = "max_time"
+        else:
+            reason = "fail_fast"
         self.log.error(
             "ibkr.connect.gave_up",
             attempts=self.attempts,
@@ -208,6 +236,8 @@ class _Run(Generic[T]):
             self.result = self.attempt(self.attempts, timeout)
         except AttemptFailed as failure:
             self.last = failure
+            if failure.failure_class in FAIL_FAST:
+                self.fail_fast_failures += 1
             raise
         return self.result
 
@@ -216,7 +246,7 @@ class _Run(Generic[T]):
             self.wait_gen,
             AttemptFailed,
             max_tries=self.policy.max_attempts,
-            giveup=self.budget_exhausted,
+            giveup=self.give_up,
             on_backoff=self.on_backoff,
             on_giveup=self.on_giveup,
             on_success=self.on_success,

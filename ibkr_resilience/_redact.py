@@ -22,20 +22,23 @@ _BARE_TOKEN_PATTERN = re.compile(r"\b\d{5,}:[\w-]{20,}")
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+# Longest first, rebuilt on registration: scrub() runs for every string of every log
+# line, so it reads this tuple (replaced atomically) instead of locking and sorting.
+_ordered: tuple[str, ...] = ()
 
 
 def register_secret(value: str | None) -> None:
     """Add a literal value that must never be logged (ignored when empty or tiny)."""
+    global _ordered
     if value and len(value) >= 4:
         with _lock:
             _secrets.add(value)
+            _ordered = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def scrub(text: str) -> str:
     """Return ``text`` with every known secret and token-shaped string replaced."""
-    with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+    for secret in _ordered:
         if secret in text:
             text = text.replace(secret, REDACTED)
     text = _TOKEN_PATTERN.sub("bot" + REDACTED, text)

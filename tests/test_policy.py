@@ -39,7 +39,7 @@ F = FailureClass
         (socket.gaierror(-2, "Name or service not known"), F.REFUSED),
         (OSError(113, "No route to host"), F.REFUSED),
         (TimeoutError(), F.TIMEOUT),
-        (ConnectionError("Socket disconnect"), F.TIMEOUT),
+        (ConnectionError("Socket disconnect"), F.CLOSED),
         (ValueError("bug"), F.ERROR),
     ],
 )
@@ -84,7 +84,7 @@ def test_success_passes_timeout_to_ib_insync() -> None:
         ("refused", F.REFUSED),
         ("multi", F.REFUSED),
         ("error", F.ERROR),
-        ("close_on_accept", F.TIMEOUT),
+        ("close_on_accept", F.CLOSED),
         ("in_use_326", F.REJECTED),
         ("peer_closed", F.REJECTED),
     ],
@@ -249,7 +249,7 @@ def test_real_client_refused() -> None:
     ("mode", "expected", "immediate"),
     [
         ("hang", F.TIMEOUT, False),
-        ("close", F.TIMEOUT, True),
+        ("close", F.CLOSED, True),
         ("handshake_silent", F.NOT_LOGGED_IN, False),
         ("handshake_close", F.REJECTED, True),
         ("error326", F.REJECTED, True),
@@ -329,7 +329,7 @@ def test_refused_retries_at_a_short_fixed_interval() -> None:
 def test_misbehaving_gateway_gets_capped_exponential_backoff() -> None:
     ft = FakeTime()
     script = Script(
-        [F.TIMEOUT, F.REFUSED, F.NOT_LOGGED_IN, F.REJECTED, F.INCOMPLETE_SYNC, F.ERROR], ft
+        [F.TIMEOUT, F.REFUSED, F.NOT_LOGGED_IN, F.CLOSED, F.INCOMPLETE_SYNC, F.ERROR], ft
     )
     connect_with_retries(script, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep)
     # The class is sent into the wait generator: refused does not advance the exponent.
@@ -493,3 +493,25 @@ def test_success_line_reports_server_and_accounts() -> None:
     assert success["event"] == "ibkr.connect.success"
     assert success["server_version"] == 176 and success["accounts"] == ["DU1"]
     assert success["attempt"] == 1 and "elapsed_ms" in success
+
+
+def test_fail_fast_classes_stop_after_max_fail_fast_attempts() -> None:
+    ft = FakeTime()
+    script = Script([F.REJECTED] * 10, ft)
+    with pytest.raises(ConnectionFailed) as info:
+        connect_with_retries(
+            script, policy=policy(max_attempts=10), target=TARGET, clock=ft.clock, sleep=ft.sleep
+        )
+    assert info.value.attempts == 3
+    assert len(ft.sleeps) == 2
+
+
+def test_legacy_fixed_schedule_is_not_cut_short_by_fail_fast() -> None:
+    ft = FakeTime()
+    script = Script([F.REJECTED] * 5, ft)
+    with pytest.raises(ConnectionFailed) as info:
+        connect_with_retries(
+            script, policy=policy(max_attempts=5, fixed_delay=True), target=TARGET,
+            clock=ft.clock, sleep=ft.sleep,
+        )
+    assert info.value.attempts == 5

@@ -80,7 +80,7 @@ def session(gw: FakeGateway, **kw: Any) -> Any:
         ("not_logged_in", "not_logged_in", 0.75),
         ("client_id_in_use", "rejected", 0.2),  # detected at once, not after the timeout
         ("stall_sync", "incomplete_sync", 0.75),  # one bound for the whole sync, not 2 x T
-        ("close_on_accept", "timeout", 0.2),
+        ("close_on_accept", "closed", 0.2),  # detected at once
     ],
 )
 def test_each_failure_is_classified_and_bounded(
@@ -340,3 +340,27 @@ def test_sigterm_during_a_retry_wait_exits_143(fake_gateway: FakeGateway, tmp_pa
         proc.wait()
     end = [r for r in _log(log_file) if r["event"] == "ibkr.session.end"]
     assert end and end[0]["outcome"] == "terminated"
+
+
+@pytest.mark.parametrize("scenario, failure_class", [
+    ("client_id_in_use", "rejected"),
+    ("close_on_accept", "closed"),
+])
+def test_fail_fast_classes_give_up_far_under_the_budget(
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]], scenario: str,
+    failure_class: str,
+) -> None:
+    fake_gateway.set_scenario(scenario)
+    alerts = Alerts()
+    start = time.monotonic()
+    with (
+        pytest.raises(ConnectionFailed) as info,
+        session(fake_gateway, timeout=2.0, max_attempts=50, max_time=60, alert=alerts),
+    ):
+        pass
+    took = time.monotonic() - start
+    assert info.value.attempts == 3 and info.value.failure_class == failure_class
+    gave_up = events(log_lines, "ibkr.connect.gave_up")[0]
+    assert gave_up["reason"] == "fail_fast"
+    assert took < 6.0  # three instant refusals and two short backoffs, not 60 s
+    assert len(alerts.texts) == 1

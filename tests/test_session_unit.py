@@ -106,7 +106,7 @@ def test_each_attempt_gets_a_fresh_instance_and_failed_ones_are_disconnected() -
     assert len({id(x) for x in factory.made}) == 4
     assert [x.disconnect_calls for x in factory.made] == [1, 1, 1, 1]
     failed = [e for e in logs if e["event"] == "ibkr.connect.failed"]
-    assert [e["failure_class"] for e in failed] == ["refused", "timeout", "rejected"]
+    assert [e["failure_class"] for e in failed] == ["refused", "closed", "rejected"]
     assert failed[0]["next_delay_s"] == 0.5
     assert "client id 10" in failed[2]["hint"]
 

@@ -1,0 +1,303 @@
+"""ibkr_session vs raw ib_insync vs the old policy, on the simulated gateway, side by side.
+
+Usage:
+    python scripts/benchmarks/bench.py [--quick] [--json results.json] [--plot lag.png]
+
+Sections (every number of one section is measured in the same run, interleaved where
+it matters, so the ratios compare like with like):
+
+1. Happy path: enter + exit of ``ibkr_session`` vs raw ``IB().connect()`` +
+   ``disconnect()`` (interleaved, median of ``--runs``), and the old policy (which
+   sleeps 2 s after connecting; a few runs).
+2. Recovery lag after restarts of 1, 3, 10 and 60 s: the gateway closes just as the
+   job starts and reopens D s later (plus a random phase of up to 0.5 s, so the retry
+   interval cannot line up with the reopening); lag = session ready - port reopened.
+   The old policy (3 attempts, 5 s apart) gives up after ~10 s.
+3. Time to give up for hang, not_logged_in, client_id_in_use and close_on_accept: the
+   session with per-attempt timeout T and total budget B (defaults 5 s and 20 s); the
+   old policy with the same T (3 attempts, 5 s apart). Goal: session <= B + alert
+   deadline, fail-fast cases far under B.
+4. Alert path: the extra time a give-up takes when the Bot API endpoint black-holes
+   (accepts TCP, never answers) or refuses, vs no alert; goal <= the alert deadline.
+
+Logging goes through the real ``configure_logging`` JSON pipeline into /dev/null, so
+its cost is included. Numbers are for comparing within one run on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from old_policy import OldPolicyGaveUp, old_connect
+
+from ibkr_resilience import (
+    ConnectionFailed,
+    TelegramAlert,
+    configure_logging,
+    ibkr_session,
+)
+from ibkr_resilience._ibcompat import IB
+from ibkr_resilience.simulator import FakeGateway
+
+QUIET: dict[str, str] = {}
+GIVE_UP_SCENARIOS = ("hang", "not_logged_in", "client_id_in_use", "close_on_accept")
+
+
+def no_alert(text: str) -> None:
+    """The session's alert hook when the alert path is not what is measured."""
+
+
+# --------------------------------------------------------------------------- 1. happy path
+def raw_cycle(port: int) -> float:
+    t0 = time.perf_counter()
+    ib = IB()
+    ib.connect("127.0.0.1", port, clientId=10, timeout=5)
+    ib.disconnect()
+    return time.perf_counter() - t0
+
+
+def session_cycle(port: int) -> float:
+    t0 = time.perf_counter()
+    with ibkr_session(10, "127.0.0.1", port, timeout=5, alert=no_alert, env=QUIET):
+        pass
+    return time.perf_counter() - t0
+
+
+def old_cycle(port: int) -> float:
+    t0 = time.perf_counter()
+    old_connect("127.0.0.1", port, 10, timeout=5).disconnect()
+    return time.perf_counter() - t0
+
+
+def happy_path(runs: int, old_runs: int) -> dict[str, float]:
+    with FakeGateway() as gw:
+        for _ in range(10):
+            raw_cycle(gw.port)
+            session_cycle(gw.port)
+        raw, sess = [], []
+        for _ in range(runs):
+            raw.append(raw_cycle(gw.port))
+            sess.append(session_cycle(gw.port))
+        old = [old_cycle(gw.port) for _ in range(old_runs)]
+    return {
+        "raw_ms": statistics.median(raw) * 1000,
+        "session_ms": statistics.median(sess) * 1000,
+        "old_ms": statistics.median(old) * 1000,
+    }
+
+
+# --------------------------------------------------------------------------- 2. recovery
+def recovery_lag(restart_s: float, policy: str) -> float | None:
+    """Seconds from the port reopening to the job being connected; None if it gave up."""
+    with FakeGateway() as gw:
+        gw.restart(restart_s + random.uniform(0.0, 0.5))
+        try:
+            if policy == "session":
+                with ibkr_session(10, "127.0.0.1", gw.port, timeout=5,
+                                  max_time=restart_s + 30, alert=no_alert, env=QUIET):
+                    ready = time.monotonic()
+            else:
+                ib = old_connect("127.0.0.1", gw.port, 10, timeout=5)
+                ready = time.monotonic()
+                ib.disconnect()
+        except (ConnectionFailed, OldPolicyGaveUp):
+            return None
+        return ready - float(gw.events("sim.restarted")[0]["at"])
+
+
+# --------------------------------------------------------------------------- 3. give up
+def time_to_give_up(scenario: str, policy: str, timeout: float, budget: float) -> float:
+    with FakeGateway() as gw:
+        gw.set_scenario(scenario)
+        t0 = time.monotonic()
+        try:
+            if policy == "session":
+                with ibkr_session(10, "127.0.0.1", gw.port, timeout=timeout, max_time=budget,
+                                  alert=no_alert, env=QUIET):
+                    pass
+            else:
+                old_connect("127.0.0.1", gw.port, 10, timeout=timeout).disconnect()
+        except (ConnectionFailed, OldPolicyGaveUp):
+            return time.monotonic() - t0
+        raise RuntimeError(f"{policy} connected in scenario {scenario}")
+
+
+# --------------------------------------------------------------------------- 4. alert path
+@contextlib.contextmanager
+def black_hole() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung Bot API)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(srv.accept()[0])
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        stop.set()
+        t.join()
+        for c in held:
+            c.close()
+        srv.close()
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def give_up_with_alert(alert: Callable[[str], object], alert_timeout: float) -> float:
+    port = closed_port()
+    t0 = time.monotonic()
+    with contextlib.suppress(ConnectionFailed), ibkr_session(
+        10, "127.0.0.1", port, timeout=1, max_attempts=1, alert=alert,
+        env={"IBKR_ALERT_TIMEOUT": str(alert_timeout)},
+    ):
+        pass
+    return time.monotonic() - t0
+
+
+def alert_path(alert_timeout: float) -> dict[str, float]:
+    def telegram(port: int) -> TelegramAlert:
+        return TelegramAlert("123:bench-token", "42", api_url=f"http://127.0.0.1:{port}",
+                             timeout=alert_timeout)
+
+    base = statistics.median(give_up_with_alert(no_alert, alert_timeout) for _ in range(5))
+    with black_hole() as port:
+        hung = give_up_with_alert(telegram(port), alert_timeout)
+    refused = give_up_with_alert(telegram(closed_port()), alert_timeout)
+    return {"none_s": base, "black_hole_s": hung, "refused_s": refused}
+
+
+# --------------------------------------------------------------------------- report
+def fmt_lag(lag: float | None) -> str:
+    return "gave up" if lag is None else f"{lag * 1000:8.0f} ms"
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    restarts = [r["restart_s"] for r in results["recovery"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    new = [r["session_lag_s"] for r in results["recovery"]]
+    old = [r["old_lag_s"] for r in results["recovery"]]
+    ax.plot(restarts, new, "o-", label="ibkr_session")
+    old_ok = [(d, v) for d, v in zip(restarts, old, strict=True) if v is not None]
+    if old_ok:
+        ax.plot([d for d, _ in old_ok], [v for _, v in old_ok], "s-", label="old policy")
+    gave_up = [d for d, v in zip(restarts, old, strict=True) if v is None]
+    if gave_up:
+        top = max([v for v in new + old if v is not None] + [1.0]) * 1.1
+        ax.plot(gave_up, [top] * len(gave_up), "rx", markersize=10,
+                label="old policy gave up (no connection)")
+    ax.set_xscale("log")
+    ax.set_xticks(restarts, [f"{d:g}" for d in restarts])
+    ax.set_xlabel("gateway restart length (s)")
+    ax.set_ylabel("port reopened -> connected (s)")
+    ax.set_title("Recovery lag after a gateway restart")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=200, help="happy-path runs (session and raw)")
+    ap.add_argument("--old-runs", type=int, default=3, help="happy-path runs of the old policy")
+    ap.add_argument("--restarts", default="1,3,10,60", help="restart lengths, seconds")
+    ap.add_argument("--timeout", type=float, default=5.0, help="per-attempt timeout T")
+    ap.add_argument("--budget", type=float, default=20.0, help="session budget B")
+    ap.add_argument("--alert-timeout", type=float, default=5.0, help="alert deadline")
+    ap.add_argument("--quick", action="store_true",
+                    help="small version: 50 runs, restarts 1,3, T=1, B=4, deadline 1")
+    ap.add_argument("--json", help="also write the results as JSON here")
+    ap.add_argument("--plot", help="write the recovery-lag plot (PNG; needs matplotlib)")
+    args = ap.parse_args()
+    if args.quick:
+        args.runs, args.old_runs, args.restarts = 50, 1, "1,3"
+        args.timeout, args.budget, args.alert_timeout = 1.0, 4.0, 1.0
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115  (kept open for the whole run)
+    configure_logging(format="json", level="INFO", stream=devnull, script="bench", env={})
+    results: dict[str, Any] = {"python": sys.version.split()[0], "args": vars(args)}
+    print(f"python {results['python']}; T={args.timeout:g} s, B={args.budget:g} s, "
+          f"alert deadline {args.alert_timeout:g} s")
+
+    h = happy_path(args.runs, args.old_runs)
+    results["happy"] = h
+    print(f"\n1. happy path enter+exit (median; {args.runs} interleaved runs, old policy "
+          f"{args.old_runs})")
+    print(f"   raw ib_insync   {h['raw_ms']:9.2f} ms")
+    print(f"   ibkr_session    {h['session_ms']:9.2f} ms   ratio to raw "
+          f"{h['session_ms'] / h['raw_ms']:.2f} (goal <= 1.10)")
+    print(f"   old policy      {h['old_ms']:9.2f} ms   ratio to raw "
+          f"{h['old_ms'] / h['raw_ms']:.0f}")
+
+    print("\n2. recovery lag: port reopened -> connected (goal < 1 s)")
+    results["recovery"] = []
+    for d in (float(x) for x in args.restarts.split(",")):
+        new_lag = recovery_lag(d, "session")
+        old_lag = recovery_lag(d, "old")
+        results["recovery"].append({"restart_s": d, "session_lag_s": new_lag,
+                                    "old_lag_s": old_lag})
+        print(f"   restart {d:4g} s: ibkr_session {fmt_lag(new_lag)} | old policy "
+              f"{fmt_lag(old_lag)}")
+
+    print(f"\n3. time to give up (session: T={args.timeout:g} s, B={args.budget:g} s; "
+          f"old: T={args.timeout:g} s, 3 attempts 5 s apart)")
+    results["give_up"] = []
+    for scenario in GIVE_UP_SCENARIOS:
+        new_s = time_to_give_up(scenario, "session", args.timeout, args.budget)
+        old_s = time_to_give_up(scenario, "old", args.timeout, args.budget)
+        results["give_up"].append({"scenario": scenario, "session_s": new_s, "old_s": old_s})
+        print(f"   {scenario:<17} ibkr_session {new_s:6.2f} s ({new_s / args.budget:4.2f} B) "
+              f"| old policy {old_s:6.2f} s")
+
+    a = alert_path(args.alert_timeout)
+    results["alert"] = a
+    print(f"\n4. alert path: give-up time with the alert (deadline {args.alert_timeout:g} s)")
+    print(f"   {'no alert':<18} {a['none_s']:6.2f} s")
+    for name, key in (("Bot API black hole", "black_hole_s"), ("Bot API refused", "refused_s")):
+        print(f"   {name:<18} {a[key]:6.2f} s  (+{a[key] - a['none_s']:.2f} s)")
+
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.plot:
+        plot(results, args.plot)
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,6 +58,20 @@ def _order_keys(
     return ordered
 
 
+def _drop_formatter_leftovers(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Drop ``message``/``asctime`` that another handler's Formatter left on a LogRecord.
+
+    ``logging.Formatter.format`` stores them on the record itself; when a second handler
+    (pytest's capture, an application's own) formatted the record first, ExtraAdder would
+    copy them as if they were ``extra=`` fields, duplicating ``event``.
+    """
+    event_dict.pop("message", None)
+    event_dict.pop("asctime", None)
+    return event_dict
+
+
 def _default_script() -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 
@@ -100,6 +114,7 @@ def configure_logging(
         structlog.processors.StackInfoRenderer(),
         # stdlib ``logger.info(msg, extra={...})`` fields become keys of the line.
         structlog.stdlib.ExtraAdder(),
+        _drop_formatter_leftovers,
     ]
 
     structlog.configure(

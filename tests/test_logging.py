@@ -218,3 +218,19 @@ def test_importing_the_package_configures_nothing() -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert result.stdout.split() == ["0", "False"]
+
+
+def test_a_record_formatted_by_another_handler_first_has_no_duplicate_message() -> None:
+    buf = io.StringIO()
+    configure_logging(format="json", stream=buf, env={})
+    other = logging.StreamHandler(io.StringIO())
+    other.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers.insert(0, other)  # formats the record before ours does
+    try:
+        logging.getLogger("ib_insync.client").info("Connecting to %s", "127.0.0.1")
+    finally:
+        root.removeHandler(other)
+    line = json.loads(buf.getvalue().splitlines()[-1])
+    assert line["event"] == "Connecting to 127.0.0.1"
+    assert "message" not in line and "asctime" not in line

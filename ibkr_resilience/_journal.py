@@ -27,7 +27,11 @@ REJECTED = "order.rejected"
 UNCONFIRMED = "order.unconfirmed"
 DRY_RUN = "order.dry_run"
 CANCELLED = "order.cancelled"
-EVENTS = frozenset({SUBMITTED, SKIPPED, REJECTED, UNCONFIRMED, DRY_RUN, CANCELLED})
+CANCEL_FAILED = "order.cancel_failed"
+NOT_PLACED = "order.not_placed"
+EVENTS = frozenset(
+    {SUBMITTED, SKIPPED, REJECTED, UNCONFIRMED, DRY_RUN, CANCELLED, CANCEL_FAILED, NOT_PLACED}
+)
 
 # Read access only so that _ends_torn can look at the last byte; writes always append.
 _FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)

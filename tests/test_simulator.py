@@ -415,3 +415,25 @@ def test_unknown_message_id_closes_connection(fake_gateway: FakeGateway, ib_conn
     assert fake_gateway.wait_for(lambda: bool(fake_gateway.events("sim.malformed")), 2)
     assert "unknown message id 999" in fake_gateway.events("sim.malformed")[0]["error"]
     assert ib_conn.reqCurrentTime().year >= 2024
+
+
+def test_hold_orders_leaves_orders_unanswered_until_released(
+    fake_gateway: FakeGateway, ib_conn: IB
+) -> None:
+    fake_gateway.hold_orders(after=1)
+    aapl = Stock("AAPL", "SMART", "USD")
+    first = ib_conn.placeOrder(aapl, LimitOrder("BUY", 1, 100.0, orderRef="first"))
+    second = ib_conn.placeOrder(aapl, LimitOrder("BUY", 1, 101.0, orderRef="second"))
+    assert fake_gateway.wait_for(lambda: len(fake_gateway.events("sim.order_held")) == 1, 2)
+    assert wait_until(ib_conn, lambda: first.orderStatus.status == "Submitted")
+    assert [m.fields[26] for m in fake_gateway.messages("placeOrder")] == ["first", "second"]
+    assert [o.order_ref for o in fake_gateway.state.order_list()] == ["first"]
+    assert second.orderStatus.status == "PendingSubmit"
+
+    assert fake_gateway.release_orders() == 1
+    assert wait_until(ib_conn, lambda: second.orderStatus.status == "Submitted")
+    third = ib_conn.placeOrder(aapl, LimitOrder("BUY", 1, 102.0, orderRef="third"))
+    assert wait_until(ib_conn, lambda: third.orderStatus.status == "Submitted")
+    assert fake_gateway.release_orders() == 0
+    with pytest.raises(ValueError, match="after"):
+        fake_gateway.hold_orders(after=-1)

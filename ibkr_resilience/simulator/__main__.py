@@ -12,6 +12,7 @@ lines with ``IBKR_LOG_FORMAT=console``). Bad arguments print one line and exit 2
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -64,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"simulator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     configure_logging(script="simulator")
+    # Every message is a DEBUG line of the simulator's logger: shown here, where the
+    # simulator is the application, and kept out of the scripts' logs in the demo.
+    logging.getLogger("ibkr_resilience.simulator").setLevel(logging.DEBUG)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:

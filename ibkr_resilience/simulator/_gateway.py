@@ -110,6 +110,10 @@ class FakeGateway:
         self._initial_scenario = self._coerce(scenario) if scenario else Scenario()
         self._scenario = Scenario()
         self._client_id_in_use: int | None = None  # None: every id is "in use"
+        # hold_orders(): placeOrder messages still answered before holding starts, and
+        # the ones held (unanswered, not in the state) until release_orders().
+        self._hold_budget: int | None = None
+        self._held: list[tuple[_Conn, list[str]]] = []
 
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -247,6 +251,39 @@ class FakeGateway:
 
     def reject_orders(self) -> None:
         self.set_scenario(Scenario("reject_orders"))
+
+    def hold_orders(self, after: int = 0) -> None:
+        """Answer ``after`` more ``placeOrder`` messages, then hold the following ones.
+
+        A held order is recorded (``messages("placeOrder")``, event ``sim.order_held``)
+        but neither answered nor stored until :meth:`release_orders`: the client sees an
+        order that the gateway received and has not acknowledged yet. Tests use it to
+        stop a script at an exact point (between "sent" and "acknowledged") without sleeps.
+        """
+        if after < 0:
+            raise ValueError(f"after must be >= 0, got {after}")
+
+        async def apply() -> None:
+            self._hold_budget = after
+
+        self._call(apply())
+
+    def release_orders(self) -> int:
+        """Stop holding; process the held orders now, as if they had just arrived.
+
+        Replies go to the sending connection if it is still open (else they are dropped,
+        as TWS does for a client that went away); the orders are stored either way.
+        Returns how many orders were released.
+        """
+
+        async def release() -> int:
+            self._hold_budget = None
+            held, self._held = self._held, []
+            for conn, fields in held:
+                self._place_order(conn, fields)
+            return len(held)
+
+        return self._call(release())
 
     def drop_connections(self) -> None:
         """Cut every open connection now (the port stays open)."""
@@ -502,7 +539,7 @@ class FakeGateway:
             if name is None:
                 raise ProtocolError(f"unknown message id {msg_id}")
             self._record(conn, fields, name)
-            log.info("sim.message", extra={"conn": conn.id, "client_id": conn.client_id,
+            log.debug("sim.message", extra={"conn": conn.id, "client_id": conn.client_id,
                                            "request": name, "fields": fields[1:]})  # fmt: skip
             if self._scenario.name == "hang":
                 continue
@@ -546,6 +583,13 @@ class FakeGateway:
             return  # TWS ignores requests before startApi
         if sc == "stall_sync" and msg_id in SYNC_REQUESTS:
             return
+        if msg_id == 3 and self._hold_budget is not None:
+            if self._hold_budget == 0:
+                self._held.append((conn, f))
+                self._record_event("sim.order_held", conn=conn.id, client_id=conn.client_id,
+                                   order_id=f[1])  # fmt: skip
+                return
+            self._hold_budget -= 1
         handler = self._handlers.get(msg_id)
         if handler is not None:
             handler(self, conn, f)

@@ -1,0 +1,316 @@
+"""``submit_orders``: place an order plan exactly once, however often cron runs it.
+
+A cron job can run twice (a retry, a manual re-run) or die halfway (SIGTERM, a reboot),
+and either must neither lose nor duplicate an order. So the account, not this process,
+is the memory: every order carries an ``orderRef`` derived from the plan, and before
+placing anything the script collects the refs already in the account's open orders and
+in the executions the gateway reports; rows found there are skipped. Each order is
+placed and acknowledged (or rejected, or timed out) before the next one, and its outcome
+is in the fsynced journal before the script moves on, so a kill loses at most the
+acknowledgement of one order, which is then journaled as unconfirmed on the way out.
+See ``docs/scripts.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from ._journal import (
+    DRY_RUN,
+    REJECTED,
+    SKIPPED,
+    SUBMITTED,
+    UNCONFIRMED,
+    Journal,
+    JournalError,
+)
+from ._logging import configure_logging
+from ._plan import ContractKey, Plan, PlannedOrder, load_plan
+from ._scriptkit import (
+    Outcome,
+    RunState,
+    ack_timeout,
+    add_common_arguments,
+    new_parser,
+    paper_account,
+    parse_args,
+    run_script,
+    session_config,
+    trade_error,
+    trade_outcome,
+    wait_for_acks,
+)
+from ._session import SIGTERM_EXIT_CODE, ibkr_session
+
+log = structlog.get_logger("ibkr_resilience.submit")
+
+SCRIPT = "submit_orders.py"
+CLIENT_ID = 10
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser(
+        SCRIPT,
+        "Place the orders of an order plan (CSV, see docs/order-plan.md) on the paper "
+        "account, each exactly once: rows whose orderRef is already in the account's open "
+        "orders or executions are skipped, so re-running after a crash is safe.",
+    )
+    parser.add_argument("--plan", required=True, metavar="PATH", help="the order plan CSV")
+    add_common_arguments(parser, CLIENT_ID)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> int:
+    """Run the script; return its exit code (never calls ``sys.exit``: the demo runs it
+    in-process)."""
+    environ = os.environ if env is None else env
+    args = parse_args(build_parser(), argv)
+    if not isinstance(args, argparse.Namespace):
+        return int(args)
+    state = RunState(SCRIPT)
+    return run_script(state, lambda: _run(args, environ, state))
+
+
+def _run(args: argparse.Namespace, env: Mapping[str, str], state: RunState) -> None:
+    run_id = configure_logging(file=args.log_file, script=SCRIPT, env=env)
+    state.logging_ready = True
+    timeout = ack_timeout(args.ack_timeout, env)
+    plan = load_plan(args.plan)  # the whole plan is checked before anything else happens
+    config = session_config(args, env)
+    path = Path(args.journal).expanduser() if args.journal else Journal.default_path(env)
+    with Journal(path, script=SCRIPT, run_id=run_id) as journal:
+        mode = " (dry run: nothing is placed)" if args.dry_run else ""
+        state.header = f"{SCRIPT}: plan {plan.plan_id} ({plan.source}), {len(plan)} rows{mode}"
+        state.footer = [f"journal: {journal.path}"]
+        log_file = args.log_file or env.get("IBKR_LOG_FILE")
+        if log_file:
+            state.footer.append(f"log: {log_file}")
+        log.info("submit.start", plan=plan.source, plan_id=plan.plan_id, rows=len(plan),
+                 dry_run=args.dry_run, journal=str(journal.path))  # fmt: skip
+        submitter = Submitter(plan, journal, state, timeout=timeout, dry_run=args.dry_run)
+        with ibkr_session(client_id=config.client_id, config=config) as ib:
+            submitter.run(ib)
+
+
+@dataclass(frozen=True)
+class Found:
+    """An orderRef the account already has, and where it was seen."""
+
+    source: str  # "open order" or "execution"
+    order_id: int | None
+    perm_id: int | None
+    status: str
+
+
+def placed_refs(ib: Any, account: str) -> dict[str, Found]:
+    """Every orderRef in ``account``'s open orders (every client's) and executions.
+
+    Executions are whatever the gateway reports, which is the current day unless TWS
+    keeps more; the refs embed the plan id, so an older match is the same plan anyway.
+    ``openTrades()``/``fills()`` add what this session itself saw, in case a request
+    answer was cut short.
+    """
+    found: dict[str, Found] = {}
+    for trade in [*ib.reqAllOpenOrders(), *ib.openTrades()]:
+        order = trade.order
+        if order.orderRef and order.account in (account, ""):
+            status = trade.orderStatus.status
+            found.setdefault(order.orderRef, Found("open order", order.orderId or None,
+                                                   order.permId or None, status))  # fmt: skip
+    for fill in [*ib.reqExecutions(), *ib.fills()]:
+        ex = fill.execution
+        if ex.orderRef and ex.acctNumber in (account, ""):
+            found.setdefault(ex.orderRef, Found("execution", ex.orderId or None,
+                                                ex.permId or None, "Filled"))  # fmt: skip
+    return found
+
+
+def qualify(ib: Any, contracts: Mapping[ContractKey, Any]) -> dict[ContractKey, str]:
+    """Qualify every distinct contract in one round; return the failures by key.
+
+    The gateway's own error text (``error 200: No security definition ...``) is kept,
+    because "unknown contract" alone does not tell a typo from a wrong exchange.
+    """
+    errors: dict[int, str] = {}
+
+    def on_error(req_id: int, code: int, message: str, contract: Any) -> None:
+        if contract is not None:
+            errors[id(contract)] = f"error {code}: {message}"
+
+    ib.errorEvent += on_error
+    try:
+        qualified = {id(c) for c in ib.qualifyContracts(*contracts.values())}
+    finally:
+        ib.errorEvent -= on_error
+    failures: dict[ContractKey, str] = {}
+    for key, contract in contracts.items():
+        if id(contract) not in qualified:
+            reason = errors.get(id(contract), "unknown or ambiguous contract")
+            failures[key] = f"contract {' '.join(key)} could not be qualified ({reason})"
+    return failures
+
+
+class Submitter:
+    """One run over a plan; records every row's outcome in the journal and the summary."""
+
+    def __init__(
+        self, plan: Plan, journal: Journal, state: RunState, *, timeout: float, dry_run: bool
+    ) -> None:
+        self.plan = plan
+        self.journal = journal
+        self.state = state
+        self.timeout = timeout
+        self.dry_run = dry_run
+        self.account = ""
+        self._in_flight: tuple[PlannedOrder, list[Any], list[Any]] | None = None
+
+    def run(self, ib: Any) -> None:
+        try:
+            self._run(ib)
+        except BaseException as exc:
+            self._journal_interrupted(exc)
+            raise
+
+    def _run(self, ib: Any) -> None:
+        # Bound every blocking request: a gateway that stops answering mid-run must end
+        # the run (exit 1), not hang it until the next cron slot.
+        ib.RequestTimeout = self.timeout
+        self.account = paper_account(ib)
+        contracts = self.plan.contracts()
+        failures = qualify(ib, contracts)
+        placed = placed_refs(ib, self.account)
+        log.info("submit.checked", account=self.account, contracts=len(contracts),
+                 unqualified=len(failures), refs_in_account=len(placed))  # fmt: skip
+        next_id: Callable[[], int] = (
+            itertools.count(1).__next__ if self.dry_run else ib.client.getReqId
+        )
+        for row in self.plan:
+            if not self.state.check_connected(ib):
+                return
+            failure = failures.get(row.contract_key)
+            if failure is not None:
+                self._record(row, REJECTED, message=failure)
+                continue
+            found = {ref: placed[ref] for ref in row.order_refs if ref in placed}
+            if found:
+                self._record_skipped(row, found)
+                continue
+            orders = row.build_orders(next_id, account=self.account)
+            if self.dry_run:
+                legs = f" + take-profit {row.take_profit} / stop-loss {row.stop_loss}" \
+                    if row.is_bracket else ""  # fmt: skip
+                self._record(row, DRY_RUN, message=f"would place {_describe(row)}{legs}")
+                continue
+            self._place(ib, row, contracts[row.contract_key], orders)
+
+    def _place(self, ib: Any, row: PlannedOrder, contract: Any, orders: list[Any]) -> None:
+        trades: list[Any] = []
+        self._in_flight = (row, orders, trades)
+        for order in orders:
+            trades.append(ib.placeOrder(contract, order))
+        wait_for_acks(ib, trades, self.timeout)
+        outcomes = [trade_outcome(t) for t in trades]
+        if "rejected" in outcomes:
+            event = REJECTED
+            message = next((trade_error(t) for t in trades if trade_error(t)), "") or (
+                "cancelled by the gateway"
+            )
+        elif "pending" in outcomes:
+            event = UNCONFIRMED
+            message = f"no acknowledgement within {self.timeout:g} s: check TWS"
+        else:
+            event, message = SUBMITTED, ""
+        self._record(row, event, trades=trades, message=message)
+        self._in_flight = None
+
+    def _record_skipped(self, row: PlannedOrder, found: dict[str, Found]) -> None:
+        entry = found.get(row.order_ref) or next(iter(found.values()))
+        seen = "; ".join(
+            f"{ref.removeprefix(row.order_ref) or 'entry'}: {f.source} {f.order_id} ({f.status})"
+            for ref, f in found.items()
+        )
+        missing = [r for r in row.order_refs if r not in found]
+        note = f"; not found: {', '.join(missing)}" if missing else ""
+        self._record(
+            row, SKIPPED, status=entry.status, order_id=entry.order_id, perm_id=entry.perm_id,
+            message=f"already placed ({seen}){note}",
+        )  # fmt: skip
+
+    def _record(
+        self,
+        row: PlannedOrder,
+        event: str,
+        *,
+        trades: list[Any] | None = None,
+        status: str = "",
+        order_id: int | None = None,
+        perm_id: int | None = None,
+        message: str = "",
+    ) -> None:
+        fields = row.journal_fields()
+        legs: list[dict[str, Any]] = []
+        if trades:
+            entry = trades[0]
+            status = entry.orderStatus.status
+            order_id = entry.order.orderId
+            perm_id = entry.orderStatus.permId or entry.order.permId or None
+            if len(trades) > 1:
+                legs = [
+                    {"order_ref": t.order.orderRef, "order_id": t.order.orderId,
+                     "perm_id": t.orderStatus.permId or t.order.permId or None,
+                     "status": t.orderStatus.status}
+                    for t in trades
+                ]  # fmt: skip
+        fields.update(account=self.account, order_id=order_id, perm_id=perm_id,
+                      status=status, message=message)  # fmt: skip
+        if legs:
+            fields["legs"] = legs
+        self.journal.append(event, **fields)
+        self.state.outcomes.append(
+            Outcome(event, f"line {row.line} {row.row_id}: {_describe(row)}", row.order_ref,
+                    status, order_id, message)
+        )  # fmt: skip
+        log.info("submit.order", outcome=event, order_ref=row.order_ref, line=row.line,
+                 order_id=order_id, status=status, message=message or None)  # fmt: skip
+
+    def _journal_interrupted(self, exc: BaseException) -> None:
+        """Journal the order in flight when the run is cut short, so no order sent to the
+        gateway is missing from the trade record."""
+        if self._in_flight is None:
+            return
+        row, orders, trades = self._in_flight
+        self._in_flight = None
+        if isinstance(exc, SystemExit) and exc.code == SIGTERM_EXIT_CODE:
+            why = "terminated (SIGTERM)"
+        elif isinstance(exc, KeyboardInterrupt):
+            why = "interrupted (Ctrl-C)"
+        else:
+            why = f"{type(exc).__name__}: {exc}"
+        message = (
+            f"{why} while placing ({len(trades)} of {len(orders)} order(s) handed to the "
+            "client), before the gateway confirmed; a re-run skips it if the gateway has it"
+        )
+        with contextlib.suppress(JournalError):
+            if trades:
+                self._record(row, UNCONFIRMED, trades=trades, message=message)
+            else:
+                self._record(row, UNCONFIRMED, order_id=orders[0].orderId, message=message)
+
+
+def _describe(row: PlannedOrder) -> str:
+    price = ""
+    if row.limit_price is not None:
+        price += f" @{row.limit_price:g}"
+    if row.stop_price is not None:
+        price += f" stop {row.stop_price:g}"
+    bracket = " bracket" if row.is_bracket else ""
+    return f"{row.side} {row.quantity} {row.symbol} {row.order_type}{price}{bracket}"

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import requests
@@ -244,6 +245,48 @@ def _retry_after(body: Mapping[str, Any]) -> float | None:
     return float(value)
 
 
+@dataclass(frozen=True)
+class Bounded:
+    """What :func:`run_bounded` saw: still running at the deadline, raised, or returned."""
+
+    timed_out: bool
+    value: object = None
+    error: BaseException | None = None
+    elapsed_ms: float = 0.0
+
+
+def run_bounded(call: Callable[[], object], timeout: float, name: str) -> Bounded:
+    """Run ``call()`` in a daemon thread and wait at most ``timeout`` seconds for it.
+
+    The one hard bound shared by alerts and healthcheck pings: ``requests`` timeouts do
+    not cover DNS resolution, and a daemon thread (unlike a ``ThreadPoolExecutor``
+    worker) is not joined at interpreter exit, so a hung call can delay neither the job
+    nor its exit. Nothing ``call`` raises propagates.
+    """
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:
+            box["error"] = exc
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+    if worker.is_alive():
+        return Bounded(timed_out=True, elapsed_ms=elapsed_ms)
+    error = box.get("error")
+    return Bounded(
+        timed_out=False,
+        value=box.get("value"),
+        error=error if isinstance(error, BaseException) else None,
+        elapsed_ms=elapsed_ms,
+    )
+
+
 def deliver_alert(alert: Alert, text: str, timeout: float) -> AlertOutcome:
     """Run ``alert(text)`` in a daemon thread and wait at most ``timeout`` seconds.
 
@@ -254,33 +297,22 @@ def deliver_alert(alert: Alert, text: str, timeout: float) -> AlertOutcome:
         with contextlib.suppress(Exception):  # a disabled alert only logs
             alert(text)
         return "disabled"
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = alert(text)
-        except BaseException as exc:
-            box["error"] = exc
-
-    started = time.monotonic()
-    worker = threading.Thread(target=run, name="ibkr-alert", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+    result = run_bounded(lambda: alert(text), timeout, "ibkr-alert")
+    elapsed_ms = result.elapsed_ms
     outcome: AlertOutcome
-    if worker.is_alive():
+    if result.timed_out:
         outcome = "timed_out"
         log.error("ibkr.alert.timed_out", timeout_s=timeout, elapsed_ms=elapsed_ms)
-    elif "error" in box:
+    elif result.error is not None:
         outcome = "failed"
-        error = box["error"]
+        error = result.error
         log.error(
             "ibkr.alert.failed",
             error_type=type(error).__name__,
             error=scrub(str(error)),
             elapsed_ms=elapsed_ms,
         )
-    elif box.get("value") is False:
+    elif result.value is False:
         outcome = "failed"
         log.error("ibkr.alert.failed", error="alert reported failure", elapsed_ms=elapsed_ms)
     else:

@@ -47,6 +47,10 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             max_attempts=1 if args.once else None,
             paper_only=False,
             alert=None if args.alert else _no_alert,
+            # A probe is not the job: it must not ping the job's healthcheck, nor touch
+            # the job's alert de-dup state unless it alerts itself.
+            healthcheck=False,
+            dedup=None if args.alert else False,
             env=env,
         ) as ib:
             connect_ms = (time.monotonic() - start) * 1000

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from ._errors import ConfigError
 
@@ -28,6 +29,8 @@ GATEWAY_LIVE_PORT = 4001
 DEFAULT_CLIENT_ID = 10
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+DEFAULT_ALERT_REPEAT_INTERVAL = 1800.0
+"""Seconds between reminders while a connection failure persists (Alertmanager-style)."""
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
@@ -43,6 +46,8 @@ _Kind = Literal[
     "log_format",
     "log_level",
     "url",
+    "secret_url",
+    "path",
     "text",
     "secret",
 ]
@@ -79,6 +84,11 @@ class SessionConfig:
     log_format: str | None = None
     log_file: str | None = None
     log_level: str = "INFO"
+    alert_state_file: str | None = None
+    """De-duplication state; ``None``: the default path when de-dup is on (see docs/alerts.md)."""
+    alert_repeat_interval: float = DEFAULT_ALERT_REPEAT_INTERVAL
+    healthcheck_url: str | None = field(default=None, repr=False)
+    """healthchecks.io-style ping URL; holds a secret UUID, hence not in ``repr``."""
 
     def __post_init__(self) -> None:
         for spec in _SPECS:
@@ -141,6 +151,9 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("log_format", "IBKR_LOG_FORMAT", "log_format", optional=True),
     _Spec("log_file", "IBKR_LOG_FILE", "text", optional=True),
     _Spec("log_level", "IBKR_LOG_LEVEL", "log_level"),
+    _Spec("alert_state_file", "IBKR_ALERT_STATE_FILE", "path", optional=True),
+    _Spec("alert_repeat_interval", "IBKR_ALERT_REPEAT_INTERVAL", "positive"),
+    _Spec("healthcheck_url", "IBKR_HEALTHCHECK_URL", "secret_url", optional=True),
 )
 _BY_FIELD = {spec.field: spec for spec in _SPECS}
 _BY_ENV = {spec.env: spec for spec in _SPECS if spec.env}
@@ -178,7 +191,7 @@ def _load(
 
 
 def _show(label: str, value: object, spec: _Spec) -> str:
-    if spec.kind == "secret":
+    if spec.kind in ("secret", "secret_url"):
         return f"{label} (value hidden)"
     return f"{label}={value!r}"
 
@@ -256,10 +269,25 @@ def _convert(spec: _Spec, value: object, label: str) -> Any:
         if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value.strip()):
             return value.strip()
         raise bad("a host name or IP address without spaces")
-    if kind == "url":
-        if isinstance(value, str) and value.strip().startswith(("http://", "https://")):
-            return value.strip().rstrip("/")
-        raise bad("an http:// or https:// URL")
+    if kind in ("url", "secret_url"):
+        text = value.strip() if isinstance(value, str) else ""
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError:
+            raise bad("an http:// or https:// URL with a host") from None
+        if (
+            parts.scheme in ("http", "https")
+            and parts.hostname
+            and not any(c.isspace() for c in text)
+        ):
+            return text.rstrip("/")
+        raise bad("an http:// or https:// URL with a host")
+    if kind == "path":
+        if isinstance(value, str | os.PathLike) and str(value).strip():
+            # Crontab variable lines do not expand "~"; do it here.
+            return os.path.expanduser(str(value).strip())
+        raise bad("a non-empty file path")
     # text and secret
     if isinstance(value, str) and value.strip():
         return value.strip()

@@ -1,0 +1,118 @@
+"""Optional cron monitoring: healthchecks.io-style pings around a session.
+
+An alert says "it failed"; it cannot say "it did not run at all" (crontab broken, box
+down, job hung before connecting). A dead man's switch can: the job pings
+``<url>/start`` when it begins, ``<url>`` when it succeeds and ``<url>/fail`` when it
+fails, and the monitoring service complains when the pings stop or a run takes too long.
+
+Pings are best-effort, exactly like alerts: each runs in a daemon thread behind the same
+hard bound (``IBKR_ALERT_TIMEOUT``), errors are logged as warnings and swallowed; a
+monitoring outage must never delay or fail a trading job. The URL carries a secret
+(the check's UUID or ping key: anyone holding it can report on the check), so it is
+registered with the log redactor and logs show only ``scheme://host/.../<suffix>``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+import structlog
+
+from ._alerts import run_bounded
+from ._config import check_setting
+from ._redact import register_secret, scrub
+
+log = structlog.get_logger("ibkr_resilience.healthcheck")
+
+PingKind = Literal["start", "success", "fail"]
+PingOutcome = Literal["sent", "failed", "timed_out"]
+
+_SUFFIX: dict[PingKind, str] = {"start": "/start", "success": "", "fail": "/fail"}
+MAX_BODY_CHARS = 10_000
+"""healthchecks.io keeps the first 100 kB of a ping body; ours are a few lines."""
+REQUESTS_TIMEOUT_SHARE = 0.8
+_SECRET_SEGMENT_MIN = 16
+"""Path segments this long are keys (a UUID has 36 characters, a ping key 22)."""
+
+
+class Healthcheck:
+    """Ping one check URL; never raises, never takes longer than ``timeout``."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self._url: str = check_setting("healthcheck_url", url)
+        self.timeout = float(check_setting("alert_timeout", timeout))
+        parts = urlsplit(self._url)
+        self.endpoint = f"{parts.scheme}://{parts.hostname or ''}" + (
+            f":{parts.port}" if parts.port else ""
+        )
+        # urllib3 logs "POST /<uuid>/start" at DEBUG and requests' errors quote the URL:
+        # register the whole path and each key-like segment with the redactor.
+        path = parts.path.strip("/")
+        register_secret(self._url)
+        register_secret(path)
+        for segment in path.split("/"):
+            if len(segment) >= _SECRET_SEGMENT_MIN:
+                register_secret(segment)
+        if parts.query:
+            register_secret(parts.query)
+
+    def __repr__(self) -> str:
+        return f"Healthcheck({self.endpoint!r}, url=<hidden>)"
+
+    def target(self, kind: PingKind) -> str:
+        """What the logs show: ``https://hc-ping.com/.../fail``, never the secret path."""
+        return f"{self.endpoint}/...{_SUFFIX[kind]}"
+
+    def ping(self, kind: PingKind, body: str = "", run_id: str | None = None) -> PingOutcome:
+        """Send one ping within the bound; log and return the outcome.
+
+        ``run_id`` (a UUID, healthchecks.io's ``rid``) ties a ``/start`` to its own
+        outcome ping, so overlapping runs (a slow run still going when cron starts the
+        next) get correct durations.
+        """
+        parts = urlsplit(self._url)
+        url = urlunsplit(parts._replace(path=parts.path.rstrip("/") + _SUFFIX[kind]))
+        params = {"rid": run_id} if run_id else None
+        data = body[:MAX_BODY_CHARS].encode("utf-8", "replace")
+        # requests' own timeouts end a silent server just inside the hard bound (a clean
+        # "failed"); the bound itself still catches what they do not cover (DNS).
+        timeout = self.timeout * REQUESTS_TIMEOUT_SHARE
+
+        def post() -> int:
+            response = requests.post(
+                url,
+                data=data,
+                params=params,
+                headers={"Content-Type": "text/plain; charset=utf-8"},
+                timeout=(timeout, timeout),
+            )
+            response.close()
+            return response.status_code
+
+        result = run_bounded(post, self.timeout, "ibkr-healthcheck")
+        fields: dict[str, object] = {
+            "ping": kind,
+            "target": self.target(kind),
+            "rid": run_id,
+            "elapsed_ms": result.elapsed_ms,
+        }
+        if result.timed_out:
+            log.warning("ibkr.healthcheck.timed_out", timeout_s=self.timeout, **fields)
+            return "timed_out"
+        if result.error is not None:
+            error = result.error
+            log.warning(
+                "ibkr.healthcheck.failed",
+                error_type=type(error).__name__,
+                error=scrub(str(error)),
+                **fields,
+            )
+            return "failed"
+        status = result.value
+        if isinstance(status, int) and 200 <= status < 300:
+            log.info("ibkr.healthcheck.sent", status=status, **fields)
+            return "sent"
+        log.warning("ibkr.healthcheck.failed", status=status, **fields)
+        return "failed"

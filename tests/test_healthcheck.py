@@ -1,0 +1,345 @@
+"""healthchecks.io-style pings around a session, against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+import structlog
+from ib_fakes import Factory, FakeIB, FakeTime, RecordingAlert
+from structlog.testing import capture_logs
+
+from ibkr_resilience import (
+    ConfigError,
+    ConnectionFailed,
+    LiveAccountRefused,
+    SessionConfig,
+    configure_logging,
+    ibkr_session,
+)
+from ibkr_resilience._healthcheck import Healthcheck
+
+UUID = "5f1c2a9e-3b7d-4e10-9c6a-0d2b8e4f7a13"
+
+
+class PingServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), PingHandler)
+        self.hits: list[tuple[str, str, str]] = []
+        self.queries: list[dict[str, list[str]]] = []
+        self.status = 200
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{UUID}"
+
+    def paths(self) -> list[str]:
+        return [path.removeprefix(f"/{UUID}") or "/" for _, path, _ in self.hits]
+
+
+class PingHandler(BaseHTTPRequestHandler):
+    server: PingServer
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length).decode() if length else ""
+        path, _, query = self.path.partition("?")
+        self.server.hits.append((self.command, path, body))
+        self.server.queries.append(parse_qs(query))
+        self.send_response(self.server.status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"OK")
+
+    do_GET = do_POST = do_HEAD = _answer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def pings() -> Iterator[PingServer]:
+    server = PingServer()
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[str]:
+    """Accepts TCP connections (the kernel's backlog does), never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/{UUID}"
+    sock.close()
+
+
+@pytest.fixture
+def refused() -> str:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}/{UUID}"
+
+
+def session(url: str, factory: Any = None, **kw: Any) -> Any:
+    ft = FakeTime()
+    env = {"IBKR_HEALTHCHECK_URL": url, **kw.pop("env", {})}
+    return ibkr_session(
+        ib_factory=factory if factory is not None else Factory("ok"),
+        alert=kw.pop("alert", RecordingAlert()),
+        sleep=ft.sleep,
+        clock=ft.clock,
+        env=env,
+        **kw,
+    )
+
+
+# -- what is pinged when -----------------------------------------------------------------
+
+
+def test_success_pings_start_then_the_url(pings: PingServer) -> None:
+    seen_at_connect: list[list[str]] = []
+
+    def factory() -> FakeIB:
+        seen_at_connect.append(pings.paths())
+        return FakeIB("ok")
+
+    with session(pings.url, factory) as ib:
+        assert ib.isConnected()
+        assert pings.paths() == ["/start"]
+    assert seen_at_connect == [["/start"]]  # before the first attempt
+    assert pings.paths() == ["/start", "/"]
+    method, _, body = pings.hits[-1]
+    assert method == "POST" and "outcome=ok" in body and "client_id=10" in body
+
+
+def test_each_session_ties_its_pings_with_one_run_id(pings: PingServer) -> None:
+    for _ in range(2):
+        with session(pings.url):
+            pass
+    rids = [q["rid"] for q in pings.queries]
+    assert rids[0] == rids[1] and rids[2] == rids[3] and rids[0] != rids[2]
+    assert all(len(r) == 1 and len(r[0]) == 36 for r in rids)
+
+
+def test_give_up_pings_fail(pings: PingServer) -> None:
+    with pytest.raises(ConnectionFailed), session(pings.url, Factory("refused"), max_attempts=2):
+        pass
+    assert pings.paths() == ["/start", "/fail"]
+    assert "outcome=connect_failed" in pings.hits[-1][2]
+
+
+def test_exception_in_block_pings_fail_and_propagates(pings: PingServer) -> None:
+    with pytest.raises(ZeroDivisionError), session(pings.url):
+        _ = 1 / 0
+    assert pings.paths() == ["/start", "/fail"]
+    assert "outcome=error" in pings.hits[-1][2]
+
+
+@pytest.mark.parametrize("kind", ["drop", "live", "ctrl_c", "exit0", "exit1"])
+def test_other_outcomes(pings: PingServer, kind: str) -> None:
+    expected = "/"
+    if kind == "drop":
+        with session(pings.url) as ib:
+            ib.drop()
+        expected = "/fail"
+    elif kind == "live":
+        with pytest.raises(LiveAccountRefused), session(pings.url, Factory("ok", accounts=("U1",))):
+            pass
+        expected = "/fail"
+    elif kind == "ctrl_c":
+        with pytest.raises(KeyboardInterrupt), session(pings.url):
+            raise KeyboardInterrupt
+        expected = "/fail"
+    elif kind == "exit0":
+        with pytest.raises(SystemExit), session(pings.url):
+            raise SystemExit(0)
+    else:
+        with pytest.raises(SystemExit), session(pings.url):
+            raise SystemExit(2)
+        expected = "/fail"
+    assert pings.paths() == ["/start", expected]
+
+
+def test_sigterm_in_block_pings_fail(pings: PingServer) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as info, session(pings.url):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # interrupted by the handler
+    assert info.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert pings.paths() == ["/start", "/fail"]
+    assert "outcome=terminated" in pings.hits[-1][2]
+
+
+def test_only_the_outermost_session_pings_unless_told(pings: PingServer) -> None:
+    with session(pings.url) as outer:
+        with pytest.raises(ConnectionFailed), session(pings.url, Factory("refused")):
+            pass  # a helper session failing must not report the job as failed
+        with session(pings.url, healthcheck=True):
+            pass
+        assert outer.isConnected()
+    assert pings.paths() == ["/start", "/start", "/", "/"]
+    with session(pings.url, healthcheck=False):
+        pass
+    assert len(pings.hits) == 4
+    with session(pings.url):  # the depth counter is back to zero
+        pass
+    assert len(pings.hits) == 6
+
+
+def test_no_url_no_ping(pings: PingServer) -> None:
+    s = ibkr_session(ib_factory=Factory("ok"), alert=RecordingAlert(), env={})
+    assert s.healthcheck is None
+    with s:
+        pass
+    assert pings.hits == []
+
+
+def test_an_error_status_is_logged_never_raised(pings: PingServer) -> None:
+    pings.status = 404
+    with capture_logs() as logs, session(pings.url):
+        pass
+    failed = [e for e in logs if e["event"] == "ibkr.healthcheck.failed"]
+    assert [(e["ping"], e["status"]) for e in failed] == [("start", 404), ("success", 404)]
+    assert logs[-1]["event"] == "ibkr.session.end" and logs[-1]["outcome"] == "ok"
+
+
+# -- bounded and swallowed ------------------------------------------------------------------
+
+
+def test_black_holed_endpoint_costs_at_most_the_bound(black_hole: str) -> None:
+    started = time.monotonic()
+    with capture_logs() as logs, session(black_hole, env={"IBKR_ALERT_TIMEOUT": "0.3"}):
+        pass
+    elapsed = time.monotonic() - started
+    assert elapsed < 2 * 0.3 + 0.4  # two pings, each abandoned at the bound
+    # requests' own read timeout (inside the bound) or the hard bound ends each ping.
+    ended = [e for e in logs if e["event"].startswith("ibkr.healthcheck.")]
+    assert [e["ping"] for e in ended] == ["start", "success"]
+    assert {e["event"] for e in ended} <= {"ibkr.healthcheck.failed", "ibkr.healthcheck.timed_out"}
+    assert logs[-1]["outcome"] == "ok"
+
+
+def test_black_holed_endpoint_on_give_up(black_hole: str) -> None:
+    started = time.monotonic()
+    with (
+        pytest.raises(ConnectionFailed),
+        session(black_hole, Factory("refused"), max_attempts=1, env={"IBKR_ALERT_TIMEOUT": "0.3"}),
+    ):
+        pass
+    assert time.monotonic() - started < 2 * 0.3 + 0.4
+
+
+def test_refused_endpoint_is_quick_and_logged(refused: str) -> None:
+    started = time.monotonic()
+    with capture_logs() as logs, session(refused):
+        pass
+    assert time.monotonic() - started < 1.0
+    failed = [e for e in logs if e["event"] == "ibkr.healthcheck.failed"]
+    assert [e["error_type"] for e in failed] == ["ConnectionError", "ConnectionError"]
+    assert logs[-1]["outcome"] == "ok"
+
+
+# -- the URL is a secret ----------------------------------------------------------------
+
+
+def test_uuid_never_reaches_the_logs(pings: PingServer, refused: str) -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    out = io.StringIO()
+    configure_logging(format="json", level="DEBUG", stream=out, env={})
+    try:
+        with session(pings.url):
+            pass
+        with pytest.raises(ConnectionFailed), session(refused, Factory("refused"), max_attempts=1):
+            pass
+    finally:
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        structlog.reset_defaults()
+    text = out.getvalue()
+    lines = [json.loads(x) for x in text.splitlines()]
+    assert UUID not in text
+    sent = [x for x in lines if x["event"] == "ibkr.healthcheck.sent"]
+    port = pings.server_address[1]
+    assert [x["target"] for x in sent] == [
+        f"http://127.0.0.1:{port}/.../start",
+        f"http://127.0.0.1:{port}/...",
+    ]
+    [failed_start, failed_fail] = [x for x in lines if x["event"] == "ibkr.healthcheck.failed"]
+    assert failed_fail["target"].endswith("/.../fail")
+    # The places the URL would leak through were really exercised, and scrubbed:
+    # urllib3's DEBUG request line and requests' exception text both quote the path.
+    assert any(
+        x["logger"] == "urllib3.connectionpool" and "[REDACTED]" in x["event"] for x in lines
+    )
+    assert "[REDACTED]" in failed_start["error"]
+
+
+def test_url_is_hidden_in_repr_and_config_errors() -> None:
+    url = f"https://hc-ping.com/{UUID}"
+    cfg = SessionConfig.from_env({"IBKR_HEALTHCHECK_URL": url + "/"})
+    assert cfg.healthcheck_url == url and UUID not in repr(cfg)
+    check = Healthcheck(url, 1.0)
+    assert UUID not in repr(check) and check.target("fail") == "https://hc-ping.com/.../fail"
+    for bad in (
+        f"hc-ping.com/{UUID}",
+        f"ftp://hc-ping.com/{UUID}",
+        "https://",
+        f"https://hc-ping.com:port/{UUID}",
+        f"https:// /{UUID}",
+    ):
+        with pytest.raises(ConfigError) as info:
+            SessionConfig.from_env({"IBKR_HEALTHCHECK_URL": bad})
+        message = str(info.value)
+        assert message.startswith("IBKR_HEALTHCHECK_URL (value hidden): expected an http")
+        assert UUID not in message
+
+
+def test_the_hard_bound_holds_when_requests_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``requests`` timeouts miss DNS resolution: a ping stuck there is abandoned."""
+    release = threading.Event()
+
+    def stuck(*args: Any, **kw: Any) -> None:
+        release.wait(10)
+
+    monkeypatch.setattr("ibkr_resilience._healthcheck.requests.post", stuck)
+    check = Healthcheck(f"https://hc-ping.invalid/{UUID}", 0.2)
+    started = time.monotonic()
+    try:
+        with capture_logs() as logs:
+            assert check.ping("fail", "x") == "timed_out"
+    finally:
+        release.set()
+    assert time.monotonic() - started < 0.6
+    assert logs[0]["event"] == "ibkr.healthcheck.timed_out"
+    assert logs[0]["target"] == "https://hc-ping.invalid/.../fail"
+
+
+def test_a_query_in_the_url_is_kept_and_the_suffix_goes_in_the_path(pings: PingServer) -> None:
+    check = Healthcheck(pings.url + "?create=0", 1.0)
+    assert check.ping("fail", "x", "rid-1") == "sent"
+    assert pings.hits == [("POST", f"/{UUID}/fail", "x")]
+    assert pings.queries == [{"create": ["0"], "rid": ["rid-1"]}]

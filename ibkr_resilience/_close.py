@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, tzinfo
@@ -56,8 +55,7 @@ from ._scriptkit import (
     new_parser,
     order_key,
     paper_account,
-    parse_args,
-    run_script,
+    script_main,
     session_config,
     trade_error,
     trade_outcome,
@@ -146,14 +144,8 @@ def parse_symbols(values: Sequence[str] | None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> int:
-    """Run the script; return its exit code (never calls ``sys.exit``: the demo runs it
-    in-process)."""
-    environ = os.environ if env is None else env
-    args = parse_args(build_parser(), argv)
-    if not isinstance(args, argparse.Namespace):
-        return int(args)
-    state = RunState(SCRIPT)
-    return run_script(state, lambda: _run(args, environ, state))
+    """Run the script; return its exit code (the demo runs it in-process)."""
+    return script_main(SCRIPT, build_parser, _run, argv, env)
 
 
 def _run(args: argparse.Namespace, env: Mapping[str, str], state: RunState) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 import sys
 import textwrap
 import time
@@ -157,6 +158,25 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> A
         return parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else ExitCode.BAD_INPUT
+
+
+def script_main(
+    script: str,
+    build_parser: Callable[[], argparse.ArgumentParser],
+    body: Callable[[argparse.Namespace, Mapping[str, str], RunState], None],
+    argv: Sequence[str] | None,
+    env: Mapping[str, str] | None,
+) -> int:
+    """A script's ``main``: parse, run the body under :func:`run_script`, return the code.
+
+    It never calls ``sys.exit``, so the demo can run the scripts in-process.
+    """
+    environ = os.environ if env is None else env
+    args = parse_args(build_parser(), argv)
+    if not isinstance(args, argparse.Namespace):
+        return int(args)
+    state = RunState(script)
+    return run_script(state, lambda: body(args, environ, state))
 
 
 def ack_timeout(given: float | None, env: Mapping[str, str]) -> float:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,7 @@ from ._scriptkit import (
     add_common_arguments,
     new_parser,
     paper_account,
-    parse_args,
-    run_script,
+    script_main,
     session_config,
     trade_error,
     trade_outcome,
@@ -70,14 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None) -> int:
-    """Run the script; return its exit code (never calls ``sys.exit``: the demo runs it
-    in-process)."""
-    environ = os.environ if env is None else env
-    args = parse_args(build_parser(), argv)
-    if not isinstance(args, argparse.Namespace):
-        return int(args)
-    state = RunState(SCRIPT)
-    return run_script(state, lambda: _run(args, environ, state))
+    """Run the script; return its exit code (the demo runs it in-process)."""
+    return script_main(SCRIPT, build_parser, _run, argv, env)
 
 
 def _run(args: argparse.Namespace, env: Mapping[str, str], state: RunState) -> None:

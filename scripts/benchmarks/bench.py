@@ -241,6 +241,7 @@ def main() -> int:
     ap.add_argument("--alert-timeout", type=float, default=5.0, help="alert deadline")
     ap.add_argument("--quick", action="store_true",
                     help="small version: 50 runs, restarts 1,3, T=1, B=4, deadline 1")
+    ap.add_argument("--sections", default="1,2,3,4", help="which sections to run, e.g. 1,4")
     ap.add_argument("--json", help="also write the results as JSON here")
     ap.add_argument("--plot", help="write the recovery-lag plot (PNG; needs matplotlib)")
     args = ap.parse_args()
@@ -254,6 +255,24 @@ def main() -> int:
     print(f"python {results['python']}; T={args.timeout:g} s, B={args.budget:g} s, "
           f"alert deadline {args.alert_timeout:g} s")
 
+    sections = {int(x) for x in args.sections.split(",")}
+    if 1 in sections:
+        report_happy_path(args, results)
+    if 2 in sections:
+        report_recovery(args, results)
+    if 3 in sections:
+        report_give_up(args, results)
+    if 4 in sections:
+        report_alert_path(args, results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.plot and "recovery" in results:
+        plot(results, args.plot)
+        print(f"\nplot: {args.plot}")
+    return 0
+
+
+def report_happy_path(args: argparse.Namespace, results: dict[str, Any]) -> None:
     h = happy_path(args.runs, args.old_runs)
     results["happy"] = h
     print(f"\n1. happy path enter+exit (median; {args.runs} interleaved runs, old policy "
@@ -264,6 +283,9 @@ def main() -> int:
     print(f"   old policy      {h['old_ms']:9.2f} ms   ratio to raw "
           f"{h['old_ms'] / h['raw_ms']:.0f}")
 
+
+
+def report_recovery(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print("\n2. recovery lag: port reopened -> connected (goal < 1 s)")
     results["recovery"] = []
     for d in (float(x) for x in args.restarts.split(",")):
@@ -274,6 +296,9 @@ def main() -> int:
         print(f"   restart {d:4g} s: ibkr_session {fmt_lag(new_lag)} | old policy "
               f"{fmt_lag(old_lag)}")
 
+
+
+def report_give_up(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print(f"\n3. time to give up (session: T={args.timeout:g} s, B={args.budget:g} s; "
           f"old: T={args.timeout:g} s, 3 attempts 5 s apart)")
     results["give_up"] = []
@@ -284,19 +309,15 @@ def main() -> int:
         print(f"   {scenario:<17} ibkr_session {new_s:6.2f} s ({new_s / args.budget:4.2f} B) "
               f"| old policy {old_s:6.2f} s")
 
+
+
+def report_alert_path(args: argparse.Namespace, results: dict[str, Any]) -> None:
     a = alert_path(args.alert_timeout)
     results["alert"] = a
     print(f"\n4. alert path: give-up time with the alert (deadline {args.alert_timeout:g} s)")
     print(f"   {'no alert':<18} {a['none_s']:6.2f} s")
     for name, key in (("Bot API black hole", "black_hole_s"), ("Bot API refused", "refused_s")):
         print(f"   {name:<18} {a[key]:6.2f} s  (+{a[key] - a['none_s']:.2f} s)")
-
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    if args.plot:
-        plot(results, args.plot)
-        print(f"\nplot: {args.plot}")
-    return 0
 
 
 if __name__ == "__main__":

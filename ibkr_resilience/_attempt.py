@@ -232,9 +232,15 @@ def classify(error: BaseException, progress: _Progress | None = None) -> Failure
 
 
 def disconnect_quietly(ib: Any, reason: str) -> None:
-    """Disconnect an IB instance; log instead of raising (it may be half-open)."""
+    """Disconnect an IB instance; log instead of raising (it may be half-open).
+
+    The socket is closed before this returns: asyncio defers a transport's close to the
+    loop's next step, and after a session nothing may run the loop again (a thread
+    that ends, a process that goes on without IB), which would leave the descriptor open.
+    """
     try:
         ib.disconnect()
+        _settle()
     except Exception as exc:
         log.warning(
             "ibkr.disconnect.failed",
@@ -247,6 +253,13 @@ def disconnect_quietly(ib: Any, reason: str) -> None:
         with contextlib.suppress(Exception):
             if client is not None:
                 client.disconnect()
+
+
+def _settle() -> None:
+    """Run one step of this thread's loop (unless it is running) to finish pending closes."""
+    loop = ensure_event_loop()
+    if not loop.is_running() and not loop.is_closed():
+        loop.run_until_complete(asyncio.sleep(0))
 
 
 def _snapshot(ib: Any, progress: _Progress) -> None:

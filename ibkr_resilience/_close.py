@@ -21,7 +21,6 @@ import contextlib
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, tzinfo
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -53,6 +52,7 @@ from ._scriptkit import (
     contract_fields,
     live_open_orders,
     new_parser,
+    open_journal,
     order_key,
     paper_account,
     script_main,
@@ -157,8 +157,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str], state: RunState) -> N
         raise UsageError("--global-cancel cancels every order of the login; it cannot be "
                          "combined with --symbols")  # fmt: skip
     config = session_config(args, env)
-    path = Path(args.journal).expanduser() if args.journal else Journal.default_path(env)
-    with Journal(path, script=SCRIPT, run_id=run_id) as journal:
+    with open_journal(args.journal, env, script=SCRIPT, run_id=run_id) as journal:
         scope = ", ".join(symbols) if symbols else "all positions"
         mode = " (dry run: nothing is cancelled or placed)" if args.dry_run else ""
         kind = "MOC" if args.moc else "MKT"

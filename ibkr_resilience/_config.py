@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,7 +51,15 @@ _Kind = Literal[
     "path",
     "text",
     "secret",
+    "telegram_token",
+    "chat_id",
 ]
+
+# The shapes the Bot API accepts: a token is ``<bot id>:<secret>``, a chat is a numeric id
+# (negative for groups and channels) or a public ``@username``. Checked up front: a typo
+# here would otherwise surface only when the alert is needed, as a lost alert.
+_TELEGRAM_TOKEN = re.compile(r"\d+:[A-Za-z0-9_-]+")
+_CHAT_ID = re.compile(r"-?\d+|@[A-Za-z][A-Za-z0-9_]*")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -145,8 +154,8 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("alert_timeout", "IBKR_ALERT_TIMEOUT", "positive"),
     _Spec("paper_only", None, "bool"),
     _Spec("allow_live", "IBKR_ALLOW_LIVE", "bool"),
-    _Spec("telegram_token", "IFDS_TELEGRAM_BOT_TOKEN", "secret", optional=True),
-    _Spec("telegram_chat_id", "IFDS_TELEGRAM_CHAT_ID", "text", optional=True),
+    _Spec("telegram_token", "IFDS_TELEGRAM_BOT_TOKEN", "telegram_token", optional=True),
+    _Spec("telegram_chat_id", "IFDS_TELEGRAM_CHAT_ID", "chat_id", optional=True),
     _Spec("telegram_api_url", "IFDS_TELEGRAM_API_URL", "url"),
     _Spec("log_format", "IBKR_LOG_FORMAT", "log_format", optional=True),
     _Spec("log_file", "IBKR_LOG_FILE", "text", optional=True),
@@ -191,7 +200,7 @@ def _load(
 
 
 def _show(label: str, value: object, spec: _Spec) -> str:
-    if spec.kind in ("secret", "secret_url"):
+    if spec.kind in ("secret", "secret_url", "telegram_token"):
         return f"{label} (value hidden)"
     return f"{label}={value!r}"
 
@@ -288,6 +297,14 @@ def _convert(spec: _Spec, value: object, label: str) -> Any:
             # Crontab variable lines do not expand "~"; do it here.
             return os.path.expanduser(str(value).strip())
         raise bad("a non-empty file path")
+    if kind == "telegram_token":
+        if isinstance(value, str) and _TELEGRAM_TOKEN.fullmatch(value.strip()):
+            return value.strip()
+        raise bad("a Bot API token of the form <digits>:<letters, digits, _ or ->")
+    if kind == "chat_id":
+        if isinstance(value, str) and _CHAT_ID.fullmatch(value.strip()):
+            return value.strip()
+        raise bad("a numeric chat id (e.g. -1001234567890) or an @channel name")
     # text and secret
     if isinstance(value, str) and value.strip():
         return value.strip()

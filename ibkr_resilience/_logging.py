@@ -24,6 +24,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
 
 from ._config import check_setting, env_value
+from ._errors import ConfigError
 from ._redact import redact_secrets, register_secret
 
 _HANDLER_MARK = "_ibkr_resilience_handler"
@@ -102,6 +103,10 @@ def configure_logging(
     lvl = check_setting("log_level", level) if level else env_value("IBKR_LOG_LEVEL", environ)
     lvl = lvl or "INFO"
     path = file or env_value("IBKR_LOG_FILE", environ)
+    # Opened before anything is changed: a path that cannot be appended to (a missing
+    # directory, a directory, no permission) is a configuration error like any other
+    # bad setting, one line naming the setting, and leaves the previous setup intact.
+    to_file = _open_log_file(path, "file" if file else "IBKR_LOG_FILE") if path else None
     run = run_id or uuid.uuid4().hex
     register_secret(environ.get("IFDS_TELEGRAM_BOT_TOKEN"))
 
@@ -139,13 +144,21 @@ def configure_logging(
     console.setFormatter(_formatter(fmt, shared, colors=fmt == "console" and _isatty(out)))
     setattr(console, _HANDLER_MARK, True)
     root.addHandler(console)
-    if path:
-        to_file = logging.FileHandler(path, mode="a", encoding="utf-8")
+    if to_file is not None:
         to_file.setFormatter(_formatter("json", shared, colors=False))
         setattr(to_file, _HANDLER_MARK, True)
         root.addHandler(to_file)
     root.setLevel(lvl)
     return run
+
+
+def _open_log_file(path: str, label: str) -> logging.FileHandler:
+    try:
+        return logging.FileHandler(path, mode="a", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{label}={path!r}: cannot open for appending ({exc.strerror or exc})"
+        ) from None
 
 
 def _isatty(stream: IO[str]) -> bool:

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 from typing import IO, Any
 
 import structlog
@@ -30,6 +31,7 @@ from ._journal import (
     NOT_PLACED,
     REJECTED,
     UNCONFIRMED,
+    Journal,
     JournalError,
 )
 from ._plan import PlanError
@@ -184,6 +186,21 @@ def ack_timeout(given: float | None, env: Mapping[str, str]) -> float:
         return given
     raw = env.get(ACK_TIMEOUT_ENV, "").strip()
     return _seconds(raw, ACK_TIMEOUT_ENV) if raw else DEFAULT_ACK_TIMEOUT
+
+
+def open_journal(given: str | None, env: Mapping[str, str], *, script: str, run_id: str) -> Journal:
+    """``--journal``, else ``$IBKR_JOURNAL``, else the XDG default; a path from the
+    environment that cannot be opened is reported with the variable's name."""
+    if given:
+        return Journal(Path(given).expanduser(), script=script, run_id=run_id)
+    path = Journal.default_path(env)
+    try:
+        return Journal(path, script=script, run_id=run_id)
+    except JournalError as exc:
+        raw = env.get("IBKR_JOURNAL", "").strip()
+        if raw:
+            raise JournalError(f"IBKR_JOURNAL={raw!r}: {exc}", exc.errno) from None
+        raise
 
 
 def session_config(args: Any, env: Mapping[str, str]) -> SessionConfig:

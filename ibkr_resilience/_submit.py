@@ -18,7 +18,6 @@ import contextlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -40,6 +39,7 @@ from ._scriptkit import (
     ack_timeout,
     add_common_arguments,
     new_parser,
+    open_journal,
     paper_account,
     script_main,
     session_config,
@@ -78,8 +78,7 @@ def _run(args: argparse.Namespace, env: Mapping[str, str], state: RunState) -> N
     timeout = ack_timeout(args.ack_timeout, env)
     plan = load_plan(args.plan)  # the whole plan is checked before anything else happens
     config = session_config(args, env)
-    path = Path(args.journal).expanduser() if args.journal else Journal.default_path(env)
-    with Journal(path, script=SCRIPT, run_id=run_id) as journal:
+    with open_journal(args.journal, env, script=SCRIPT, run_id=run_id) as journal:
         mode = " (dry run: nothing is placed)" if args.dry_run else ""
         state.header = f"{SCRIPT}: plan {plan.plan_id} ({plan.source}), {len(plan)} rows{mode}"
         state.footer = [f"journal: {journal.path}"]

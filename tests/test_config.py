@@ -148,3 +148,26 @@ def test_env_value_reads_one_variable() -> None:
     assert env_value("IBKR_CONNECT_TIMEOUT", {}) is None
     with pytest.raises(ConfigError, match=r"^IBKR_CONNECT_TIMEOUT='x'"):
         env_value("IBKR_CONNECT_TIMEOUT", {"IBKR_CONNECT_TIMEOUT": "x"})
+
+
+@pytest.mark.parametrize("token", ["abc", "123456", "123:abc def", ":abc", "123:abc/x"])
+def test_bot_token_must_look_like_one(token: str) -> None:
+    """A malformed token would only show when the alert is needed: refuse it up front."""
+    with pytest.raises(ConfigError) as info:
+        SessionConfig.from_env({"IFDS_TELEGRAM_BOT_TOKEN": token})
+    assert str(info.value).startswith("IFDS_TELEGRAM_BOT_TOKEN (value hidden): expected")
+    assert token not in str(info.value)
+
+
+@pytest.mark.parametrize("chat_id", ["my chat", "12a", "@", "@ chan", "--5"])
+def test_chat_id_must_be_numeric_or_a_channel(chat_id: str) -> None:
+    with pytest.raises(ConfigError, match=r"^IFDS_TELEGRAM_CHAT_ID="):
+        SessionConfig.from_env({"IFDS_TELEGRAM_CHAT_ID": chat_id})
+
+
+def test_valid_telegram_settings_are_accepted() -> None:
+    for chat_id in ("42", "-1001234567890", "@my_channel"):
+        cfg = SessionConfig.from_env(
+            {"IFDS_TELEGRAM_BOT_TOKEN": " 123456:AA-b_c ", "IFDS_TELEGRAM_CHAT_ID": chat_id}
+        )
+        assert (cfg.telegram_token, cfg.telegram_chat_id) == ("123456:AA-b_c", chat_id)

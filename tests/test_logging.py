@@ -205,6 +205,23 @@ def test_bad_settings_raise_config_error() -> None:
         configure_logging(level="chatty", stream=io.StringIO(), env={})
 
 
+@pytest.mark.parametrize("where", ["missing/dir/run.jsonl", "."])
+def test_unopenable_log_file_is_a_config_error_and_changes_nothing(
+    tmp_path: Path, where: str
+) -> None:
+    """Regression: a log file path that cannot be appended to (missing directory, a
+    directory) raised FileNotFoundError/IsADirectoryError with a traceback, exit 1."""
+    first = io.StringIO()
+    configure_logging(format="json", stream=first, env={})
+    path = str(tmp_path / where)
+    with pytest.raises(ConfigError, match=r"^IBKR_LOG_FILE='.*': cannot open for appending"):
+        configure_logging(stream=io.StringIO(), env={"IBKR_LOG_FILE": path})
+    with pytest.raises(ConfigError, match=r"^file='.*': cannot open for appending"):
+        configure_logging(stream=io.StringIO(), file=path, env={})
+    structlog.get_logger("t").info("ibkr.still.here")  # the previous setup is intact
+    assert [x["event"] for x in lines(first)] == ["ibkr.still.here"]
+
+
 def test_importing_the_package_configures_nothing() -> None:
     code = (
         "import logging, structlog, ibkr_resilience, scripts.paper_trading.lib.connection;"

@@ -1,0 +1,839 @@
+"""The fault matrix: one test per row of the table in ``docs/reliability.md``.
+
+Every row runs the job the way cron runs it: ``scripts/paper_trading/submit_orders.py``
+(or, where the row needs a block that does something specific, a five-line with-block
+script) as a **subprocess**, the real ib_insync client against the simulated gateway
+(``FakeGateway``, in this process) on 127.0.0.1, and a real HTTP server on 127.0.0.1
+standing in for the Telegram Bot API (``IFDS_TELEGRAM_API_URL``). Each test asserts what
+its row states: the exit code, whether the alert went out (what the Bot API received, and
+that its text names the failure), and the log events (the JSON lines of
+``IBKR_LOG_FILE``). ``EXPECTED`` holds the exit code and the alert of every row, and
+:func:`test_the_reliability_table_states_what_the_tests_assert` checks the table against it.
+
+Rows are independent: each has its own alert de-dup state file, log file, journal and
+gateway. Nothing sleeps to hide a race: waits are on gateway events, on the Bot API's
+requests, or poll a log file another process writes (short sleep, hard deadline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ibkr_resilience.simulator import FakeGateway
+
+REPO = Path(__file__).resolve().parents[1]
+SUBMIT = REPO / "scripts" / "paper_trading" / "submit_orders.py"
+PLAN = REPO / "docs" / "examples" / "plan.csv"
+RELIABILITY_DOC = REPO / "docs" / "reliability.md"
+TOKEN = "424242:FaultMatrixToken_not-real"
+CHAT_ID = "-100200"
+
+# The short timings every row runs with (seconds); rows override some.
+CONNECT_TIMEOUT = 0.5
+MAX_TIME = 2.0
+ALERT_TIMEOUT = 1.0
+SLACK = 0.5  # scheduling slack on a loaded 2-core CI machine
+
+# The with-block form, for rows that need the block to do one specific thing.
+JOB = """\
+import sys
+from ibkr_resilience import SessionConfig, configure_logging, ibkr_session
+configure_logging()
+mode, port = sys.argv[1], int(sys.argv[2])
+overrides = {"refused_retry_interval": float(sys.argv[3])} if len(sys.argv) > 3 else {}
+with ibkr_session(config=SessionConfig.from_env(port=port, **overrides)) as ib:
+    if mode == "raise":
+        raise ValueError("plan row 7 is bad: <qty> & price")
+"""
+
+# Row id -> (exit code, alert title or None when no alert is sent). The reliability
+# table must state exactly these; each test asserts its row against this.
+EXPECTED: dict[str, tuple[int, str | None]] = {
+    "refused": (1, "IBKR CONNECTION FAILED"),
+    "hang": (1, "IBKR CONNECTION FAILED"),
+    "close_on_accept": (1, "IBKR CONNECTION FAILED"),
+    "not_logged_in": (1, "IBKR CONNECTION FAILED"),
+    "client_id_in_use": (1, "IBKR CONNECTION FAILED"),
+    "stall_sync": (1, "IBKR CONNECTION FAILED"),
+    "slow_over_bound": (1, "IBKR CONNECTION FAILED"),
+    "restart": (0, None),
+    "slow_under_bound": (0, None),
+    "drop_mid_session": (1, "IBKR CONNECTION LOST"),
+    "exception_in_block": (1, "IBKR SESSION FAILED"),
+    "sigterm_in_block": (143, None),
+    "sigint_in_block": (130, None),
+    "sigterm_in_retry_wait": (143, None),
+    "bot_400": (1, None),
+    "bot_429_retry_after": (1, "IBKR CONNECTION FAILED"),
+    "bot_500": (1, None),
+    "bot_hanging": (1, None),
+    "bot_refused": (1, None),
+    "bot_unresolvable": (1, None),
+    "alert_state_file_unusable": (1, "IBKR CONNECTION FAILED"),
+}
+
+
+# --------------------------------------------------------------------------- helpers
+@dataclass
+class BotApi:
+    """A Telegram Bot API stand-in on 127.0.0.1: scripted answers, recorded requests."""
+
+    url: str = ""
+    answers: list[tuple[int, dict[str, Any]]] = field(
+        default_factory=lambda: [(200, {"ok": True, "result": {}})]
+    )
+    requests: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+
+    def answer(self, *answers: tuple[int, dict[str, Any]]) -> None:
+        """Answer the n-th request with ``answers[n]``; the last one repeats."""
+        self.answers = list(answers)
+
+    def record(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self._cond:
+            self.requests.append((time.monotonic(), path, body))
+            self._cond.notify_all()
+            return self.answers[min(len(self.requests), len(self.answers)) - 1]
+
+    @property
+    def texts(self) -> list[str]:
+        return [body.get("text", "") for _, _, body in self.requests]
+
+
+@pytest.fixture
+def bot_api() -> Iterator[BotApi]:
+    api = BotApi()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            status, answer = api.record(self.path, body)
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    api.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield api
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@dataclass
+class BlackHole:
+    """Accepts TCP connections and reads them, never answers."""
+
+    url: str
+    accepted: list[float] = field(default_factory=list)
+    received: bytearray = field(default_factory=bytearray)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.05)
+    hole = BlackHole(f"http://127.0.0.1:{listener.getsockname()[1]}")
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                pass
+            else:
+                hole.accepted.append(time.monotonic())
+                conn.settimeout(0.05)
+                held.append(conn)
+            for conn in held:
+                with contextlib.suppress(OSError):
+                    hole.received.extend(conn.recv(65536))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    yield hole
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def job_env(tmp_path: Path, bot_url: str, **extra: str) -> dict[str, str]:
+    """The row's environment: short timeouts, JSON log file, Telegram via the stand-in,
+    its own de-dup state file (rows are independent: each is a first failure)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "IBKR_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
+        "IBKR_CONNECT_MAX_TIME": str(MAX_TIME),
+        "IBKR_CONNECT_RETRY_DELAY": "0.2",
+        "IBKR_ALERT_TIMEOUT": str(ALERT_TIMEOUT),
+        "IBKR_ACK_TIMEOUT": "3",
+        "IBKR_LOG_FORMAT": "json",
+        "IBKR_LOG_FILE": str(tmp_path / "job.jsonl"),
+        "IBKR_ALERT_STATE_FILE": str(tmp_path / "alert_state.json"),
+        "IBKR_JOURNAL": str(tmp_path / "journal.jsonl"),
+        "IFDS_TELEGRAM_BOT_TOKEN": TOKEN,
+        "IFDS_TELEGRAM_CHAT_ID": CHAT_ID,
+        "IFDS_TELEGRAM_API_URL": bot_url,
+    }
+    env.update(extra)
+    return env
+
+
+def submit_cmd(gw: FakeGateway) -> list[str]:
+    return [sys.executable, str(SUBMIT), "--plan", str(PLAN), "--port", str(gw.port)]
+
+
+def job_cmd(mode: str, port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-c", JOB, mode, str(port), *extra]
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+    elapsed: float
+    log: list[dict[str, Any]]
+    log_text: str
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.log if r.get("event") == name]
+
+    def one(self, name: str) -> dict[str, Any]:
+        found = self.events(name)
+        assert len(found) == 1, (name, [r.get("event") for r in self.log])
+        return found[0]
+
+    @property
+    def names(self) -> list[str]:
+        """Our events in order (ib_insync's own lines left out)."""
+        return [
+            str(r["event"])
+            for r in self.log
+            if str(r.get("event", "")).startswith(("ibkr.", "script.", "submit."))
+        ]
+
+    def assert_in_order(self, *expected: str) -> None:
+        """``expected`` appears in the log in this order (other events may come between)."""
+        names = iter(self.names)
+        missing = [name for name in expected if name not in names]
+        assert not missing, f"not in order: {missing}; log: {self.names}"
+
+    def human_stderr(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if not line.startswith("{")]
+
+
+def read_log(path: Path) -> tuple[list[dict[str, Any]], str]:
+    if not path.exists():
+        return [], ""
+    text = path.read_text()
+    lines = []
+    for line in text.splitlines():
+        try:
+            lines.append(json.loads(line))
+        except ValueError:
+            continue  # a line being written right now (polling only)
+    return lines, text
+
+
+def run_job(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 30) -> Run:
+    started = time.monotonic()
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)  # fmt: skip
+    elapsed = time.monotonic() - started
+    log, text = read_log(Path(env["IBKR_LOG_FILE"]))
+    return Run(result.returncode, result.stdout, result.stderr, elapsed, log, text)
+
+
+class Running:
+    """A job started in the background, for rows that act on it while it runs."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.env = env
+        self.log_file = Path(env["IBKR_LOG_FILE"])
+        self.out = cwd / "stdout.txt"
+        self.err = cwd / "stderr.txt"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
+        self.started = time.monotonic()
+
+    def wait_for_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> None:
+        """Poll the job's log file (another process writes it) until a line matches."""
+        deadline = time.monotonic() + timeout
+        while not any(predicate(r) for r in read_log(self.log_file)[0]):
+            assert self.proc.poll() is None, f"the job ended early: {self.err.read_text()}"
+            assert time.monotonic() < deadline, "the job never got there"
+            time.sleep(0.01)
+
+    def signal_and_wait(self, signum: int, timeout: float = 10) -> tuple[Run, float]:
+        sent = time.monotonic()
+        self.proc.send_signal(signum)
+        code = self.proc.wait(timeout)
+        took = time.monotonic() - sent
+        log, text = read_log(self.log_file)
+        run = Run(code, self.out.read_text(), self.err.read_text(),
+                  time.monotonic() - self.started, log, text)  # fmt: skip
+        return run, took
+
+    def wait(self, timeout: float = 30) -> Run:
+        code = self.proc.wait(timeout)
+        log, text = read_log(self.log_file)
+        return Run(code, self.out.read_text(), self.err.read_text(),
+                   time.monotonic() - self.started, log, text)  # fmt: skip
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[list[str], dict[str, str], Path], Running]]:
+    started: list[Running] = []
+
+    def start(cmd: list[str], env: dict[str, str], cwd: Path) -> Running:
+        job = Running(cmd, env, cwd)
+        started.append(job)
+        return job
+
+    yield start
+    for job in started:
+        job.kill()
+
+
+def wire_alert(bot: BotApi, title: str | None, *needles: str) -> None:
+    """What the Bot API received matches the row: one message with ``title`` and the
+    needles (the failure class ...), or nothing at all."""
+    if title is None:
+        assert bot.requests == [], bot.texts
+        return
+    assert len(bot.requests) == 1, bot.texts
+    _, path, body = bot.requests[0]
+    assert path == f"/bot{TOKEN}/sendMessage"
+    assert body["chat_id"] == CHAT_ID and body["parse_mode"] == "HTML"
+    assert body["text"].startswith(title), body["text"]
+    for needle in needles:
+        assert needle in body["text"], (needle, body["text"])
+
+
+def no_secret_leaked(run: Run) -> None:
+    assert TOKEN not in run.log_text and TOKEN not in run.stderr and TOKEN not in run.stdout
+
+
+def gateway_closed_cleanly(gw: FakeGateway, client_id: int = 10) -> None:
+    """The job left no connection behind and closed its own (no half-open client id)."""
+    assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
+    closes = [e for e in gw.events("sim.connection.close") if e["client_id"] == client_id]
+    assert closes and closes[-1]["reason"] == "client closed", closes
+
+
+# --------------------------------------------------------------------------- connect faults
+@dataclass(frozen=True)
+class ConnectFault:
+    scenario: str
+    failure_class: str
+    reason: str  # ibkr.connect.gave_up reason
+    at_once: bool  # detected at once (far under the attempt bound) vs. at the bound
+    env: tuple[tuple[str, str], ...] = ()
+
+
+CONNECT_FAULTS = {
+    "refused": ConnectFault("down", "refused", "max_time", at_once=True),
+    "hang": ConnectFault("hang", "timeout", "max_time", at_once=False),
+    "close_on_accept": ConnectFault("close_on_accept", "closed", "fail_fast", at_once=True),
+    "not_logged_in": ConnectFault("not_logged_in", "not_logged_in", "max_time", at_once=False),
+    "client_id_in_use": ConnectFault("client_id_in_use", "rejected", "fail_fast", at_once=True),
+    "stall_sync": ConnectFault("stall_sync", "incomplete_sync", "max_time", at_once=False),
+    # 4 sequential round trips x 0.3 s > the 1 s bound on the whole attempt: one attempt
+    # (MAX_RETRIES=1 keeps the class deterministic), cut at the bound during the sync.
+    "slow_over_bound": ConnectFault(
+        "slow:0.3", "incomplete_sync", "max_attempts", at_once=False,
+        env=(("IBKR_CONNECT_TIMEOUT", "1"), ("IBKR_CONNECT_MAX_RETRIES", "1")),
+    ),
+}
+
+
+@pytest.mark.parametrize("row", list(CONNECT_FAULTS))
+def test_connect_fault(row: str, fake_gateway: FakeGateway, bot_api: BotApi,
+                       tmp_path: Path) -> None:  # fmt: skip
+    """Every attempt fails: exit 1, one alert naming the class, nothing placed."""
+    fault = CONNECT_FAULTS[row]
+    code, title = EXPECTED[row]
+    gw = fake_gateway
+    gw.set_scenario(fault.scenario)
+    env = job_env(tmp_path, bot_api.url, **dict(fault.env))
+    timeout = float(env["IBKR_CONNECT_TIMEOUT"])
+    run = run_job(submit_cmd(gw), env, tmp_path)
+
+    assert run.code == code, run.stderr
+    assert "Traceback" not in run.stderr
+    (line,) = run.human_stderr()
+    assert line.startswith("submit_orders.py: error: could not connect: could not connect to")
+    assert f"last failure {fault.failure_class}: " in line
+    wire_alert(bot_api, title, f"Failure: {fault.failure_class}", f"{gw.port}")
+    if fault.failure_class == "rejected":
+        assert "Another process probably holds client id 10" in bot_api.texts[0]
+    no_secret_leaked(run)
+
+    failed = run.events("ibkr.connect.failed")
+    assert failed and {f["failure_class"] for f in failed} == {fault.failure_class}
+    # Each attempt is bounded as a whole (TCP, handshake, API start, sync) by the timeout.
+    for f in failed:
+        assert f["attempt_ms"] <= (timeout + 0.3) * 1000, f
+    if fault.failure_class == "refused":  # a closed port is retried at a short interval
+        assert all(0 < f["next_delay_s"] <= 0.5 for f in failed[:-1]), failed
+    if fault.at_once:
+        assert all(f["attempt_ms"] < 250 for f in failed), failed
+    else:
+        assert failed[0]["attempt_ms"] >= timeout * 1000 * 0.9, failed[0]
+    gave_up = run.one("ibkr.connect.gave_up")
+    assert (gave_up["failure_class"], gave_up["reason"]) == (fault.failure_class, fault.reason)
+    assert gave_up["attempts"] == len(failed) == len(run.events("ibkr.connect.attempt"))
+    if fault.reason == "fail_fast":
+        assert gave_up["attempts"] == 3
+        assert gave_up["elapsed_ms"] < MAX_TIME * 1000 * 0.75  # well before the budget
+    else:
+        assert gave_up["elapsed_ms"] <= (MAX_TIME + 0.3) * 1000  # never beyond the budget
+    firing = run.one("ibkr.alert.firing")
+    assert (firing["kind"], firing["failure_class"]) == ("first", fault.failure_class)
+    assert run.one("ibkr.session.end")["outcome"] == "connect_failed"
+    assert run.one("script.end")["exit_code"] == code
+    run.assert_in_order("submit.start", "ibkr.connect.attempt", "ibkr.connect.failed",
+                        "ibkr.connect.gave_up", "ibkr.alert.firing", "ibkr.alert.sent",
+                        "ibkr.session.end", "script.end")  # fmt: skip
+    assert gw.messages("placeOrder") == []
+    assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
+
+
+# --------------------------------------------------------------------------- connects
+def test_restart(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """Port closed for 1 s (the daily gateway restart): refused attempts every 0.5 s,
+    connected within one refused interval of the port opening, the plan placed."""
+    gw = fake_gateway
+    gw.restart(1.0)
+    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="5"),
+                  tmp_path)  # fmt: skip
+    assert run.code == EXPECTED["restart"][0], run.stderr
+    assert "result: 5 submitted; exit 0" in run.stdout
+    wire_alert(bot_api, EXPECTED["restart"][1])
+    failed = run.events("ibkr.connect.failed")
+    assert len(failed) >= 2 and {f["failure_class"] for f in failed} == {"refused"}
+    assert all(f["next_delay_s"] == 0.5 for f in failed)
+    success = run.one("ibkr.connect.success")
+    assert success["attempt"] == len(failed) + 1 and success["accounts"] == ["DU1234567"]
+    reopened = gw.events("sim.restarted")[0]["at"]
+    first_open = min(e["at"] for e in gw.events("sim.connection.open"))
+    assert 0 <= first_open - reopened < 0.5 + 0.25  # at most one refused interval late
+    assert run.one("ibkr.session.end")["outcome"] == "ok"
+    assert run.one("script.end")["exit_code"] == 0
+    assert run.events("ibkr.alert.firing") == [] and run.events("ibkr.alert.sent") == []
+    run.assert_in_order("ibkr.connect.failed", "ibkr.connect.success", "ibkr.session.end",
+                        "script.end")  # fmt: skip
+    gateway_closed_cleanly(gw)
+
+
+SLOW_S = 0.2
+SLOW_T = 1.0
+
+
+def test_slow_under_bound(fake_gateway: FakeGateway, bot_api: BotApi,
+                          tmp_path: Path) -> None:  # fmt: skip
+    """Every reply 0.2 s late, bound 1 s: a connect is 4 sequential round trips
+    (handshake, API start, sync, executions), 0.8 s < 1 s, so the first attempt connects."""
+    gw = fake_gateway
+    gw.slow(SLOW_S)
+    env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_TIMEOUT=str(SLOW_T),
+                  IBKR_CONNECT_MAX_RETRIES="1", IBKR_ACK_TIMEOUT="5")  # fmt: skip
+    run = run_job(submit_cmd(gw), env, tmp_path)
+    assert run.code == EXPECTED["slow_under_bound"][0], run.stderr
+    assert "result: 5 submitted; exit 0" in run.stdout
+    wire_alert(bot_api, EXPECTED["slow_under_bound"][1])
+    success = run.one("ibkr.connect.success")
+    assert success["attempt"] == 1
+    assert 4 * SLOW_S * 1000 * 0.95 <= success["attempt_ms"] < SLOW_T * 1000
+    assert run.events("ibkr.connect.failed") == []
+    assert run.one("ibkr.session.end")["outcome"] == "ok"
+    assert run.one("script.end")["exit_code"] == 0
+    gateway_closed_cleanly(gw)
+
+
+# --------------------------------------------------------------------------- in the block
+def test_drop_mid_session(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
+                          running: Callable[..., Running]) -> None:  # fmt: skip
+    """The gateway cuts the connection while the 2nd order waits for its acknowledgement:
+    not reconnected (orders may be in flight), alerted, exit 1 at once."""
+    gw = fake_gateway
+    gw.hold_orders(after=1)
+    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"),
+                  tmp_path)  # fmt: skip
+    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=15)
+    dropped = time.monotonic()
+    gw.drop_connections()
+    run = job.wait()
+    assert time.monotonic() - dropped < 3  # the loss ended the wait, not the 20 s deadline
+    code, title = EXPECTED["drop_mid_session"]
+    assert run.code == code, run.stderr
+    assert any("lost the gateway" in line for line in run.human_stderr())
+    wire_alert(bot_api, title, f"127.0.0.1:{gw.port}", "clientId: 10")
+    lost = run.one("ibkr.session.lost")
+    assert lost["connected_s"] < 10
+    assert run.one("ibkr.session.end")["outcome"] == "lost"
+    assert run.one("script.end")["exit_code"] == code
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.unconfirmed": 1}
+    run.assert_in_order("ibkr.connect.success", "ibkr.session.lost", "ibkr.alert.sent",
+                        "ibkr.session.end", "script.end")  # fmt: skip
+    assert len(gw.events("sim.connection.open")) == 1  # no silent reconnect
+
+
+def test_exception_in_block(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """An exception escapes the with-block: logged with its traceback, alerted (HTML
+    escaped), re-raised unchanged (Python exits 1), and the client id is released."""
+    gw = fake_gateway
+    run = run_job(job_cmd("raise", gw.port), job_env(tmp_path, bot_api.url), tmp_path)
+    code, title = EXPECTED["exception_in_block"]
+    assert run.code == code
+    assert run.stderr.rstrip().endswith("ValueError: plan row 7 is bad: <qty> & price")
+    wire_alert(bot_api, title, "Phase: block",
+               "ValueError: plan row 7 is bad: &lt;qty&gt; &amp; price")  # fmt: skip
+    error = run.one("ibkr.session.error")
+    assert (error["phase"], error["error_type"]) == ("block", "ValueError")
+    assert error["exception"][0]["exc_type"] == "ValueError"
+    assert run.one("ibkr.session.end")["outcome"] == "error"
+    run.assert_in_order("ibkr.connect.success", "ibkr.session.error", "ibkr.alert.sent",
+                        "ibkr.session.end")  # fmt: skip
+    no_secret_leaked(run)
+    gateway_closed_cleanly(gw)
+
+
+@pytest.mark.parametrize(
+    ("row", "signum", "outcome", "event", "reason"),
+    [
+        pytest.param("sigterm_in_block", signal.SIGTERM, "terminated",
+                     "ibkr.session.terminated", "terminated (SIGTERM)", id="sigterm_in_block"),
+        pytest.param("sigint_in_block", signal.SIGINT, "interrupted",
+                     "ibkr.session.interrupted", "interrupted (Ctrl-C)", id="sigint_in_block"),
+    ],
+)  # fmt: skip
+def test_signal_in_block(row: str, signum: int, outcome: str, event: str, reason: str,
+                         fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
+                         running: Callable[..., Running]) -> None:  # fmt: skip
+    """Stopped while the 1st order waits for its acknowledgement: the documented exit
+    code, no alert (stopped on purpose), the order journaled unconfirmed, disconnected."""
+    gw = fake_gateway
+    gw.hold_orders(after=0)
+    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"),
+                  tmp_path)  # fmt: skip
+    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=15)
+    run, took = job.signal_and_wait(signum)
+    code, title = EXPECTED[row]
+    assert run.code == code, run.stderr
+    assert took < 2.0
+    assert f"submit_orders.py: error: {reason}" in run.human_stderr()
+    assert "Traceback" not in run.stderr
+    wire_alert(bot_api, title)
+    stopped = run.one(event)
+    assert stopped["phase"] == "block"
+    if signum == signal.SIGTERM:
+        assert stopped["signal"] == "SIGTERM"
+    assert run.one("ibkr.session.end")["outcome"] == outcome
+    end = run.one("script.end")
+    assert end["exit_code"] == code and end["outcomes"] == {"order.unconfirmed": 1}
+    assert run.events("ibkr.alert.sent") == [] and run.events("ibkr.session.error") == []
+    run.assert_in_order("ibkr.connect.success", event, "ibkr.session.end", "script.end")
+    gateway_closed_cleanly(gw)
+
+
+REFUSED_WAIT = 5.0
+
+
+def test_sigterm_in_retry_wait(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
+                               running: Callable[..., Running]) -> None:  # fmt: skip
+    """Port closed, retry interval 5 s: SIGTERM during the wait after the first refused
+    attempt ends the job at once (not after the wait), 143, no alert, no second attempt."""
+    gw = fake_gateway
+    gw.down()
+    env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="30")
+    job = running(job_cmd("pass", gw.port, str(REFUSED_WAIT)), env, tmp_path)
+    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", timeout=15)
+    run, took = job.signal_and_wait(signal.SIGTERM)
+    code, title = EXPECTED["sigterm_in_retry_wait"]
+    assert run.code == code, run.stderr
+    assert took < 1.5 < REFUSED_WAIT  # the wait was cut short
+    assert "Traceback" not in run.stderr
+    wire_alert(bot_api, title)
+    failed = run.one("ibkr.connect.failed")
+    assert (failed["failure_class"], failed["next_delay_s"]) == ("refused", REFUSED_WAIT)
+    assert len(run.events("ibkr.connect.attempt")) == 1  # it was waiting, not connecting
+    terminated = run.one("ibkr.session.terminated")
+    assert (terminated["phase"], terminated["signal"]) == ("connect", "SIGTERM")
+    assert run.one("ibkr.session.end")["outcome"] == "terminated"
+    assert run.events("ibkr.connect.gave_up") == [] and run.events("ibkr.alert.firing") == []
+    run.assert_in_order("ibkr.connect.attempt", "ibkr.connect.failed",
+                        "ibkr.session.terminated", "ibkr.session.end")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- the Bot API
+RATE_LIMITED = (429, {"ok": False, "error_code": 429,
+                      "description": "Too Many Requests: retry after 1",
+                      "parameters": {"retry_after": 1}})  # fmt: skip
+OK = (200, {"ok": True, "result": {}})
+
+
+@pytest.mark.parametrize(
+    ("row", "status", "answer"),
+    [
+        pytest.param("bot_400", 400, (400, {"ok": False, "error_code": 400,
+                     "description": "Bad Request: chat not found"}), id="bot_400"),
+        pytest.param("bot_500", 500, (500, {"ok": False, "error_code": 500,
+                     "description": "Internal Server Error"}), id="bot_500"),
+    ],
+)  # fmt: skip
+def test_bot_error(row: str, status: int, answer: tuple[int, dict[str, Any]],
+                       fake_gateway: FakeGateway, bot_api: BotApi,
+                       tmp_path: Path) -> None:  # fmt: skip
+    """The alert is refused: logged (status and description), not retried, not recorded
+    as sent (the next failing run tries again); the job's exit code is unchanged."""
+    fake_gateway.down()
+    bot_api.answer(answer)
+    run = run_job(submit_cmd(fake_gateway), job_env(tmp_path, bot_api.url), tmp_path)
+    assert run.code == EXPECTED[row][0]
+    assert len(bot_api.requests) == 1  # delivered to the API, refused by it: not retried
+    assert "IBKR CONNECTION FAILED" in bot_api.texts[0]
+    failed = run.one("ibkr.alert.telegram.failed")
+    assert (failed["status"], failed["description"]) == (status, answer[1]["description"])
+    assert run.one("ibkr.alert.failed")["error"] == "alert reported failure"
+    assert run.events("ibkr.alert.sent") == []
+    assert run.one("ibkr.session.end")["outcome"] == "connect_failed"
+    state = json.loads((tmp_path / "alert_state.json").read_text())
+    assert [e["alerts_sent"] for e in state["entries"].values()] == [0]
+    no_secret_leaked(run)
+
+
+def test_bot_429_retry_after(fake_gateway: FakeGateway, bot_api: BotApi,
+                                 tmp_path: Path) -> None:  # fmt: skip
+    """429 with retry_after=1 within a 3 s deadline: waited, retried once, delivered."""
+    fake_gateway.down()
+    bot_api.answer(RATE_LIMITED, OK)
+    run = run_job(submit_cmd(fake_gateway),
+                  job_env(tmp_path, bot_api.url, IBKR_ALERT_TIMEOUT="3"), tmp_path)  # fmt: skip
+    code, title = EXPECTED["bot_429_retry_after"]
+    assert run.code == code
+    assert len(bot_api.requests) == 2
+    (first_at, _, first), (second_at, _, second) = bot_api.requests
+    assert first == second and second["text"].startswith(str(title))
+    assert 1.0 <= second_at - first_at < 1.0 + SLACK  # waited exactly retry_after
+    assert run.one("ibkr.alert.telegram.rate_limited")["retry_after_s"] == 1
+    assert run.one("ibkr.alert.sent")["elapsed_ms"] < 3000
+    assert run.events("ibkr.alert.telegram.failed") == []
+    no_secret_leaked(run)
+
+
+def _added_by_alert(run: Run) -> float:
+    """Seconds between giving up and the end of the session: the alert path's cost."""
+
+    def at(name: str) -> float:
+        stamp = run.one(name)["timestamp"].replace("Z", "+00:00")
+        return datetime.fromisoformat(stamp).timestamp()
+
+    return at("ibkr.session.end") - at("ibkr.connect.gave_up")
+
+
+def test_bot_hanging(fake_gateway: FakeGateway, black_hole: BlackHole,
+                         tmp_path: Path) -> None:  # fmt: skip
+    """The Bot API accepts and never answers: the job stops waiting at IBKR_ALERT_TIMEOUT."""
+    fake_gateway.down()
+    run = run_job(submit_cmd(fake_gateway), job_env(tmp_path, black_hole.url), tmp_path)
+    assert run.code == EXPECTED["bot_hanging"][0]
+    assert len(black_hole.accepted) == 1 and b"POST /bot" in black_hole.received
+    timed_out = run.one("ibkr.alert.timed_out")
+    assert timed_out["timeout_s"] == ALERT_TIMEOUT
+    assert ALERT_TIMEOUT * 1000 <= timed_out["elapsed_ms"] < (ALERT_TIMEOUT + 0.2) * 1000
+    assert ALERT_TIMEOUT - 0.05 <= _added_by_alert(run) < ALERT_TIMEOUT + SLACK
+    assert run.elapsed < MAX_TIME + ALERT_TIMEOUT + 2.0  # + interpreter start-up
+    assert run.events("ibkr.alert.sent") == []
+    assert run.one("ibkr.session.end")["outcome"] == "connect_failed"
+    no_secret_leaked(run)
+
+
+def test_bot_refused(fake_gateway: FakeGateway, tmp_path: Path) -> None:
+    """Nothing listens on the Bot API's port: logged, quick, token scrubbed from the error."""
+    fake_gateway.down()
+    run = run_job(submit_cmd(fake_gateway), job_env(tmp_path, closed_port_url()), tmp_path)
+    assert run.code == EXPECTED["bot_refused"][0]
+    failed = run.one("ibkr.alert.telegram.failed")
+    assert failed["error_type"] == "ConnectionError"
+    assert run.one("ibkr.alert.failed")["elapsed_ms"] < 500
+    assert _added_by_alert(run) < SLACK
+    assert run.events("ibkr.alert.sent") == []
+    no_secret_leaked(run)
+
+
+def test_bot_unresolvable(fake_gateway: FakeGateway, tmp_path: Path) -> None:
+    """``nonexistent.invalid`` cannot resolve: bounded by IBKR_ALERT_TIMEOUT whether DNS
+    fails at once (here, usually) or hangs (the bound is asserted, not the path)."""
+    fake_gateway.down()
+    run = run_job(submit_cmd(fake_gateway),
+                  job_env(tmp_path, "http://nonexistent.invalid"), tmp_path)  # fmt: skip
+    assert run.code == EXPECTED["bot_unresolvable"][0]
+    outcome = run.events("ibkr.alert.failed") + run.events("ibkr.alert.timed_out")
+    assert len(outcome) == 1 and outcome[0]["elapsed_ms"] < (ALERT_TIMEOUT + 0.2) * 1000
+    assert _added_by_alert(run) < ALERT_TIMEOUT + SLACK
+    assert run.events("ibkr.alert.sent") == []
+    no_secret_leaked(run)
+
+
+def test_alert_state_file_unusable(fake_gateway: FakeGateway, bot_api: BotApi,
+                                   tmp_path: Path) -> None:  # fmt: skip
+    """IBKR_ALERT_STATE_FILE under a path that cannot exist (a regular file as its
+    directory): not a configuration error, by design. The de-dup layer fails open: logged,
+    and the alert is sent anyway."""
+    fake_gateway.down()
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    env = job_env(tmp_path, bot_api.url, IBKR_ALERT_STATE_FILE=str(blocker / "state.json"))
+    run = run_job(submit_cmd(fake_gateway), env, tmp_path)
+    code, title = EXPECTED["alert_state_file_unusable"]
+    assert run.code == code
+    wire_alert(bot_api, title, "Failure: refused")
+    unavailable = run.one("ibkr.alert.state_unavailable")
+    assert unavailable["action"] == "sending the alert without de-duplication"
+    assert run.one("ibkr.alert.sent")
+    run.assert_in_order("ibkr.connect.gave_up", "ibkr.alert.state_unavailable",
+                        "ibkr.alert.sent", "ibkr.session.end")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- configuration
+# A bad value for every variable the package reads (docs/configuration.md, plus the
+# scripts' own in docs/scripts.md). IBKR_ALERT_STATE_FILE is the one exception: any path
+# is valid and an unusable one fails open (test_alert_state_file_unusable).
+BAD_VALUES: dict[str, str] = {
+    "IBKR_HOST": "gw host",
+    "IBKR_PORT": "seventy",
+    "IBKR_CONNECT_TIMEOUT": "0",
+    "IBKR_CONNECT_MAX_RETRIES": "2.5",
+    "IBKR_CONNECT_RETRY_DELAY": "-1",
+    "IBKR_CONNECT_MAX_TIME": "inf",
+    "IBKR_ALLOW_LIVE": "maybe",
+    "IFDS_TELEGRAM_BOT_TOKEN": "424242 FaultMatrixToken",
+    "IFDS_TELEGRAM_CHAT_ID": "my chat",
+    "IFDS_TELEGRAM_API_URL": "api.telegram.org",
+    "IBKR_ALERT_TIMEOUT": "nan",
+    "IBKR_ALERT_REPEAT_INTERVAL": "0",
+    "IBKR_HEALTHCHECK_URL": "ftp://hc-ping.com/secret-uuid",
+    "IBKR_LOG_FORMAT": "xml",
+    "IBKR_LOG_FILE": "{tmp}/no/such/dir/job.jsonl",
+    "IBKR_LOG_LEVEL": "LOUD",
+    "IBKR_ACK_TIMEOUT": "-3",
+    "IBKR_JOURNAL": "/dev/null/journal.jsonl",
+}
+FAIL_OPEN = {"IBKR_ALERT_STATE_FILE"}
+SECRET = {"IFDS_TELEGRAM_BOT_TOKEN", "IBKR_HEALTHCHECK_URL"}
+
+
+def documented_variables() -> set[str]:
+    """Every variable named in the first column of a table in the two references."""
+    names: set[str] = set()
+    for doc in ("configuration.md", "scripts.md"):
+        for line in (REPO / "docs" / doc).read_text().splitlines():
+            names.update(re.findall(r"^\| `((?:IBKR|IFDS)_[A-Z_]+)`", line))
+    names.update(re.findall(r"\$(IBKR_[A-Z_]+)", (REPO / "docs" / "scripts.md").read_text()))
+    return names
+
+
+def test_every_variable_has_a_bad_value_row() -> None:
+    from ibkr_resilience._config import _BY_ENV
+
+    documented = documented_variables()
+    assert set(_BY_ENV) <= documented  # the package reads nothing undocumented
+    assert set(BAD_VALUES) | FAIL_OPEN == documented
+
+
+@pytest.mark.parametrize("var", sorted(BAD_VALUES))
+def test_bad_environment_variable(var: str, fake_gateway: FakeGateway, bot_api: BotApi,
+                                  tmp_path: Path) -> None:  # fmt: skip
+    """Exit 2, one line on stderr naming the variable, no traceback, the gateway and the
+    Bot API untouched, nothing journaled."""
+    value = BAD_VALUES[var].format(tmp=tmp_path)
+    env = job_env(tmp_path, bot_api.url, **{var: value})
+    run = run_job(submit_cmd(fake_gateway), env, tmp_path)
+    assert run.code == 2, run.stderr
+    human = run.human_stderr()
+    assert len(human) == 1, run.stderr
+    assert human[0].startswith(f"submit_orders.py: error: {var}"), human
+    assert "Traceback" not in run.stderr
+    if var in SECRET:
+        assert value not in run.stderr and "secret-uuid" not in run.stderr
+    assert fake_gateway.events("sim.connection.open") == []
+    assert bot_api.requests == []
+    assert not (tmp_path / "journal.jsonl").exists()
+
+
+# --------------------------------------------------------------------------- the table
+def test_the_reliability_table_states_what_the_tests_assert() -> None:
+    """Each row of the tables in docs/reliability.md names its test and states the exit
+    code (and alert) that test asserts: ``EXPECTED`` for the faults, exit 2 and the bad
+    value for the variables; and no row of the matrix is missing from the tables."""
+    tests = set(globals()) | set(
+        re.findall(r"^def (test_\w+)", (REPO / "tests" / "test_soak.py").read_text(), re.M)
+    )
+    rows: dict[str, list[str]] = {}
+    for line in RELIABILITY_DOC.read_text().splitlines():
+        found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)
+        if not line.startswith("|") or not found:
+            continue
+        assert found.group(1) in tests, f"no such test: {found.group(0)}"
+        row = found.group(2) or found.group(1).removeprefix("test_")
+        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
+    assert set(EXPECTED) | set(BAD_VALUES) <= set(rows), (
+        (set(EXPECTED) | set(BAD_VALUES)) - set(rows)
+    )
+    for row, (code, title) in EXPECTED.items():
+        cells = rows[row]
+        assert f"**{code}**" in cells, (row, cells)
+        alert = [c for c in cells if c.startswith(("sent", "not sent"))]
+        assert len(alert) == 1, (row, cells)
+        expected = "not sent" if title is None else f"sent: `{title}`"
+        assert alert[0].startswith(expected), (row, cells)
+    for var, value in BAD_VALUES.items():
+        cells = rows[var]
+        assert "**2**" in cells and f"`{value}`" in cells, (var, cells)

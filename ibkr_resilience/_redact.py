@@ -41,6 +41,8 @@ def scrub(text: str) -> str:
     for secret in _ordered:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    if ":" not in text:
+        return text  # both token patterns need the colon between bot id and secret
     text = _TOKEN_PATTERN.sub("bot" + REDACTED, text)
     return _BARE_TOKEN_PATTERN.sub(REDACTED, text)
 

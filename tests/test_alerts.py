@@ -11,12 +11,11 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import structlog
+from loopback import BlackHole, BotApi, closed_port_url
 from structlog.testing import capture_logs
 
 from ibkr_resilience import TelegramAlert, configure_logging
@@ -30,78 +29,16 @@ from ibkr_resilience._alerts import (
 TOKEN = "555000111:AAGtokenForTests_abcdefghijklmnopqrs"
 
 
-@dataclass
-class BotApi:
-    """Scripted answers, one per request (the last one repeats); records requests."""
-
-    answers: list[tuple[int, dict[str, Any]]]
-    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    url: str = ""
-
-
-@pytest.fixture
-def bot_api() -> Iterator[BotApi]:
-    api = BotApi(answers=[(200, {"ok": True, "result": {}})])
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length", 0))
-            api.requests.append((self.path, json.loads(self.rfile.read(length))))
-            status, body = api.answers[min(len(api.requests), len(api.answers)) - 1]
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield api
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture
 def black_hole() -> Iterator[str]:
     """Accepts connections and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        listener.settimeout(0.05)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-                held.append(conn)
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join(1)
-    for conn in held:
-        conn.close()
-    listener.close()
+    with BlackHole() as hole:
+        yield hole.url
 
 
 @pytest.fixture
 def closed_port() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}"
+    return closed_port_url()
 
 
 @pytest.fixture
@@ -158,7 +95,8 @@ def test_alert_text_names_machine_and_script() -> None:
 def test_posts_send_message_with_html(bot_api: BotApi, log_stream: io.StringIO) -> None:
     alert = TelegramAlert(TOKEN, "-100777", api_url=bot_api.url, timeout=2)
     assert alert("job <failed> & stopped") is True
-    [(path, body)] = bot_api.requests
+    [request] = bot_api.requests
+    path, body = request.path, request.json
     assert path == f"/bot{TOKEN}/sendMessage"
     assert body["chat_id"] == "-100777"
     assert body["parse_mode"] == "HTML"
@@ -169,7 +107,7 @@ def test_posts_send_message_with_html(bot_api: BotApi, log_stream: io.StringIO) 
 
 def test_long_alert_is_cut(bot_api: BotApi) -> None:
     TelegramAlert(TOKEN, 1, api_url=bot_api.url, timeout=2)("<" * 9000)
-    assert len(bot_api.requests[0][1]["text"]) <= 4096
+    assert len(bot_api.requests[0].json["text"]) <= 4096
 
 
 def test_400_fails_without_raising(bot_api: BotApi, log_stream: io.StringIO) -> None:
@@ -264,7 +202,7 @@ def test_from_env_configured(bot_api: BotApi) -> None:
     )
     assert isinstance(alert, TelegramAlert) and alert.timeout == 2
     assert deliver_alert(alert, "hello", 2) == "sent"
-    assert bot_api.requests[0][1]["chat_id"] == "42"
+    assert bot_api.requests[0].json["chat_id"] == "42"
 
 
 # -- deliver_alert with arbitrary callables ------------------------------------------------

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from loopback import HttpServer
 
 from ibkr_resilience.simulator import FakeGateway
 
@@ -71,29 +72,8 @@ def test_package_imports_with_a_bad_environment() -> None:
 
 
 def test_check_does_not_ping_the_jobs_healthcheck(fake_gateway: FakeGateway) -> None:
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    hits: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            self.send_response(200)
-            self.end_headers()
-
-        do_POST = do_HEAD = do_GET
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/ping/0f0e-uuid"
-        r = run("check", "--port", str(fake_gateway.port), IBKR_HEALTHCHECK_URL=url)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with HttpServer(path="/ping/0f0e-uuid") as server:
+        r = run("check", "--port", str(fake_gateway.port), IBKR_HEALTHCHECK_URL=server.url)
+    hits = [request.path for request in server.requests]
     assert r.returncode == 0, r.stderr
     assert hits == []

@@ -17,24 +17,21 @@ requests, or poll a log file another process writes (short sleep, hard deadline)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import BlackHole, BotApi, closed_port_url
 
 from ibkr_resilience.simulator import FakeGateway
 
@@ -91,108 +88,10 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
 
 
 # --------------------------------------------------------------------------- helpers
-@dataclass
-class BotApi:
-    """A Telegram Bot API stand-in on 127.0.0.1: scripted answers, recorded requests."""
-
-    url: str = ""
-    answers: list[tuple[int, dict[str, Any]]] = field(
-        default_factory=lambda: [(200, {"ok": True, "result": {}})]
-    )
-    requests: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)
-    _cond: threading.Condition = field(default_factory=threading.Condition)
-
-    def answer(self, *answers: tuple[int, dict[str, Any]]) -> None:
-        """Answer the n-th request with ``answers[n]``; the last one repeats."""
-        self.answers = list(answers)
-
-    def record(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        with self._cond:
-            self.requests.append((time.monotonic(), path, body))
-            self._cond.notify_all()
-            return self.answers[min(len(self.requests), len(self.answers)) - 1]
-
-    @property
-    def texts(self) -> list[str]:
-        return [body.get("text", "") for _, _, body in self.requests]
-
-
-@pytest.fixture
-def bot_api() -> Iterator[BotApi]:
-    api = BotApi()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            status, answer = api.record(self.path, body)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    api.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield api
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
-@dataclass
-class BlackHole:
-    """Accepts TCP connections and reads them, never answers."""
-
-    url: str
-    accepted: list[float] = field(default_factory=list)
-    received: bytearray = field(default_factory=bytearray)
-
-
 @pytest.fixture
 def black_hole() -> Iterator[BlackHole]:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.05)
-    hole = BlackHole(f"http://127.0.0.1:{listener.getsockname()[1]}")
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                pass
-            else:
-                hole.accepted.append(time.monotonic())
-                conn.settimeout(0.05)
-                held.append(conn)
-            for conn in held:
-                with contextlib.suppress(OSError):
-                    hole.received.extend(conn.recv(65536))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    yield hole
-    stop.set()
-    thread.join(5)
-    for conn in held:
-        conn.close()
-    listener.close()
-
-
-def closed_port_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+    with BlackHole() as hole:
+        yield hole
 
 
 def job_env(tmp_path: Path, bot_url: str, **extra: str) -> dict[str, str]:
@@ -348,7 +247,7 @@ def wire_alert(bot: BotApi, title: str | None, *needles: str) -> None:
         assert bot.requests == [], bot.texts
         return
     assert len(bot.requests) == 1, bot.texts
-    _, path, body = bot.requests[0]
+    path, body = bot.requests[0].path, bot.requests[0].json
     assert path == f"/bot{TOKEN}/sendMessage"
     assert body["chat_id"] == CHAT_ID and body["parse_mode"] == "HTML"
     assert body["text"].startswith(title), body["text"]
@@ -659,7 +558,7 @@ def test_bot_429_retry_after(fake_gateway: FakeGateway, bot_api: BotApi,
     code, title = EXPECTED["bot_429_retry_after"]
     assert run.code == code
     assert len(bot_api.requests) == 2
-    (first_at, _, first), (second_at, _, second) = bot_api.requests
+    (first_at, first), (second_at, second) = [(r.at, r.json) for r in bot_api.requests]
     assert first == second and second["text"].startswith(str(title))
     assert 1.0 <= second_at - first_at < 1.0 + SLACK  # waited exactly retry_after
     assert run.one("ibkr.alert.telegram.rate_limited")["retry_after_s"] == 1

@@ -7,17 +7,15 @@ import json
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 import structlog
 from ib_fakes import Factory, FakeIB, FakeTime, RecordingAlert
+from loopback import BlackHole, HttpServer, closed_port_url
 from structlog.testing import capture_logs
 
 from ibkr_resilience import (
@@ -33,71 +31,40 @@ from ibkr_resilience._healthcheck import Healthcheck
 UUID = "5f1c2a9e-3b7d-4e10-9c6a-0d2b8e4f7a13"
 
 
-class PingServer(ThreadingHTTPServer):
-    daemon_threads = True
+class PingServer(HttpServer):
+    """A healthchecks.io stand-in: answers 200 "OK" to every ping."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), PingHandler)
-        self.hits: list[tuple[str, str, str]] = []
-        self.queries: list[dict[str, list[str]]] = []
-        self.status = 200
+        super().__init__([(200, b"OK")], path=f"/{UUID}")
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/{UUID}"
+    def hits(self) -> list[tuple[str, str, str]]:
+        return [(r.method, r.route, r.text) for r in self.requests]
+
+    @property
+    def queries(self) -> list[dict[str, list[str]]]:
+        return [r.query for r in self.requests]
 
     def paths(self) -> list[str]:
         return [path.removeprefix(f"/{UUID}") or "/" for _, path, _ in self.hits]
 
 
-class PingHandler(BaseHTTPRequestHandler):
-    server: PingServer
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length).decode() if length else ""
-        path, _, query = self.path.partition("?")
-        self.server.hits.append((self.command, path, body))
-        self.server.queries.append(parse_qs(query))
-        self.send_response(self.server.status)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"OK")
-
-    do_GET = do_POST = do_HEAD = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def pings() -> Iterator[PingServer]:
-    server = PingServer()
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with PingServer() as server:
+        yield server
 
 
 @pytest.fixture
 def black_hole() -> Iterator[str]:
-    """Accepts TCP connections (the kernel's backlog does), never answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/{UUID}"
-    sock.close()
+    """Accepts TCP connections, never answers."""
+    with BlackHole(path=f"/{UUID}") as hole:
+        yield hole.url
 
 
 @pytest.fixture
 def refused() -> str:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return f"http://127.0.0.1:{port}/{UUID}"
+    return closed_port_url(f"/{UUID}")
 
 
 def session(url: str, factory: Any = None, **kw: Any) -> Any:
@@ -216,7 +183,7 @@ def test_no_url_no_ping(pings: PingServer) -> None:
 
 
 def test_an_error_status_is_logged_never_raised(pings: PingServer) -> None:
-    pings.status = 404
+    pings.answer((404, b"OK"))
     with capture_logs() as logs, session(pings.url):
         pass
     failed = [e for e in logs if e["event"] == "ibkr.healthcheck.failed"]
@@ -283,7 +250,7 @@ def test_uuid_never_reaches_the_logs(pings: PingServer, refused: str) -> None:
     lines = [json.loads(x) for x in text.splitlines()]
     assert UUID not in text
     sent = [x for x in lines if x["event"] == "ibkr.healthcheck.sent"]
-    port = pings.server_address[1]
+    port = pings.port
     assert [x["target"] for x in sent] == [
         f"http://127.0.0.1:{port}/.../start",
         f"http://127.0.0.1:{port}/...",

@@ -8,15 +8,14 @@ import logging
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 import structlog
 from freezegun import freeze_time
+from loopback import BotApi
 
 from ibkr_resilience import ConfigError, configure_logging
 
@@ -108,30 +107,11 @@ def test_one_processor_redacts_every_string() -> None:
     assert text.count("[REDACTED]") >= 4
 
 
-class _BotApi(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b'{"ok":true}'
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 def test_urllib3_debug_lines_are_redacted() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _BotApi)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
-    thread.start()
-    try:
+    with BotApi([(200, {"ok": True})]) as server:
         out = io.StringIO()
         configure_logging(format="json", level="DEBUG", stream=out, env={})
-        port = server.server_address[1]
-        requests.get(f"http://127.0.0.1:{port}/bot{TOKEN}/getMe", timeout=2)
-    finally:
-        server.shutdown()
-        server.server_close()
+        requests.get(f"{server.url}/bot{TOKEN}/getMe", timeout=2)
     urllib3_lines = [x for x in lines(out) if str(x["logger"]).startswith("urllib3")]
     assert any("/bot[REDACTED]/getMe" in str(x["event"]) for x in urllib3_lines)
     assert TOKEN not in out.getvalue()

@@ -12,14 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import BotApi
 
 from ibkr_resilience import (
     ConnectionFailed,
@@ -199,39 +198,21 @@ def test_give_up_alerts_once_through_a_real_bot_api(
     fake_gateway: FakeGateway, log_lines: list[dict[str, Any]]
 ) -> None:
     """The default alert: TelegramAlert from the environment, posting to a loopback Bot API."""
-    posted: list[tuple[str, dict[str, Any]]] = []
-
-    class BotApi(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            posted.append((self.path, json.loads(body)))
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(b'{"ok": true, "result": {}}')
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BotApi)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     token = "123456:ABC-secret_token"
-    env = {
-        "IFDS_TELEGRAM_BOT_TOKEN": token,
-        "IFDS_TELEGRAM_CHAT_ID": "-100200",
-        "IFDS_TELEGRAM_API_URL": f"http://127.0.0.1:{server.server_address[1]}",
-    }
     fake_gateway.down()
-    try:
+    with BotApi() as api:
+        env = {
+            "IFDS_TELEGRAM_BOT_TOKEN": token,
+            "IFDS_TELEGRAM_CHAT_ID": "-100200",
+            "IFDS_TELEGRAM_API_URL": api.url,
+        }
         with (
             pytest.raises(ConnectionFailed),
             ibkr_session(10, "127.0.0.1", fake_gateway.port, timeout=0.5, max_attempts=2,
                          max_time=5, env=env),
         ):
             pass
-    finally:
-        server.shutdown()
-        server.server_close()
+    posted = [(request.path, request.json) for request in api.requests]
     assert len(posted) == 1
     path, body = posted[0]
     assert path == f"/bot{token}/sendMessage"

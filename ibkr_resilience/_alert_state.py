@@ -46,6 +46,7 @@ from typing import Any, Literal
 import structlog
 
 from ._redact import scrub
+from ._statedir import fsync_dir, state_dir
 
 log = structlog.get_logger("ibkr_resilience.alerts")
 
@@ -64,14 +65,7 @@ def default_state_path(environ: Mapping[str, str] | None = None) -> Path:
 
     The XDG spec says a relative ``XDG_STATE_HOME`` is invalid and must be ignored.
     """
-    env = os.environ if environ is None else environ
-    xdg = env.get("XDG_STATE_HOME", "").strip()
-    if xdg and os.path.isabs(xdg):
-        base = Path(xdg)
-    else:
-        home = env.get("HOME", "").strip()
-        base = (Path(home) if home else Path.home()) / ".local" / "state"
-    return base / "ibkr_resilience" / "alert_state.json"
+    return state_dir(environ) / "alert_state.json"
 
 
 def iso_utc(epoch: float) -> str:
@@ -335,7 +329,7 @@ class AlertStateStore:
                 os.fsync(handle.fileno())
             os.replace(tmp, self.path)
             tmp = None
-            _fsync_dir(directory)
+            fsync_dir(directory)
             return True
         except OSError as exc:
             log.error(
@@ -355,16 +349,6 @@ class AlertStateStore:
         for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
             with contextlib.suppress(OSError):
                 stale.unlink()
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; best effort (not every filesystem allows it)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ The format and default path are documented in ``docs/order-plan.md``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -20,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from ._statedir import fsync_dir, state_dir
 
 SUBMITTED = "order.submitted"
 SKIPPED = "order.skipped"
@@ -89,9 +90,7 @@ class Journal:
         explicit = environ.get("IBKR_JOURNAL", "").strip()
         if explicit:
             return Path(explicit).expanduser()
-        state = environ.get("XDG_STATE_HOME", "").strip()
-        base = Path(state) if state and os.path.isabs(state) else Path.home() / ".local/state"
-        return base / "ibkr_resilience" / "journal.jsonl"
+        return state_dir(environ) / "journal.jsonl"
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record and fsync it; return the record as written.
@@ -137,7 +136,7 @@ class Journal:
             raise _error("cannot open journal", self.path, exc) from None
         try:
             if created:
-                _fsync_dir(self.path.parent)  # so the new file's name survives a crash too
+                fsync_dir(self.path.parent)  # so the new file's name survives a crash too
             elif _ends_torn(fd):
                 # A writer died mid-line: end that line so our record starts on its own.
                 os.write(fd, b"\n")
@@ -201,18 +200,6 @@ def read_journal(path: str | os.PathLike[str]) -> JournalContents:
 def _ends_torn(fd: int) -> bool:
     size = os.fstat(fd).st_size
     return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # not supported everywhere (e.g. Windows); the file itself is still synced
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _error(action: str, path: Path, exc: OSError) -> JournalError:

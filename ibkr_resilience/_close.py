@@ -42,12 +42,11 @@ from ._journal import (
     Journal,
     JournalError,
 )
-from ._logging import configure_logging
 from ._scriptkit import (
     Outcome,
     RunState,
+    ScriptRun,
     UsageError,
-    ack_timeout,
     add_common_arguments,
     contract_fields,
     live_open_orders,
@@ -148,10 +147,8 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     return script_main(SCRIPT, build_parser, _run, argv, env)
 
 
-def _run(args: argparse.Namespace, env: Mapping[str, str], state: RunState) -> None:
-    run_id = configure_logging(file=args.log_file, script=SCRIPT, env=env)
-    state.logging_ready = True
-    timeout = ack_timeout(args.ack_timeout, env)
+def _run(run: ScriptRun) -> None:
+    args, env, state, run_id, timeout = run.args, run.env, run.state, run.run_id, run.ack_timeout
     symbols = parse_symbols(args.symbols)
     if args.global_cancel and symbols:
         raise UsageError("--global-cancel cancels every order of the login; it cannot be "

@@ -34,6 +34,7 @@ from ._journal import (
     Journal,
     JournalError,
 )
+from ._logging import configure_logging
 from ._plan import PlanError
 from ._session import SIGTERM_EXIT_CODE, is_paper_account, managed_accounts
 
@@ -165,20 +166,38 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> A
 def script_main(
     script: str,
     build_parser: Callable[[], argparse.ArgumentParser],
-    body: Callable[[argparse.Namespace, Mapping[str, str], RunState], None],
+    body: Callable[[ScriptRun], None],
     argv: Sequence[str] | None,
     env: Mapping[str, str] | None,
 ) -> int:
-    """A script's ``main``: parse, run the body under :func:`run_script`, return the code.
+    """A script's ``main``: parse, set up logging, run the body under :func:`run_script`.
 
-    It never calls ``sys.exit``, so the demo can run the scripts in-process.
+    It never calls ``sys.exit``, so the demo can run the scripts in-process. Logging is
+    configured inside ``run_script`` so that a bad log setting is a one-line exit 2.
     """
     environ = os.environ if env is None else env
     args = parse_args(build_parser(), argv)
     if not isinstance(args, argparse.Namespace):
         return int(args)
     state = RunState(script)
-    return run_script(state, lambda: body(args, environ, state))
+
+    def setup_and_run() -> None:
+        run_id = configure_logging(file=args.log_file, script=script, env=environ)
+        state.logging_ready = True
+        body(ScriptRun(args, environ, state, run_id, ack_timeout(args.ack_timeout, environ)))
+
+    return run_script(state, setup_and_run)
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    """What every script body gets: its arguments, environment, run state and settings."""
+
+    args: argparse.Namespace
+    env: Mapping[str, str]
+    state: RunState
+    run_id: str
+    ack_timeout: float
 
 
 def ack_timeout(given: float | None, env: Mapping[str, str]) -> float:

@@ -31,12 +31,11 @@ from ._journal import (
     Journal,
     JournalError,
 )
-from ._logging import configure_logging
 from ._plan import ContractKey, Plan, PlannedOrder, load_plan
 from ._scriptkit import (
     Outcome,
     RunState,
-    ack_timeout,
+    ScriptRun,
     add_common_arguments,
     new_parser,
     open_journal,
@@ -72,10 +71,8 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     return script_main(SCRIPT, build_parser, _run, argv, env)
 
 
-def _run(args: argparse.Namespace, env: Mapping[str, str], state: RunState) -> None:
-    run_id = configure_logging(file=args.log_file, script=SCRIPT, env=env)
-    state.logging_ready = True
-    timeout = ack_timeout(args.ack_timeout, env)
+def _run(run: ScriptRun) -> None:
+    args, env, state, run_id, timeout = run.args, run.env, run.state, run.run_id, run.ack_timeout
     plan = load_plan(args.plan)  # the whole plan is checked before anything else happens
     config = session_config(args, env)
     with open_journal(args.journal, env, script=SCRIPT, run_id=run_id) as journal:

@@ -416,11 +416,16 @@ class AlertDeduplicator:
     def failure(
         self, key: FailureKey, build: Callable[[Occurrence], str], send: Send
     ) -> Occurrence:
-        """Record one failure of ``key``; send, remind or suppress; return what happened."""
-        now = self.now()
+        """Record one failure of ``key``; send, remind or suppress; return what happened.
+
+        The time is read once the lock is held: read before, a run that waited for the
+        lock would compare an older "now" with an alert another run just recorded, see a
+        negative interval (a clock stepping back) and send a spurious reminder.
+        """
         try:
             txn = self.store.begin()
         except StateUnavailable as exc:
+            now = self.now()
             occurrence = Occurrence("unguarded", key, 1, now, None, now, self.repeat_interval)
             log.error(
                 "ibkr.alert.state_unavailable",
@@ -432,6 +437,7 @@ class AlertDeduplicator:
             send(build(occurrence))
             return occurrence
         try:
+            now = self.now()
             entry = txn.entries.get(key.id) or Entry(key, now, now)
             entry.failures += 1
             entry.last_failure_at = now

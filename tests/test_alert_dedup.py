@@ -659,3 +659,26 @@ def test_concurrent_runs_send_one_alert_and_lose_no_update(tmp_path: Path) -> No
     assert out.read_text().splitlines() == ["IBKR CONNECTION FAILED"]
     [entry] = parse_state(state.read_text()).values()
     assert entry.failures == n and entry.alerts_sent == 1
+
+
+def test_failure_reads_the_clock_while_holding_the_lock(tmp_path: Path) -> None:
+    """Regression: a run that waited for the lock used a "now" older than the alert the
+    previous holder recorded, saw a negative interval and sent a spurious reminder."""
+    path = tmp_path / "s.json"
+    seen: list[str] = []
+
+    def now() -> float:
+        fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            seen.append("locked")
+        else:
+            seen.append("unlocked")
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return 1_700_000_000.0
+
+    AlertDeduplicator(path, 1800, now=now).failure(KEY, build, lambda text: "sent")
+    assert seen and set(seen) == {"locked"}

@@ -7,8 +7,7 @@ configures logging on import: scripts call :func:`configure_logging`.
 
 from __future__ import annotations
 
-from ._alerts import TelegramAlert
-from ._config import (
+from ._core.config import (
     DEFAULT_CLIENT_ID,
     GATEWAY_LIVE_PORT,
     GATEWAY_PAPER_PORT,
@@ -16,10 +15,11 @@ from ._config import (
     PAPER_PORT,
     SessionConfig,
 )
-from ._errors import ConfigError, ConnectionFailed, LiveAccountRefused
-from ._legacy import connect, disconnect, get_account
-from ._logging import configure_logging
-from ._session import ibkr_session
+from ._core.logconfig import configure_logging
+from ._legacy.connection import connect, disconnect, get_account
+from ._notify.alerts import TelegramAlert
+from ._session.session import ibkr_session
+from .errors import ConfigError, ConnectionFailed, LiveAccountRefused
 
 __version__ = "0.1.0"
 

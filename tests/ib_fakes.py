@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ibkr_resilience._ibcompat import ib_insync
+from ibkr_resilience._connect.compat import ib_insync
 
 Event = ib_insync.Event
 

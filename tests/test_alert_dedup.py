@@ -24,7 +24,7 @@ from ib_fakes import Factory, FakeTime, RecordingAlert
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConfigError, ConnectionFailed, SessionConfig, ibkr_session
-from ibkr_resilience._alert_state import (
+from ibkr_resilience._notify.dedup import (
     AlertDeduplicator,
     AlertStateStore,
     FailureKey,
@@ -271,7 +271,7 @@ def test_write_failure_is_logged_and_the_alert_still_sent(
     def broken(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("ibkr_resilience._alert_state.os.replace", broken)
+    monkeypatch.setattr("ibkr_resilience._notify.dedup.os.replace", broken)
     with capture_logs() as logs:
         assert d.failure(KEY, build, send).kind == "first"
     assert len(send.texts) == 2
@@ -289,7 +289,7 @@ def test_crash_between_temp_write_and_replace_keeps_the_old_file(tmp_path: Path)
     code = textwrap.dedent(
         """
         import os, sys
-        import ibkr_resilience._alert_state as state
+        import ibkr_resilience._notify.dedup as state
         state.os.replace = lambda src, dst: os._exit(9)
         d = state.AlertDeduplicator(sys.argv[1], 1800)
         d.failure(state.FailureKey("127.0.0.1", 7497, 10, "refused"),

@@ -19,7 +19,7 @@ from loopback import BlackHole, BotApi, closed_port_url
 from structlog.testing import capture_logs
 
 from ibkr_resilience import TelegramAlert, configure_logging
-from ibkr_resilience._alerts import (
+from ibkr_resilience._notify.alerts import (
     DisabledAlert,
     alert_text,
     deliver_alert,

@@ -8,7 +8,7 @@ import pytest
 
 import ibkr_resilience as ir
 from ibkr_resilience import ConfigError, SessionConfig
-from ibkr_resilience._config import env_value
+from ibkr_resilience._core.config import env_value
 
 TOKEN = "123456789:AAFakeTokenValue_abcdefghijklmnop"
 

@@ -680,7 +680,7 @@ def documented_variables() -> set[str]:
 
 
 def test_every_variable_has_a_bad_value_row() -> None:
-    from ibkr_resilience._config import _BY_ENV
+    from ibkr_resilience._core.config import _BY_ENV
 
     documented = documented_variables()
     assert set(_BY_ENV) <= documented  # the package reads nothing undocumented

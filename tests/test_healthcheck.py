@@ -26,7 +26,7 @@ from ibkr_resilience import (
     configure_logging,
     ibkr_session,
 )
-from ibkr_resilience._healthcheck import Healthcheck
+from ibkr_resilience._notify.healthcheck import Healthcheck
 
 UUID = "5f1c2a9e-3b7d-4e10-9c6a-0d2b8e4f7a13"
 
@@ -292,7 +292,7 @@ def test_the_hard_bound_holds_when_requests_does_not(monkeypatch: pytest.MonkeyP
     def stuck(*args: Any, **kw: Any) -> None:
         release.wait(10)
 
-    monkeypatch.setattr("ibkr_resilience._healthcheck.requests.post", stuck)
+    monkeypatch.setattr("ibkr_resilience._notify.healthcheck.requests.post", stuck)
     check = Healthcheck(f"https://hc-ping.invalid/{UUID}", 0.2)
     started = time.monotonic()
     try:

@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from ibkr_resilience._journal import (
+from ibkr_resilience._app.jobs.journal import (
     SUBMITTED,
     Journal,
     JournalError,
     read_journal,
 )
-from ibkr_resilience._plan import parse_plan
+from ibkr_resilience._app.jobs.plan import parse_plan
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,7 @@ def test_a_write_error_is_a_one_line_journal_error(
 CHILD = textwrap.dedent(
     """
     import sys
-    from ibkr_resilience._journal import Journal
+    from ibkr_resilience._app.jobs.journal import Journal
     journal = Journal(sys.argv[1], script="child", run_id="killed")
     journal.append("order.submitted", order_ref="plan-00000000:1", order_id=1)
     print("written", flush=True)
@@ -147,7 +147,7 @@ def test_a_record_survives_the_writer_being_killed_right_after(path: Path) -> No
 WRITER = textwrap.dedent(
     """
     import sys
-    from ibkr_resilience._journal import Journal
+    from ibkr_resilience._app.jobs.journal import Journal
     journal = Journal(sys.argv[1], run_id=sys.argv[2])
     for n in range(200):
         journal.append("order.dry_run", n=n, pad="x" * 3000)

@@ -48,7 +48,7 @@ def test_public_names_and_defaults() -> None:
     assert connection.CONNECT_MAX_RETRIES == 3
     assert connection.CONNECT_RETRY_DELAY == 5.0
     assert connection.CONNECT_TIMEOUT == 15.0
-    assert connection.IB is ibkr_resilience._ibcompat.IB
+    assert connection.IB is ibkr_resilience._connect.compat.IB
 
 
 def test_reload_picks_up_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -251,12 +251,12 @@ def test_disconnect_skips_a_disconnected_instance() -> None:
     ib.disconnect.assert_not_called()
 
 
-@mock.patch("ibkr_resilience._legacy._send_telegram_alert")
-@mock.patch("ibkr_resilience._legacy.IB")
+@mock.patch("ibkr_resilience._legacy.connection._send_telegram_alert")
+@mock.patch("ibkr_resilience._legacy.connection.IB")
 def test_package_level_connect_is_the_same_contract(
     mock_ib_cls: mock.MagicMock, mock_alert: mock.MagicMock
 ) -> None:
-    assert ibkr_resilience.connect is ibkr_resilience._legacy.connect
+    assert ibkr_resilience.connect is ibkr_resilience._legacy.connection.connect
     mock_ib_cls.return_value.connect.side_effect = ConnectionRefusedError()
     with mock.patch("time.sleep") as sleep, pytest.raises(SystemExit):
         ibkr_resilience.connect(max_retries=2, retry_delay=0.25)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ibkr_resilience._ibcompat import ib_insync
-from ibkr_resilience._plan import (
+from ibkr_resilience._app.jobs.plan import (
     MAX_ORDER_REF_LEN,
     Plan,
     PlanError,
@@ -19,6 +18,7 @@ from ibkr_resilience._plan import (
     load_plan,
     parse_plan,
 )
+from ibkr_resilience._connect.compat import ib_insync
 
 HEADER = "symbol,side,quantity,order_type,limit_price,stop_price,tif,take_profit,stop_loss"
 GOOD_ROW = "AAPL,BUY,10,MKT,,,DAY,,"

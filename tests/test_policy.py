@@ -15,7 +15,7 @@ from ib_fakes import FakeIB, FakeTime
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConnectionFailed
-from ibkr_resilience._attempt import (
+from ibkr_resilience._connect.attempt import (
     AttemptFailed,
     FailureClass,
     _Progress,
@@ -23,8 +23,13 @@ from ibkr_resilience._attempt import (
     bounded_connect,
     classify,
 )
-from ibkr_resilience._ibcompat import IB
-from ibkr_resilience._policy import MIN_ATTEMPT_WINDOW, RetryPolicy, Target, connect_with_retries
+from ibkr_resilience._connect.compat import IB
+from ibkr_resilience._connect.policy import (
+    MIN_ATTEMPT_WINDOW,
+    RetryPolicy,
+    Target,
+    connect_with_retries,
+)
 
 F = FailureClass
 

@@ -23,11 +23,12 @@ from typing import Any
 
 import pytest
 
-from ibkr_resilience import _close, _submit
-from ibkr_resilience._close import close_ref, trading_date
-from ibkr_resilience._ibcompat import IB, ib_insync
-from ibkr_resilience._journal import read_journal
-from ibkr_resilience._plan import load_plan
+from ibkr_resilience._app.jobs import close as close_job
+from ibkr_resilience._app.jobs import submit as submit_job
+from ibkr_resilience._app.jobs.close import close_ref, trading_date
+from ibkr_resilience._app.jobs.journal import read_journal
+from ibkr_resilience._app.jobs.plan import load_plan
+from ibkr_resilience._connect.compat import IB, ib_insync
 from ibkr_resilience.simulator import FakeGateway, SimPosition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,12 +66,12 @@ def script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 def submit(gw: FakeGateway, tmp_path: Path, *extra: str, plan: Path = PLAN,
            env: dict[str, str] | None = None) -> int:  # fmt: skip
     args = ["--port", str(gw.port), "--plan", str(plan), "--journal", str(tmp_path / "j.jsonl")]
-    return _submit.main([*args, *extra], env=env or script_env(tmp_path))
+    return submit_job.main([*args, *extra], env=env or script_env(tmp_path))
 
 
 def close(gw: FakeGateway, tmp_path: Path, *extra: str) -> int:
     args = ["--port", str(gw.port), "--journal", str(tmp_path / "j.jsonl")]
-    return _close.main([*args, *extra], env=script_env(tmp_path))
+    return close_job.main([*args, *extra], env=script_env(tmp_path))
 
 
 def journal(tmp_path: Path) -> list[dict[str, Any]]:
@@ -290,7 +291,7 @@ def test_bad_configuration_exits_2_with_one_line(
 ) -> None:  # fmt: skip
     argv = ["--plan", str(PLAN), "--port", str(fake_gateway.port), "--journal",
             str(tmp_path / "j.jsonl"), *args]  # fmt: skip
-    assert _submit.main(argv, env=script_env(tmp_path, **env)) == 2
+    assert submit_job.main(argv, env=script_env(tmp_path, **env)) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
     human = [line for line in err.splitlines() if not line.startswith("{")]
@@ -299,8 +300,8 @@ def test_bad_configuration_exits_2_with_one_line(
 
 
 def test_help_lists_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _submit.main(["--help"]) == 0
-    assert _close.main(["--help"]) == 0
+    assert submit_job.main(["--help"]) == 0
+    assert close_job.main(["--help"]) == 0
     out = capsys.readouterr().out
     for code in ("0 ", "1 ", "2 ", "3 ", "4 ", "130", "143"):
         assert f"\n  {code}" in out
@@ -310,8 +311,8 @@ def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     def interrupted(path: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_submit, "load_plan", interrupted)
-    assert _submit.main(["--plan", str(PLAN)], env=script_env(tmp_path)) == 130
+    monkeypatch.setattr(submit_job, "load_plan", interrupted)
+    assert submit_job.main(["--plan", str(PLAN)], env=script_env(tmp_path)) == 130
 
 
 # --------------------------------------------------------------------------- close_positions

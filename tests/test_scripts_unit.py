@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime
 import pytest
 from freezegun import freeze_time
 
-from ibkr_resilience._close import close_ref, parse_symbols, trading_date
-from ibkr_resilience._errors import ConfigError
-from ibkr_resilience._scriptkit import UsageError, ack_timeout
+from ibkr_resilience._app.jobs.close import close_ref, parse_symbols, trading_date
+from ibkr_resilience._app.jobs.kit import UsageError, ack_timeout
+from ibkr_resilience.errors import ConfigError
 
 
 @pytest.mark.parametrize(

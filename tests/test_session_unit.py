@@ -29,7 +29,7 @@ from ibkr_resilience import (
     configure_logging,
     ibkr_session,
 )
-from ibkr_resilience._alerts import DisabledAlert
+from ibkr_resilience._notify.alerts import DisabledAlert
 
 TOKEN = "111222333:AAEsessionTokenForTests_abcdefghijk"
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ibkr_resilience._ibcompat import IB, ib_insync
+from ibkr_resilience._connect.compat import IB, ib_insync
 from ibkr_resilience.simulator import SERVER_VERSION, FakeGateway, Scenario, SimPosition
 
 Stock = ib_insync.Stock

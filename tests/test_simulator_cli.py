@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ibkr_resilience._ibcompat import IB
+from ibkr_resilience._connect.compat import IB
 
 REPO = Path(__file__).resolve().parents[1]
 

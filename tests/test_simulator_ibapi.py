@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ibkr_resilience._ibcompat import IB, ib_insync
+from ibkr_resilience._connect.compat import IB, ib_insync
 from ibkr_resilience.simulator import SERVER_VERSION, FakeGateway, SimPosition
 
 ibapi_client = pytest.importorskip("ibapi.client", reason="ibapi-stable is not installed")

@@ -27,7 +27,7 @@ import pytest
 import structlog
 
 from ibkr_resilience import configure_logging, ibkr_session
-from ibkr_resilience._ibcompat import ensure_event_loop
+from ibkr_resilience._connect.compat import ensure_event_loop
 from ibkr_resilience.simulator import FakeGateway
 
 SEQUENTIAL = 500

@@ -18,8 +18,8 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .._config import GATEWAY_PAPER_PORT
-from .._logging import configure_logging
+from .._core.config import GATEWAY_PAPER_PORT
+from .._core.logconfig import configure_logging
 from ._gateway import FakeGateway
 from ._scenarios import SCENARIOS, Scenario
 from ._state import load_positions_csv

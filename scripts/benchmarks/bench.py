@@ -51,7 +51,7 @@ from ibkr_resilience import (
     configure_logging,
     ibkr_session,
 )
-from ibkr_resilience._ibcompat import IB
+from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway
 
 QUIET: dict[str, str] = {}

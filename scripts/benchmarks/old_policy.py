@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 
-from ibkr_resilience._ibcompat import IB
+from ibkr_resilience._connect.compat import IB
 
 
 class OldPolicyGaveUp(Exception):

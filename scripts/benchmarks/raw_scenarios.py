@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from ibkr_resilience._ibcompat import IB
+from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway
 
 SCENARIOS = ("down", "hang", "close_on_accept", "not_logged_in", "client_id_in_use",

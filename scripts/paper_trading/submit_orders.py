@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Place the day's order plan (see docs/scripts.md).
 
-A thin wrapper: the logic lives in ``ibkr_resilience._submit`` so that the installed
+A thin wrapper: the logic lives in ``ibkr_resilience._app.jobs.submit`` so that the installed
 package (and ``ibkr-resilience demo``) runs exactly the same code. Run it from a
 checkout (``python scripts/paper_trading/submit_orders.py --help``) or with the package
 installed; exit codes are listed in ``--help``.
@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 try:
-    from ibkr_resilience._submit import main
+    from ibkr_resilience._app.jobs.submit import main
 except ModuleNotFoundError as exc:  # a checkout without the package installed
     if exc.name != "ibkr_resilience":
         raise
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from ibkr_resilience._submit import main
+    from ibkr_resilience._app.jobs.submit import main
 
 if __name__ == "__main__":
     sys.exit(main())

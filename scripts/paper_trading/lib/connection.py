@@ -19,9 +19,9 @@ import os  # noqa: F401  (old tests patch ``connection.os.environ``)
 import sys  # noqa: F401  (old tests patch ``connection.sys.exit``)
 import time  # noqa: F401  (old tests patch ``connection.time.sleep``)
 
-from ibkr_resilience import _legacy
-from ibkr_resilience._config import DEFAULT_CLIENT_ID, LIVE_PORT, PAPER_PORT
-from ibkr_resilience._ibcompat import IB
+from ibkr_resilience._connect.compat import IB
+from ibkr_resilience._core.config import DEFAULT_CLIENT_ID, LIVE_PORT, PAPER_PORT
+from ibkr_resilience._legacy import connection as _legacy
 
 __all__ = [
     "CONNECT_MAX_RETRIES",

@@ -32,8 +32,8 @@ from typing import Any, Generic, TypeVar
 import backoff
 import structlog
 
-from ._attempt import AttemptFailed, FailureClass
-from ._errors import ConnectionFailed
+from ..errors import ConnectionFailed
+from .attempt import AttemptFailed, FailureClass
 
 log = structlog.get_logger("ibkr_resilience.connect")
 

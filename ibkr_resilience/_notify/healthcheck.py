@@ -20,9 +20,9 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 import structlog
 
-from ._alerts import run_bounded
-from ._config import check_setting
-from ._redact import register_secret, scrub
+from .._core.config import check_setting
+from .._core.redact import register_secret, scrub
+from .alerts import run_bounded
 
 log = structlog.get_logger("ibkr_resilience.healthcheck")
 

@@ -32,16 +32,11 @@ from typing import Any, Literal
 
 import structlog
 
-from ._alert_state import (
-    AlertDeduplicator,
-    FailureKey,
-    Occurrence,
-    Recovery,
-    default_state_path,
-    format_duration,
-    iso_utc,
-)
-from ._alerts import (
+from .._connect.attempt import FailureClass, bounded_connect, disconnect_quietly
+from .._connect.compat import IB
+from .._connect.policy import RetryPolicy, Target, connect_with_retries
+from .._core.config import DEFAULT_CLIENT_ID, SessionConfig
+from .._notify.alerts import (
     Alert,
     AlertOutcome,
     DisabledAlert,
@@ -50,12 +45,17 @@ from ._alerts import (
     client_id_hint,
     deliver_alert,
 )
-from ._attempt import FailureClass, bounded_connect, disconnect_quietly
-from ._config import DEFAULT_CLIENT_ID, SessionConfig
-from ._errors import ConnectionFailed, LiveAccountRefused
-from ._healthcheck import Healthcheck, PingKind
-from ._ibcompat import IB
-from ._policy import RetryPolicy, Target, connect_with_retries
+from .._notify.dedup import (
+    AlertDeduplicator,
+    FailureKey,
+    Occurrence,
+    Recovery,
+    default_state_path,
+    format_duration,
+    iso_utc,
+)
+from .._notify.healthcheck import Healthcheck, PingKind
+from ..errors import ConnectionFailed, LiveAccountRefused
 
 log = structlog.get_logger("ibkr_resilience.session")
 

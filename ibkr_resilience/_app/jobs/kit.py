@@ -23,10 +23,12 @@ from typing import IO, Any
 
 import structlog
 
-from ._config import DEFAULT_CLIENT_ID, GATEWAY_PAPER_PORT, PAPER_PORT, SessionConfig
-from ._errors import ConfigError, ConnectionFailed, LiveAccountRefused
-from ._ibcompat import ensure_event_loop, ib_insync
-from ._journal import (
+from ..._connect.compat import ensure_event_loop, ib_insync
+from ..._core.config import DEFAULT_CLIENT_ID, GATEWAY_PAPER_PORT, PAPER_PORT, SessionConfig
+from ..._core.logconfig import configure_logging
+from ..._session.session import SIGTERM_EXIT_CODE, is_paper_account, managed_accounts
+from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from .journal import (
     CANCEL_FAILED,
     NOT_PLACED,
     REJECTED,
@@ -34,9 +36,7 @@ from ._journal import (
     Journal,
     JournalError,
 )
-from ._logging import configure_logging
-from ._plan import PlanError
-from ._session import SIGTERM_EXIT_CODE, is_paper_account, managed_accounts
+from .plan import PlanError
 
 log = structlog.get_logger("ibkr_resilience.script")
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import structlog
 
-from ._ibcompat import ensure_event_loop, ib_insync
+from .compat import ensure_event_loop, ib_insync
 
 log = structlog.get_logger("ibkr_resilience.connect")
 

@@ -18,8 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ._config import GATEWAY_PAPER_PORT
-from ._errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from .._core.config import GATEWAY_PAPER_PORT
+from ..errors import ConfigError, ConnectionFailed, LiveAccountRefused
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -33,8 +33,8 @@ def _no_alert(text: str) -> None:
 
 
 def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from ._logging import configure_logging
-    from ._session import describe_ib, ibkr_session
+    from .._core.logconfig import configure_logging
+    from .._session.session import describe_ib, ibkr_session
 
     try:
         configure_logging(script="ibkr-resilience-check", env=env)
@@ -78,7 +78,7 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from ._demo import run_demo
+    from .demo import run_demo
 
     return int(run_demo(restart_s=args.restart, workdir=args.dir, env=env))
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from . import _close, _submit
-from ._cli import example_plan, new_workdir
-from .simulator import FakeGateway
+from ..simulator import FakeGateway
+from .cli import example_plan, new_workdir
+from .jobs import close, submit
 
 DEMO_ACCOUNT = "DU1234567"
 
@@ -66,16 +66,16 @@ def run_demo(
 
         _step(f"1/3 submit_orders while the gateway restarts (port closed for {restart_s:g} s)")
         gw.restart(restart_s)
-        rc1 = _submit.main(["--plan", str(plan), *common], env=script_env)
+        rc1 = submit.main(["--plan", str(plan), *common], env=script_env)
         placed_first = len(gw.messages("placeOrder"))
 
         _step("2/3 submit_orders again, same plan: nothing may be placed twice")
-        rc2 = _submit.main(["--plan", str(plan), *common], env=script_env)
+        rc2 = submit.main(["--plan", str(plan), *common], env=script_env)
         placed_second = len(gw.messages("placeOrder")) - placed_first
 
         _step("3/3 close_positions: cancel open orders, flatten every position")
         before_close = len(gw.messages("placeOrder"))
-        rc3 = _close.main(common, env=script_env)
+        rc3 = close.main(common, env=script_env)
         closing_orders = len(gw.messages("placeOrder")) - before_close
 
         reopened = gw.events("sim.restarted")

@@ -26,11 +26,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
 
-from ._alerts import DisabledAlert
-from ._config import SessionConfig
-from ._errors import ConnectionFailed
-from ._ibcompat import ib_insync
-from ._journal import (
+from ..._connect.compat import ib_insync
+from ..._core.config import SessionConfig
+from ..._notify.alerts import DisabledAlert
+from ..._session.session import SIGTERM_EXIT_CODE, ibkr_session
+from ...errors import ConnectionFailed
+from .journal import (
     CANCEL_FAILED,
     CANCELLED,
     DRY_RUN,
@@ -42,7 +43,7 @@ from ._journal import (
     Journal,
     JournalError,
 )
-from ._scriptkit import (
+from .kit import (
     Outcome,
     RunState,
     ScriptRun,
@@ -62,8 +63,7 @@ from ._scriptkit import (
     wait_for_update,
     wait_until,
 )
-from ._session import SIGTERM_EXIT_CODE, ibkr_session
-from ._submit import qualify
+from .submit import qualify
 
 log = structlog.get_logger("ibkr_resilience.close")
 

@@ -23,9 +23,9 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
 
-from ._config import check_setting, env_value
-from ._errors import ConfigError
-from ._redact import redact_secrets, register_secret
+from ..errors import ConfigError
+from .config import check_setting, env_value
+from .redact import redact_secrets, register_secret
 
 _HANDLER_MARK = "_ibkr_resilience_handler"
 _FIRST_KEYS = ("timestamp", "level", "logger", "event", "run_id", "script")

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ._statedir import fsync_dir, state_dir
+from ..._core.statedir import fsync_dir, state_dir
 
 SUBMITTED = "order.submitted"
 SKIPPED = "order.skipped"

@@ -22,7 +22,8 @@ from typing import Any
 
 import structlog
 
-from ._journal import (
+from ..._session.session import SIGTERM_EXIT_CODE, ibkr_session
+from .journal import (
     DRY_RUN,
     REJECTED,
     SKIPPED,
@@ -31,8 +32,7 @@ from ._journal import (
     Journal,
     JournalError,
 )
-from ._plan import ContractKey, Plan, PlannedOrder, load_plan
-from ._scriptkit import (
+from .kit import (
     Outcome,
     RunState,
     ScriptRun,
@@ -46,7 +46,7 @@ from ._scriptkit import (
     trade_outcome,
     wait_for_acks,
 )
-from ._session import SIGTERM_EXIT_CODE, ibkr_session
+from .plan import ContractKey, Plan, PlannedOrder, load_plan
 
 log = structlog.get_logger("ibkr_resilience.submit")
 

@@ -45,8 +45,8 @@ from typing import Any, Literal
 
 import structlog
 
-from ._redact import scrub
-from ._statedir import fsync_dir, state_dir
+from .._core.redact import scrub
+from .._core.statedir import fsync_dir, state_dir
 
 log = structlog.get_logger("ibkr_resilience.alerts")
 

@@ -28,7 +28,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from ._ibcompat import ib_insync
+from ..._connect.compat import ib_insync
 
 SIDES = ("BUY", "SELL")
 ORDER_TYPES = ("MKT", "LMT", "STP", "STP LMT", "MOC", "LOC")

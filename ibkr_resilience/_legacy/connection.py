@@ -20,14 +20,14 @@ from typing import Any, cast
 
 import structlog
 
-from ._alerts import DEFAULT_ALERT_TIMEOUT, TelegramAlert, deliver_alert
-from ._attempt import blocking_connect, disconnect_quietly
-from ._config import DEFAULT_CLIENT_ID, DEFAULT_HOST, LIVE_PORT, PAPER_PORT, env_value
-from ._errors import ConnectionFailed, LiveAccountRefused
-from ._ibcompat import IB
-from ._logging import configure_logging
-from ._policy import RetryPolicy, Target, connect_with_retries
-from ._session import connect_failed_text, describe_ib, is_paper_account
+from .._connect.attempt import blocking_connect, disconnect_quietly
+from .._connect.compat import IB
+from .._connect.policy import RetryPolicy, Target, connect_with_retries
+from .._core.config import DEFAULT_CLIENT_ID, DEFAULT_HOST, LIVE_PORT, PAPER_PORT, env_value
+from .._core.logconfig import configure_logging
+from .._notify.alerts import DEFAULT_ALERT_TIMEOUT, TelegramAlert, deliver_alert
+from .._session.session import connect_failed_text, describe_ib, is_paper_account
+from ..errors import ConnectionFailed, LiveAccountRefused
 
 log = structlog.get_logger("ibkr_resilience.legacy")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from ._errors import ConfigError
+from ..errors import ConfigError
 
 PAPER_PORT = 7497
 """TWS, paper trading."""

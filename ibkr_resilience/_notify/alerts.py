@@ -25,8 +25,8 @@ from typing import Any, Literal
 import requests
 import structlog
 
-from ._config import DEFAULT_TELEGRAM_API_URL, check_setting, env_value
-from ._redact import register_secret, scrub
+from .._core.config import DEFAULT_TELEGRAM_API_URL, check_setting, env_value
+from .._core.redact import register_secret, scrub
 
 log = structlog.get_logger("ibkr_resilience.alerts")
 

@@ -1,0 +1,1 @@
+"""The trading jobs: plan, journal, submit, close and their shared kit."""

@@ -1,0 +1,1 @@
+"""Layer 1: one connection (client library, attempt, retry policy, hints)."""

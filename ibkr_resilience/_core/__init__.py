@@ -1,0 +1,1 @@
+"""Layer 0: settings, errors' neighbours, redaction, state directory, logging setup."""

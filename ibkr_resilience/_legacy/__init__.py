@@ -1,0 +1,1 @@
+"""Layer 4: the old connect()/get_account()/disconnect() API."""

@@ -17,7 +17,7 @@ from ._core.config import (
 )
 from ._core.logconfig import configure_logging
 from ._legacy.connection import connect, disconnect, get_account
-from ._notify.alerts import TelegramAlert
+from ._notify.telegram import TelegramAlert
 from ._session.session import ibkr_session
 from .errors import ConfigError, ConnectionFailed, LiveAccountRefused
 

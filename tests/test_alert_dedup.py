@@ -24,17 +24,15 @@ from ib_fakes import Factory, FakeTime, RecordingAlert
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConfigError, ConnectionFailed, SessionConfig, ibkr_session
-from ibkr_resilience._notify.dedup import (
-    AlertDeduplicator,
+from ibkr_resilience._core.timefmt import format_duration
+from ibkr_resilience._notify.alert_state import (
     AlertStateStore,
     FailureKey,
-    Occurrence,
-    Recovery,
     StateUnavailable,
     default_state_path,
-    format_duration,
     parse_state,
 )
+from ibkr_resilience._notify.dedup import AlertDeduplicator, Occurrence, Recovery
 
 T0 = datetime(2024, 6, 3, 7, 0, tzinfo=UTC).timestamp()
 KEY = FailureKey("127.0.0.1", 7497, 10, "refused")
@@ -271,7 +269,7 @@ def test_write_failure_is_logged_and_the_alert_still_sent(
     def broken(src: str, dst: str) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("ibkr_resilience._notify.dedup.os.replace", broken)
+    monkeypatch.setattr("ibkr_resilience._notify.alert_state.os.replace", broken)
     with capture_logs() as logs:
         assert d.failure(KEY, build, send).kind == "first"
     assert len(send.texts) == 2
@@ -289,9 +287,10 @@ def test_crash_between_temp_write_and_replace_keeps_the_old_file(tmp_path: Path)
     code = textwrap.dedent(
         """
         import os, sys
-        import ibkr_resilience._notify.dedup as state
+        import ibkr_resilience._notify.alert_state as state
+        import ibkr_resilience._notify.dedup as dedup
         state.os.replace = lambda src, dst: os._exit(9)
-        d = state.AlertDeduplicator(sys.argv[1], 1800)
+        d = dedup.AlertDeduplicator(sys.argv[1], 1800)
         d.failure(state.FailureKey("127.0.0.1", 7497, 10, "refused"),
                   lambda o: "text", lambda text: "sent")
         """
@@ -417,7 +416,7 @@ def test_who_gets_de_duplication(tmp_path: Path) -> None:
     default = Path(os.environ["XDG_STATE_HOME"]) / "ibkr_resilience" / "alert_state.json"
 
     def path(**kw: Any) -> Path | None:
-        d = ibkr_session(**kw).dedup
+        d = ibkr_session(**kw).notifier.dedup
         return None if d is None else d.store.path
 
     rec = RecordingAlert()

@@ -19,12 +19,9 @@ from loopback import BlackHole, BotApi, closed_port_url
 from structlog.testing import capture_logs
 
 from ibkr_resilience import TelegramAlert, configure_logging
-from ibkr_resilience._notify.alerts import (
-    DisabledAlert,
-    alert_text,
-    deliver_alert,
-    telegram_html,
-)
+from ibkr_resilience._notify.delivery import deliver_alert
+from ibkr_resilience._notify.telegram import DisabledAlert, telegram_html
+from ibkr_resilience._notify.texts import alert_text
 
 TOKEN = "555000111:AAGtokenForTests_abcdefghijklmnopqrs"
 

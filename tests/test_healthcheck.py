@@ -176,7 +176,7 @@ def test_only_the_outermost_session_pings_unless_told(pings: PingServer) -> None
 
 def test_no_url_no_ping(pings: PingServer) -> None:
     s = ibkr_session(ib_factory=Factory("ok"), alert=RecordingAlert(), env={})
-    assert s.healthcheck is None
+    assert s.notifier.healthcheck is None
     with s:
         pass
     assert pings.hits == []
@@ -285,15 +285,14 @@ def test_url_is_hidden_in_repr_and_config_errors() -> None:
         assert UUID not in message
 
 
-def test_the_hard_bound_holds_when_requests_does_not(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hard_bound_holds_when_requests_does_not() -> None:
     """``requests`` timeouts miss DNS resolution: a ping stuck there is abandoned."""
     release = threading.Event()
 
-    def stuck(*args: Any, **kw: Any) -> None:
+    def stuck(*args: Any, **kw: Any) -> Any:
         release.wait(10)
 
-    monkeypatch.setattr("ibkr_resilience._notify.healthcheck.requests.post", stuck)
-    check = Healthcheck(f"https://hc-ping.invalid/{UUID}", 0.2)
+    check = Healthcheck(f"https://hc-ping.invalid/{UUID}", 0.2, post=stuck)
     started = time.monotonic()
     try:
         with capture_logs() as logs:

@@ -29,7 +29,7 @@ from ibkr_resilience import (
     configure_logging,
     ibkr_session,
 )
-from ibkr_resilience._notify.alerts import DisabledAlert
+from ibkr_resilience._notify.telegram import DisabledAlert
 
 TOKEN = "111222333:AAEsessionTokenForTests_abcdefghijk"
 
@@ -419,9 +419,9 @@ def test_alert_that_hangs_is_abandoned_at_the_deadline() -> None:
 def test_default_alert_comes_from_the_environment() -> None:
     configured = ibkr_session(
         env={"IFDS_TELEGRAM_BOT_TOKEN": TOKEN, "IFDS_TELEGRAM_CHAT_ID": "5"}
-    ).alert
+    ).notifier.alert
     assert isinstance(configured, TelegramAlert) and TOKEN not in repr(configured)
-    assert isinstance(ibkr_session(env={}).alert, DisabledAlert)
+    assert isinstance(ibkr_session(env={}).notifier.alert, DisabledAlert)
 
 
 # -- wall clock under freezegun: the session still works, timestamps are frozen ---------------

@@ -33,8 +33,9 @@ def _no_alert(text: str) -> None:
 
 
 def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from .._connect.accounts import describe_ib
     from .._core.logconfig import configure_logging
-    from .._session.session import describe_ib, ibkr_session
+    from .._session.session import ibkr_session
 
     try:
         configure_logging(script="ibkr-resilience-check", env=env)

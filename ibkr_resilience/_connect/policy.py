@@ -34,6 +34,7 @@ import structlog
 
 from ..errors import ConnectionFailed
 from .attempt import AttemptFailed, FailureClass
+from .hints import hint_for
 
 log = structlog.get_logger("ibkr_resilience.connect")
 
@@ -73,27 +74,6 @@ class Target:
     port: int
     client_id: int
     timeout: float
-
-
-def hint_for(failure_class: str, client_id: int) -> str | None:
-    """What the operator should check, for the classes where we know."""
-    if failure_class == FailureClass.REJECTED:
-        return (
-            f"another process probably holds client id {client_id} "
-            "(a previous run that did not disconnect, or a second job with the same id)"
-        )
-    if failure_class == FailureClass.NOT_LOGGED_IN:
-        return "the API port is open but the API did not start: is the gateway logged in?"
-    if failure_class == FailureClass.REFUSED:
-        return "nothing listens on the port: is the gateway running, and is the port right?"
-    if failure_class == FailureClass.CLOSED:
-        return (
-            "the gateway closed the connection before the API handshake: is "
-            "'Enable ActiveX and Socket Clients' on, and is this host in 'Trusted IPs'?"
-        )
-    if failure_class == FailureClass.INCOMPLETE_SYNC:
-        return "the gateway started the API but did not answer the initial sync"
-    return None
 
 
 class _Run(Generic[T]):

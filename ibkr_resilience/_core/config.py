@@ -30,6 +30,8 @@ GATEWAY_LIVE_PORT = 4001
 DEFAULT_CLIENT_ID = 10
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+DEFAULT_ALERT_TIMEOUT = 5.0
+"""Seconds any one alert or healthcheck ping may take, DNS included."""
 DEFAULT_ALERT_REPEAT_INTERVAL = 1800.0
 """Seconds between reminders while a connection failure persists (Alertmanager-style)."""
 
@@ -84,7 +86,7 @@ class SessionConfig:
     retry_delay: float = 1.0
     max_retry_delay: float = 15.0
     refused_retry_interval: float = 0.5
-    alert_timeout: float = 5.0
+    alert_timeout: float = DEFAULT_ALERT_TIMEOUT
     paper_only: bool = True
     allow_live: bool = False
     telegram_token: str | None = field(default=None, repr=False)

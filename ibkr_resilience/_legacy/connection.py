@@ -20,13 +20,23 @@ from typing import Any, cast
 
 import structlog
 
+from .._connect.accounts import describe_ib, is_paper_account
 from .._connect.attempt import blocking_connect, disconnect_quietly
 from .._connect.compat import IB
 from .._connect.policy import RetryPolicy, Target, connect_with_retries
-from .._core.config import DEFAULT_CLIENT_ID, DEFAULT_HOST, LIVE_PORT, PAPER_PORT, env_value
+from .._core.config import (
+    DEFAULT_ALERT_TIMEOUT,
+    DEFAULT_CLIENT_ID,
+    DEFAULT_HOST,
+    LIVE_PORT,
+    PAPER_PORT,
+    env_value,
+)
 from .._core.logconfig import configure_logging
-from .._notify.alerts import DEFAULT_ALERT_TIMEOUT, TelegramAlert, deliver_alert
-from .._session.session import connect_failed_text, describe_ib, is_paper_account
+from .._notify.delivery import deliver_alert
+from .._notify.events import ConnectGaveUp, Gateway
+from .._notify.telegram import TelegramAlert
+from .._notify.texts import gave_up_text
 from ..errors import ConnectionFailed, LiveAccountRefused
 
 log = structlog.get_logger("ibkr_resilience.legacy")
@@ -107,7 +117,8 @@ def connect_impl(
         return connect_with_retries(attempt, policy=policy, target=target, describe=describe_ib)
     except ConnectionFailed as exc:
         alert_timeout = env_value("IBKR_ALERT_TIMEOUT") or DEFAULT_ALERT_TIMEOUT
-        deliver_alert(send_alert, connect_failed_text(exc, target, attempts), alert_timeout)
+        text = gave_up_text(ConnectGaveUp(Gateway(host, port, client_id), exc, attempts))
+        deliver_alert(send_alert, text, alert_timeout)
         sys.exit(1)
         return cast(Any, None)  # only reached when sys.exit is mocked
 

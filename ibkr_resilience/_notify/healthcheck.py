@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
 import structlog
 
 from .._core.config import check_setting
 from .._core.redact import register_secret, scrub
-from .alerts import run_bounded
+from .bounded import run_bounded
+from .http import HttpPost, requests_post
 
 log = structlog.get_logger("ibkr_resilience.healthcheck")
 
@@ -40,7 +40,8 @@ _SECRET_SEGMENT_MIN = 16
 class Healthcheck:
     """Ping one check URL; never raises, never takes longer than ``timeout``."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, *, post: HttpPost = requests_post) -> None:
+        self._post = post
         self._url: str = check_setting("healthcheck_url", url)
         self.timeout = float(check_setting("alert_timeout", timeout))
         parts = urlsplit(self._url)
@@ -81,15 +82,14 @@ class Healthcheck:
         timeout = self.timeout * REQUESTS_TIMEOUT_SHARE
 
         def post() -> int:
-            response = requests.post(
+            response = self._post(
                 url,
                 data=data,
                 params=params,
                 headers={"Content-Type": "text/plain; charset=utf-8"},
-                timeout=(timeout, timeout),
+                timeout=timeout,
             )
-            response.close()
-            return response.status_code
+            return response.status
 
         result = run_bounded(post, self.timeout, "ibkr-healthcheck")
         fields: dict[str, object] = {

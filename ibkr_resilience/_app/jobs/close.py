@@ -28,7 +28,7 @@ import structlog
 
 from ..._connect.compat import ib_insync
 from ..._core.config import SessionConfig
-from ..._notify.alerts import DisabledAlert
+from ..._notify.telegram import DisabledAlert
 from ..._session.session import SIGTERM_EXIT_CODE, ibkr_session
 from ...errors import ConnectionFailed
 from .journal import (

@@ -23,10 +23,11 @@ from typing import IO, Any
 
 import structlog
 
+from ..._connect.accounts import is_paper_account, managed_accounts
 from ..._connect.compat import ensure_event_loop, ib_insync
 from ..._core.config import DEFAULT_CLIENT_ID, GATEWAY_PAPER_PORT, PAPER_PORT, SessionConfig
 from ..._core.logconfig import configure_logging
-from ..._session.session import SIGTERM_EXIT_CODE, is_paper_account, managed_accounts
+from ..._session.signals import SIGTERM_EXIT_CODE
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
 from .journal import (
     CANCEL_FAILED,

@@ -1,40 +1,29 @@
-"""Alerts that can never break or hang the job that sends them.
+"""Telegram, the default alert channel: the Bot API ``sendMessage`` call, escaped and bounded.
 
-An alert fires exactly when things are already going wrong, often when the network is
-too; so delivery is best-effort and hard-bounded. :func:`deliver_alert` runs any alert
-callable in a daemon thread and stops waiting at the deadline, because ``requests``
-timeouts do not cover DNS resolution; a daemon thread (not a ``ThreadPoolExecutor``,
-whose workers are joined at interpreter exit) cannot keep the process alive either.
-:class:`TelegramAlert` escapes the text for Telegram's HTML mode (a stray ``<`` or ``&``
-makes the Bot API reject the message and the alert is lost) and never logs the token.
+The text is escaped for Telegram's HTML mode (a stray ``<`` or ``&`` makes the Bot API
+reject the message and the alert is lost) and cut to the 4096-character limit; one 429
+answer is retried after its ``retry_after`` when that fits the deadline. The token is
+part of the URL, so it is registered with the log redactor and never logged.
 """
 
 from __future__ import annotations
 
-import contextlib
 import html
-import os
-import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-import requests
 import structlog
 
-from .._core.config import DEFAULT_TELEGRAM_API_URL, check_setting, env_value
+from .._core.config import DEFAULT_ALERT_TIMEOUT, DEFAULT_TELEGRAM_API_URL, check_setting, env_value
 from .._core.redact import register_secret, scrub
+from .delivery import Alert
+from .http import HttpPost, HttpResponse, requests_post
 
 log = structlog.get_logger("ibkr_resilience.alerts")
 
-Alert = Callable[[str], object]
-AlertOutcome = Literal["sent", "failed", "timed_out", "disabled"]
-
 TELEGRAM_MAX_CHARS = 4096
-DEFAULT_ALERT_TIMEOUT = 5.0
 _TRUNCATION_MARK = "\n[truncated]"
 
 
@@ -59,41 +48,6 @@ def telegram_html(text: str, limit: int = TELEGRAM_MAX_CHARS) -> str:
     return html.escape(text[:cut], quote=False) + _TRUNCATION_MARK
 
 
-def machine_name() -> str:
-    """The host name, so an alert says which box's cron job failed."""
-    try:
-        return socket.gethostname() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def script_name() -> str:
-    """The running script's file name, so an alert says which job failed."""
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-
-
-def client_id_hint(client_id: int) -> str:
-    """The operator's next step when the gateway rejects the client id."""
-    return (
-        f"Another process probably holds client id {client_id} (error 326): a previous "
-        "run that did not disconnect, or a second job using the same id."
-    )
-
-
-def alert_text(title: str, facts: list[tuple[str, object]], notes: list[str] | None = None) -> str:
-    """Build a plain-text alert: a title line, ``key: value`` facts, then notes.
-
-    The machine and script are always appended; the text stays raw (unescaped), the
-    transport does the escaping it needs.
-    """
-    lines = [title]
-    lines.extend(f"{key}: {value}" for key, value in facts)
-    lines.append(f"Machine: {machine_name()}")
-    lines.append(f"Script: {script_name()}")
-    lines.extend(notes or [])
-    return "\n".join(lines)
-
-
 class TelegramAlert:
     """Post an alert with the Telegram Bot API ``sendMessage`` call; never raises.
 
@@ -113,6 +67,7 @@ class TelegramAlert:
         *,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        post: HttpPost = requests_post,
     ) -> None:
         register_secret(token)
         self._token = token
@@ -121,6 +76,7 @@ class TelegramAlert:
         self.timeout = float(check_setting("alert_timeout", timeout))
         self._sleep = sleep
         self._clock = clock
+        self._post = post
 
     def __repr__(self) -> str:
         return f"TelegramAlert(chat_id={self.chat_id!r}, api_url={self.api_url!r}, token=<hidden>)"
@@ -170,8 +126,8 @@ class TelegramAlert:
                 log.error("ibkr.alert.telegram.failed", error="deadline passed", attempt=attempt)
                 return False
             try:
-                response = requests.post(url, json=payload, timeout=(remaining, remaining))
-            except requests.RequestException as exc:
+                response = self._post(url, json=payload, timeout=remaining)
+            except Exception as exc:
                 # str(exc) holds the URL, hence the token: scrub before logging.
                 log.error(
                     "ibkr.alert.telegram.failed",
@@ -180,14 +136,14 @@ class TelegramAlert:
                     error=scrub(str(exc)),
                 )
                 return False
-            if response.status_code == 200:
+            if response.status == 200:
                 log.debug("ibkr.alert.telegram.sent", attempt=attempt)
                 return True
-            body = _json_or_empty(response)
-            description = scrub(str(body.get("description", response.reason or "")))
+            body = _json_object(response)
+            description = scrub(str(body.get("description", response.reason)))
             retry_after = _retry_after(body)
             if (
-                response.status_code == 429
+                response.status == 429
                 and attempt == 1
                 and retry_after is not None
                 and retry_after <= deadline - self._clock()
@@ -198,7 +154,7 @@ class TelegramAlert:
             log.error(
                 "ibkr.alert.telegram.failed",
                 attempt=attempt,
-                status=response.status_code,
+                status=response.status,
                 description=description,
                 retry_after_s=retry_after,
             )
@@ -227,11 +183,8 @@ class DisabledAlert:
         return False
 
 
-def _json_or_empty(response: requests.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
+def _json_object(response: HttpResponse) -> dict[str, Any]:
+    body = response.json()
     return body if isinstance(body, dict) else {}
 
 
@@ -243,79 +196,3 @@ def _retry_after(body: Mapping[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         return None
     return float(value)
-
-
-@dataclass(frozen=True)
-class Bounded:
-    """What :func:`run_bounded` saw: still running at the deadline, raised, or returned."""
-
-    timed_out: bool
-    value: object = None
-    error: BaseException | None = None
-    elapsed_ms: float = 0.0
-
-
-def run_bounded(call: Callable[[], object], timeout: float, name: str) -> Bounded:
-    """Run ``call()`` in a daemon thread and wait at most ``timeout`` seconds for it.
-
-    The one hard bound shared by alerts and healthcheck pings: ``requests`` timeouts do
-    not cover DNS resolution, and a daemon thread (unlike a ``ThreadPoolExecutor``
-    worker) is not joined at interpreter exit, so a hung call can delay neither the job
-    nor its exit. Nothing ``call`` raises propagates.
-    """
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:
-            box["error"] = exc
-
-    started = time.monotonic()
-    worker = threading.Thread(target=run, name=name, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-    if worker.is_alive():
-        return Bounded(timed_out=True, elapsed_ms=elapsed_ms)
-    error = box.get("error")
-    return Bounded(
-        timed_out=False,
-        value=box.get("value"),
-        error=error if isinstance(error, BaseException) else None,
-        elapsed_ms=elapsed_ms,
-    )
-
-
-def deliver_alert(alert: Alert, text: str, timeout: float) -> AlertOutcome:
-    """Run ``alert(text)`` in a daemon thread and wait at most ``timeout`` seconds.
-
-    Whatever the alert does (raise, hang in DNS, return ``False``), the caller gets an
-    outcome back within the deadline and nothing propagates; the outcome is logged.
-    """
-    if not getattr(alert, "enabled", True):
-        with contextlib.suppress(Exception):  # a disabled alert only logs
-            alert(text)
-        return "disabled"
-    result = run_bounded(lambda: alert(text), timeout, "ibkr-alert")
-    elapsed_ms = result.elapsed_ms
-    outcome: AlertOutcome
-    if result.timed_out:
-        outcome = "timed_out"
-        log.error("ibkr.alert.timed_out", timeout_s=timeout, elapsed_ms=elapsed_ms)
-    elif result.error is not None:
-        outcome = "failed"
-        error = result.error
-        log.error(
-            "ibkr.alert.failed",
-            error_type=type(error).__name__,
-            error=scrub(str(error)),
-            elapsed_ms=elapsed_ms,
-        )
-    elif result.value is False:
-        outcome = "failed"
-        log.error("ibkr.alert.failed", error="alert reported failure", elapsed_ms=elapsed_ms)
-    else:
-        outcome = "sent"
-        log.info("ibkr.alert.sent", elapsed_ms=elapsed_ms)
-    return outcome

@@ -1,0 +1,42 @@
+"""The operator's next step for each failure class, in one wording for logs and alerts.
+
+Each hint names the setting to check, in the words of the TWS / IB Gateway dialogs
+(Configure > API > Settings) and of IBC's ``config.ini``, because the person reading
+the alert at 7 a.m. fixes it there.
+"""
+
+from __future__ import annotations
+
+from .attempt import FailureClass
+
+_HINTS: dict[str, str] = {
+    FailureClass.REJECTED: (
+        "another process probably holds client id {client_id} (TWS error 326): a previous "
+        "run that did not disconnect, or a second job with the same id"
+    ),
+    FailureClass.NOT_LOGGED_IN: (
+        "the API port is open but the API did not start: is the gateway logged in?"
+    ),
+    FailureClass.REFUSED: (
+        "nothing listens on the port: is the gateway running, and is the port right?"
+    ),
+    FailureClass.CLOSED: (
+        "the gateway closed the connection before the API handshake: is "
+        "'Enable ActiveX and Socket Clients' on, and is this host in 'Trusted IPs'?"
+    ),
+    FailureClass.INCOMPLETE_SYNC: (
+        "the gateway started the API but did not answer the initial sync"
+    ),
+}
+
+
+def hint_for(failure_class: str, client_id: int) -> str | None:
+    """What the operator should check for ``failure_class``; ``None`` where we do not know."""
+    template = _HINTS.get(failure_class)
+    return None if template is None else template.format(client_id=client_id)
+
+
+def alert_hint(failure_class: str, client_id: int) -> str | None:
+    """:func:`hint_for` as a sentence for an alert's notes."""
+    hint = hint_for(failure_class, client_id)
+    return None if hint is None else hint[0].upper() + hint[1:] + "."

@@ -1,0 +1,49 @@
+"""The one hard time bound shared by every side channel (alerts, healthcheck pings)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """What :func:`run_bounded` saw: still running at the deadline, raised, or returned."""
+
+    timed_out: bool
+    value: object = None
+    error: BaseException | None = None
+    elapsed_ms: float = 0.0
+
+
+def run_bounded(call: Callable[[], object], timeout: float, name: str) -> Bounded:
+    """Run ``call()`` in a daemon thread and wait at most ``timeout`` seconds for it.
+
+    ``requests`` timeouts do not cover DNS resolution, and a daemon thread (unlike a
+    ``ThreadPoolExecutor`` worker) is not joined at interpreter exit, so a hung call can
+    delay neither the job nor its exit. Nothing ``call`` raises propagates.
+    """
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:
+            box["error"] = exc
+
+    started = time.monotonic()
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+    if worker.is_alive():
+        return Bounded(timed_out=True, elapsed_ms=elapsed_ms)
+    error = box.get("error")
+    return Bounded(
+        timed_out=False,
+        value=box.get("value"),
+        error=error if isinstance(error, BaseException) else None,
+        elapsed_ms=elapsed_ms,
+    )

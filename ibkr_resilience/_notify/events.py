@@ -1,0 +1,98 @@
+"""What the session tells its side channels: small frozen records, one per kind of event.
+
+The session does not word alerts, decide about de-duplication or ping anything: it hands
+one of these records to :class:`.notifier.Notifier`, which does all three. The records
+carry facts only (where, which client id, how long), so a new channel reads the same
+facts the Telegram text is built from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConnectionFailed
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """Which session: ``host``, ``port`` and the API ``client_id``."""
+
+    host: str
+    port: int
+    client_id: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    """A session began (before its first connect attempt)."""
+
+    gateway: Gateway
+
+
+@dataclass(frozen=True)
+class Connected:
+    """A connect succeeded: an alerted outage of this gateway and client id has ended."""
+
+    gateway: Gateway
+
+
+@dataclass(frozen=True)
+class ConnectGaveUp:
+    """Every connect attempt failed; ``max_attempts`` is the configured attempt count."""
+
+    gateway: Gateway
+    error: ConnectionFailed
+    max_attempts: int
+
+
+@dataclass(frozen=True)
+class LiveAccountFound:
+    """The gateway offers no paper account and live trading is not allowed."""
+
+    gateway: Gateway
+    accounts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConnectionLost:
+    """The gateway dropped the connection inside the block (not reconnected)."""
+
+    gateway: Gateway
+    connected_s: float | None
+
+
+@dataclass(frozen=True)
+class BlockFailed:
+    """An exception escaped the session (``phase``: ``connect`` or ``block``)."""
+
+    gateway: Gateway
+    phase: str
+    error_type: str
+    error: str
+    connected_s: float | None
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """The session is over; ``outcome`` as in ``ibkr.session.end`` (``ok``, ``lost``...)."""
+
+    gateway: Gateway
+    outcome: str
+    duration_s: float
+    signalled: bool
+    """Ended by SIGTERM: never a success, whatever the block did."""
+
+
+SessionEvent = (
+    SessionStarted
+    | Connected
+    | ConnectGaveUp
+    | LiveAccountFound
+    | ConnectionLost
+    | BlockFailed
+    | SessionEnded
+)

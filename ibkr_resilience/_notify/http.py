@@ -1,0 +1,102 @@
+"""The one seam for network I/O of side channels: an HTTP POST that returns a small response.
+
+Alerts and healthcheck pings never talk to ``requests`` directly; they call an
+:class:`HttpPost`, so a test (or a user with their own proxy or client) passes another
+one, the way httpx takes a ``transport=``. The default, :func:`requests_post`:
+
+* imports ``requests`` only when something is actually sent (it is a large import, and
+  most cron runs send nothing);
+* reads at most :data:`MAX_RESPONSE_BYTES` of any answer (streamed), so a hostile or
+  broken endpoint cannot make an alert thread download gigabytes;
+* follows no redirects (a Bot API or ping endpoint never redirects a POST; following one
+  would re-send the secret-bearing request elsewhere).
+
+``requests.post`` is looked up at call time, so an old caller's test that does
+``mock.patch("requests.post")`` still sees the call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+MAX_RESPONSE_BYTES = 64 * 1024
+"""The most of any response body that is read; the Bot API's answers are under 2 kB."""
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """``status`` code, ``reason`` phrase and the first ``MAX_RESPONSE_BYTES`` of the body."""
+
+    status: int
+    reason: str = ""
+    body: bytes = b""
+
+    def json(self) -> Any:
+        """The body parsed as JSON; ``None`` when it is not JSON."""
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None
+
+
+class HttpPost(Protocol):
+    """POST ``json`` or ``data`` to ``url`` within ``timeout`` seconds; raise on I/O errors."""
+
+    def __call__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        json: Mapping[str, Any] | None = None,
+        data: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> HttpResponse: ...
+
+
+def requests_post(
+    url: str,
+    *,
+    timeout: float,
+    json: Mapping[str, Any] | None = None,
+    data: bytes | None = None,
+    params: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> HttpResponse:
+    """The default :class:`HttpPost`, on ``requests`` (connect and read ``timeout`` each)."""
+    import requests  # deferred: only a run that sends something pays for the import
+
+    response = requests.post(
+        url,
+        json=json,
+        data=data,
+        params=params,
+        headers=headers,
+        timeout=(timeout, timeout),
+        stream=True,
+        allow_redirects=False,
+    )
+    try:
+        body = _read_at_most(response, MAX_RESPONSE_BYTES)
+    finally:
+        response.close()
+    status = response.status_code
+    return HttpResponse(
+        status if isinstance(status, int) else 0, str(response.reason or ""), body
+    )
+
+
+def _read_at_most(response: Any, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=8192):
+        if not isinstance(chunk, bytes):  # a mocked response: no body
+            break
+        chunks.append(chunk[: limit - size])
+        size += len(chunks[-1])
+        if size >= limit:
+            break
+    return b"".join(chunks)

@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -209,108 +209,119 @@ def _show(label: str, value: object, spec: _Spec) -> str:
 
 def _convert(spec: _Spec, value: object, label: str) -> Any:
     """Parse (when given a string) and validate one setting; the only place checks live."""
+    parse, expected = _VALIDATORS[spec.kind]
+    try:
+        return parse(value)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{_show(label, value, spec)}: expected {expected}") from None
 
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{_show(label, value, spec)}: expected {expected}")
 
-    kind = spec.kind
-    if kind in ("port", "client_id", "count"):
-        expected = {
-            "port": "an integer port between 1 and 65535",
-            "client_id": "an integer client id >= 0",
-            "count": "an integer >= 1",
-        }[kind]
-        number: int
-        if isinstance(value, bool):
-            raise bad(expected)
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, str):
-            try:
-                number = int(value.strip())
-            except ValueError:
-                raise bad(expected) from None
-        else:
-            raise bad(expected)
-        low, high = {"port": (1, 65535), "client_id": (0, 2**31 - 1), "count": (1, 10**9)}[kind]
+# -- the validators: each parses one kind of value or raises ValueError ---------------------
+def _integer(low: int, high: int) -> Callable[[object], int]:
+    def parse(value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise TypeError
+        number = value if isinstance(value, int) else int(value.strip())
         if not low <= number <= high:
-            raise bad(expected)
+            raise ValueError
         return number
-    if kind in ("positive", "non_negative"):
-        expected = (
-            "a finite number of seconds > 0"
-            if kind == "positive"
-            else "a finite number of seconds >= 0"
-        )
-        real: float
-        if isinstance(value, bool):
-            raise bad(expected)
-        if isinstance(value, int | float):
-            real = float(value)
-        elif isinstance(value, str):
-            try:
-                real = float(value.strip())
-            except ValueError:
-                raise bad(expected) from None
-        else:
-            raise bad(expected)
-        if not math.isfinite(real) or real < 0 or (kind == "positive" and real == 0):
-            raise bad(expected)
-        return value if isinstance(value, int | float) else real
-    if kind == "bool":
-        expected = "one of 1/0, true/false, yes/no, on/off"
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            text = value.strip().lower()
-            if text in _TRUE:
-                return True
-            if text in _FALSE:
-                return False
-        raise bad(expected)
-    if kind == "log_format":
-        if isinstance(value, str) and value.strip().lower() in LOG_FORMATS:
-            return value.strip().lower()
-        raise bad("json or console")
-    if kind == "log_level":
-        if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
-            return value.strip().upper()
-        raise bad("one of " + ", ".join(LOG_LEVELS))
-    if kind == "host":
-        if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value.strip()):
+
+    return parse
+
+
+def _seconds(*, zero_ok: bool) -> Callable[[object], float]:
+    def parse(value: object) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError
+        real = float(value.strip()) if isinstance(value, str) else float(value)
+        if not math.isfinite(real) or real < 0 or (real == 0 and not zero_ok):
+            raise ValueError
+        return real if isinstance(value, str) else value
+
+    return parse
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower() if isinstance(value, str) else ""
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError
+
+
+def _one_of(choices: tuple[str, ...], normalise: Callable[[str], str]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if isinstance(value, str) and normalise(value.strip()) in choices:
+            return normalise(value.strip())
+        raise ValueError
+
+    return parse
+
+
+def _host(value: object) -> str:
+    if isinstance(value, str) and value.strip() and not any(c.isspace() for c in value.strip()):
+        return value.strip()
+    raise ValueError
+
+
+def _url(value: object) -> str:
+    text = value.strip() if isinstance(value, str) else ""
+    parts = urlsplit(text)
+    parts.port  # noqa: B018  (raises ValueError on a bad port)
+    if parts.scheme in ("http", "https") and parts.hostname and not any(c.isspace() for c in text):
+        return text.rstrip("/")
+    raise ValueError
+
+
+def _path(value: object) -> str:
+    if isinstance(value, str | os.PathLike) and str(value).strip():
+        # Crontab variable lines do not expand "~"; do it here.
+        return os.path.expanduser(str(value).strip())
+    raise ValueError
+
+
+def _matching(pattern: re.Pattern[str]) -> Callable[[object], str]:
+    def parse(value: object) -> str:
+        if isinstance(value, str) and pattern.fullmatch(value.strip()):
             return value.strip()
-        raise bad("a host name or IP address without spaces")
-    if kind in ("url", "secret_url"):
-        text = value.strip() if isinstance(value, str) else ""
-        try:
-            parts = urlsplit(text)
-            parts.port  # noqa: B018  (raises ValueError on a bad port)
-        except ValueError:
-            raise bad("an http:// or https:// URL with a host") from None
-        if (
-            parts.scheme in ("http", "https")
-            and parts.hostname
-            and not any(c.isspace() for c in text)
-        ):
-            return text.rstrip("/")
-        raise bad("an http:// or https:// URL with a host")
-    if kind == "path":
-        if isinstance(value, str | os.PathLike) and str(value).strip():
-            # Crontab variable lines do not expand "~"; do it here.
-            return os.path.expanduser(str(value).strip())
-        raise bad("a non-empty file path")
-    if kind == "telegram_token":
-        if isinstance(value, str) and _TELEGRAM_TOKEN.fullmatch(value.strip()):
-            return value.strip()
-        raise bad("a Bot API token of the form <digits>:<letters, digits, _ or ->")
-    if kind == "chat_id":
-        if isinstance(value, str) and _CHAT_ID.fullmatch(value.strip()):
-            return value.strip()
-        raise bad("a numeric chat id (e.g. -1001234567890) or an @channel name")
-    # text and secret
+        raise ValueError
+
+    return parse
+
+
+def _text(value: object) -> str:
     if isinstance(value, str) and value.strip():
         return value.strip()
-    raise bad("a non-empty string")
+    raise ValueError
+
+
+_URL_EXPECTED = "an http:// or https:// URL with a host"
+_VALIDATORS: dict[str, tuple[Callable[[object], Any], str]] = {
+    "port": (_integer(1, 65535), "an integer port between 1 and 65535"),
+    "client_id": (_integer(0, 2**31 - 1), "an integer client id >= 0"),
+    "count": (_integer(1, 10**9), "an integer >= 1"),
+    "positive": (_seconds(zero_ok=False), "a finite number of seconds > 0"),
+    "non_negative": (_seconds(zero_ok=True), "a finite number of seconds >= 0"),
+    "bool": (_boolean, "one of 1/0, true/false, yes/no, on/off"),
+    "log_format": (_one_of(LOG_FORMATS, str.lower), "json or console"),
+    "log_level": (_one_of(LOG_LEVELS, str.upper), "one of " + ", ".join(LOG_LEVELS)),
+    "host": (_host, "a host name or IP address without spaces"),
+    "url": (_url, _URL_EXPECTED),
+    "secret_url": (_url, _URL_EXPECTED),
+    "path": (_path, "a non-empty file path"),
+    "telegram_token": (
+        _matching(_TELEGRAM_TOKEN),
+        "a Bot API token of the form <digits>:<letters, digits, _ or ->",
+    ),
+    "chat_id": (
+        _matching(_CHAT_ID),
+        "a numeric chat id (e.g. -1001234567890) or an @channel name",
+    ),
+    "text": (_text, "a non-empty string"),
+    "secret": (_text, "a non-empty string"),
+}
+"""Kind -> (parser, what the error message says was expected)."""
 
 
 def check_setting(name: str, value: object) -> Any:

@@ -1,10 +1,19 @@
 """The package's exception types, in one place so every module raises the same ones.
 
-Callers catch these by their standard bases (``ValueError``, ``ConnectionError``,
-``RuntimeError``), so code written before this package existed keeps working.
+Callers catch these by their standard bases, so code written before this package
+existed keeps working::
+
+    ValueError
+     └── ConfigError           a setting is invalid (one line naming the variable)
+    ConnectionError
+     └── ConnectionFailed      every connect attempt failed; the block did not run
+    RuntimeError
+     └── LiveAccountRefused    no paper account (D...) and live trading not allowed
 """
 
 from __future__ import annotations
+
+__all__ = ["ConfigError", "ConnectionFailed", "LiveAccountRefused"]
 
 
 class ConfigError(ValueError):

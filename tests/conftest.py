@@ -1,11 +1,8 @@
-"""Shared fixtures: the simulated gateway (``fake_gateway``) comes from the package's plugin."""
-
-from collections.abc import Iterator
+"""Shared fixtures: ``fake_gateway``, ``bot_api``... come from the package's public test kit."""
 
 import pytest
-from loopback import BotApi
 
-pytest_plugins = ["ibkr_resilience.simulator.pytest_plugin"]
+pytest_plugins = ["ibkr_resilience.testing.pytest_plugin"]
 
 
 @pytest.fixture(autouse=True)
@@ -20,10 +17,3 @@ def _isolated_state_home(
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
-
-
-@pytest.fixture
-def bot_api() -> Iterator[BotApi]:
-    """A Telegram Bot API stand-in on 127.0.0.1 (see ``loopback.BotApi``)."""
-    with BotApi() as api:
-        yield api

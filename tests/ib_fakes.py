@@ -13,26 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from ibkr_resilience._connect.compat import ib_insync
+from ibkr_resilience.testing import FakeTime
 
 Event = ib_insync.Event
-
-
-class FakeTime:
-    """A monotonic clock and a sleep that advances it: no real waiting."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeConn:
@@ -221,13 +204,3 @@ class Factory:
         )
         self.made.append(ib)
         return ib
-
-
-class RecordingAlert:
-    """An alert callable that records its texts."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-
-    def __call__(self, text: str) -> None:
-        self.texts.append(text)

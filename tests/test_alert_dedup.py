@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
-from ib_fakes import Factory, FakeTime, RecordingAlert
+from ib_fakes import Factory
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConfigError, ConnectionFailed, SessionConfig, ibkr_session
@@ -33,6 +33,7 @@ from ibkr_resilience._notify.alert_state import (
     parse_state,
 )
 from ibkr_resilience._notify.dedup import AlertDeduplicator, Occurrence, Recovery
+from ibkr_resilience.testing import FakeTime, RecordingAlert
 
 T0 = datetime(2024, 6, 3, 7, 0, tzinfo=UTC).timestamp()
 KEY = FailureKey("127.0.0.1", 7497, 10, "refused")
@@ -604,7 +605,8 @@ _CHILD = textwrap.dedent(
     """
     import os, sys, time
     sys.path.insert(0, sys.argv[4])
-    from ib_fakes import Factory, FakeTime
+    from ib_fakes import Factory
+    from ibkr_resilience.testing import FakeTime
     from ibkr_resilience import ConnectionFailed, ibkr_session
 
     state, out, go = sys.argv[1:4]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import socket
 import sys
@@ -14,14 +13,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
-from loopback import BlackHole, BotApi, closed_port_url
 from structlog.testing import capture_logs
 
-from ibkr_resilience import TelegramAlert, configure_logging
+from ibkr_resilience import TelegramAlert
 from ibkr_resilience._notify.delivery import deliver_alert
 from ibkr_resilience._notify.telegram import DisabledAlert, telegram_html
 from ibkr_resilience._notify.texts import alert_text
+from ibkr_resilience.testing import (
+    BlackHole,
+    BotApi,
+    JsonLogCapture,
+    closed_port_url,
+    parse_json_lines,
+)
 
 TOKEN = "555000111:AAGtokenForTests_abcdefghijklmnopqrs"
 
@@ -40,20 +44,12 @@ def closed_port() -> str:
 
 @pytest.fixture
 def log_stream() -> Iterator[io.StringIO]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    configure_logging(format="json", level="DEBUG", stream=out, env={})
-    yield out
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
+    with JsonLogCapture() as capture:
+        yield capture.stream
 
 
 def events(out: io.StringIO) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in out.getvalue().splitlines() if x.strip()]
+    return parse_json_lines(out.getvalue())
 
 
 # -- text -----------------------------------------------------------------------------

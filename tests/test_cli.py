@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from loopback import HttpServer
 
 from ibkr_resilience.simulator import FakeGateway
+from ibkr_resilience.testing import HttpServer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopback import BlackHole, BotApi, closed_port_url
 
 from ibkr_resilience.simulator import FakeGateway
+from ibkr_resilience.testing import BlackHole, BotApi, closed_port_url, parse_json_lines
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMIT = REPO / "scripts" / "paper_trading" / "submit_orders.py"
@@ -166,13 +166,7 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], str]:
     if not path.exists():
         return [], ""
     text = path.read_text()
-    lines = []
-    for line in text.splitlines():
-        try:
-            lines.append(json.loads(line))
-        except ValueError:
-            continue  # a line being written right now (polling only)
-    return lines, text
+    return parse_json_lines(text), text  # skips a line being written right now (polling)
 
 
 def run_job(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 30) -> Run:

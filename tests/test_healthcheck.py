@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
-import logging
 import os
 import signal
 import threading
@@ -13,9 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
-from ib_fakes import Factory, FakeIB, FakeTime, RecordingAlert
-from loopback import BlackHole, HttpServer, closed_port_url
+from ib_fakes import Factory, FakeIB
 from structlog.testing import capture_logs
 
 from ibkr_resilience import (
@@ -23,10 +18,17 @@ from ibkr_resilience import (
     ConnectionFailed,
     LiveAccountRefused,
     SessionConfig,
-    configure_logging,
     ibkr_session,
 )
 from ibkr_resilience._notify.healthcheck import Healthcheck
+from ibkr_resilience.testing import (
+    BlackHole,
+    FakeTime,
+    HttpServer,
+    JsonLogCapture,
+    RecordingAlert,
+    closed_port_url,
+)
 
 UUID = "5f1c2a9e-3b7d-4e10-9c6a-0d2b8e4f7a13"
 
@@ -231,23 +233,13 @@ def test_refused_endpoint_is_quick_and_logged(refused: str) -> None:
 
 
 def test_uuid_never_reaches_the_logs(pings: PingServer, refused: str) -> None:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    out = io.StringIO()
-    configure_logging(format="json", level="DEBUG", stream=out, env={})
-    try:
+    with JsonLogCapture() as capture:
         with session(pings.url):
             pass
         with pytest.raises(ConnectionFailed), session(refused, Factory("refused"), max_attempts=1):
             pass
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-        root.setLevel(level)
-        structlog.reset_defaults()
-    text = out.getvalue()
-    lines = [json.loads(x) for x in text.splitlines()]
+    text = capture.text
+    lines = capture.records
     assert UUID not in text
     sent = [x for x in lines if x["event"] == "ibkr.healthcheck.sent"]
     port = pings.port

@@ -15,9 +15,9 @@ import pytest
 import requests
 import structlog
 from freezegun import freeze_time
-from loopback import BotApi
 
 from ibkr_resilience import ConfigError, configure_logging
+from ibkr_resilience.testing import BotApi
 
 TOKEN = "987654321:AAHsecretTokenValue-abcdefghij_KLMN"
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

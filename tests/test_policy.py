@@ -11,7 +11,7 @@ from unittest import mock
 
 import pytest
 from freezegun import freeze_time
-from ib_fakes import FakeIB, FakeTime
+from ib_fakes import FakeIB
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConnectionFailed
@@ -30,6 +30,7 @@ from ibkr_resilience._connect.policy import (
     Target,
     connect_with_retries,
 )
+from ibkr_resilience.testing import FakeTime
 
 F = FailureClass
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from loopback import BotApi
 
 from ibkr_resilience import (
     ConnectionFailed,
@@ -27,6 +26,7 @@ from ibkr_resilience import (
     ibkr_session,
 )
 from ibkr_resilience.simulator import FakeGateway
+from ibkr_resilience.testing import BotApi
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET_ENV: dict[str, str] = {}  # no IFDS_TELEGRAM_*: the default alert is a logged no-op

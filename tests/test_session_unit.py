@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import structlog
 from freezegun import freeze_time
-from ib_fakes import Factory, FakeTime, RecordingAlert
+from ib_fakes import Factory
 from structlog.testing import capture_logs
 
 from ibkr_resilience import (
@@ -30,6 +30,7 @@ from ibkr_resilience import (
     ibkr_session,
 )
 from ibkr_resilience._notify.telegram import DisabledAlert
+from ibkr_resilience.testing import FakeTime, RecordingAlert
 
 TOKEN = "111222333:AAEsessionTokenForTests_abcdefghijk"
 

@@ -25,6 +25,7 @@ from structlog.testing import capture_logs
 
 from ibkr_resilience import ConfigError, ConnectionFailed, SessionConfig, ibkr_session
 from ibkr_resilience._core.timefmt import format_duration
+from ibkr_resilience._notify import alert_state
 from ibkr_resilience._notify.alert_state import (
     AlertStateStore,
     FailureKey,
@@ -349,14 +350,14 @@ def test_unreadable_state_is_logged_and_replaced(
 ) -> None:
     path = tmp_path / "state.json"
     path.write_text("{}")
-    real = Path.read_text
+    real = alert_state.read_small_file
 
-    def denied(self: Path, *args: Any, **kw: Any) -> str:
-        if self == path:
-            raise PermissionError(13, "Permission denied", str(self))
-        return real(self, *args, **kw)
+    def denied(where: Path, limit: int) -> str:
+        if where == path:
+            raise PermissionError(13, "Permission denied", str(where))
+        return real(where, limit)
 
-    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setattr(alert_state, "read_small_file", denied)
     send = Sender()
     with capture_logs() as logs:
         assert dedup(path, Clock()).failure(KEY, build, send).kind == "first"

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
+from .redact import scrub
 
 PAPER_PORT = 7497
 """TWS, paper trading."""
@@ -204,7 +205,8 @@ def _load(
 def _show(label: str, value: object, spec: _Spec) -> str:
     if spec.kind in ("secret", "secret_url", "telegram_token"):
         return f"{label} (value hidden)"
-    return f"{label}={value!r}"
+    # A URL may wrongly carry ``bot<token>`` (a pasted sendMessage URL): scrub it.
+    return f"{label}={scrub(repr(value))}"
 
 
 def _convert(spec: _Spec, value: object, label: str) -> Any:

@@ -12,6 +12,7 @@ too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -25,7 +26,7 @@ from structlog.typing import Processor
 
 from ..errors import ConfigError
 from .config import check_setting, env_value
-from .redact import redact_secrets, register_secret
+from .redact import redact_secrets, register_secret, scrub
 
 _HANDLER_MARK = "_ibkr_resilience_handler"
 _FIRST_KEYS = ("timestamp", "level", "logger", "event", "run_id", "script")
@@ -140,7 +141,7 @@ def configure_logging(
         if isinstance(old, logging.FileHandler):
             old.close()
 
-    console = logging.StreamHandler(out)
+    console = _StreamHandler(out)
     console.setFormatter(_formatter(fmt, shared, colors=fmt == "console" and _isatty(out)))
     setattr(console, _HANDLER_MARK, True)
     root.addHandler(console)
@@ -152,9 +153,35 @@ def configure_logging(
     return run
 
 
+class _ScrubbedErrors(logging.Handler):
+    """A failed write (a full disk, a closed pipe) reported as one scrubbed line.
+
+    The stdlib's ``handleError`` prints "--- Logging error ---" with the record's raw
+    message and arguments, which are not scrubbed yet (urllib3's DEBUG line carries the
+    Bot API path with the token); and a traceback per line would bury cron mail.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not logging.raiseExceptions:
+            return
+        error = sys.exc_info()[1]
+        with contextlib.suppress(Exception):  # stderr itself gone: nothing left to tell
+            sys.stderr.write(
+                scrub(f"ibkr_resilience: log line lost: {type(error).__name__}: {error}") + "\n"
+            )
+
+
+class _StreamHandler(_ScrubbedErrors, logging.StreamHandler):  # type: ignore[type-arg]
+    pass
+
+
+class _FileHandler(_ScrubbedErrors, logging.FileHandler):
+    pass
+
+
 def _open_log_file(path: str, label: str) -> logging.FileHandler:
     try:
-        return logging.FileHandler(path, mode="a", encoding="utf-8")
+        return _FileHandler(path, mode="a", encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             f"{label}={path!r}: cannot open for appending ({exc.strerror or exc})"

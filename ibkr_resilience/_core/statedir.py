@@ -1,32 +1,101 @@
-"""Where the package keeps state that must outlive a run, and how it makes it durable.
+"""Where the package keeps state that must outlive a run, and how it reads it back safely.
 
 The journal and the alert de-dup state are both small files that a later cron run reads
 back, so they share one directory rule (the XDG state directory, which caches and
 temp-dir cleaners leave alone) and one way of making a newly created or renamed file
 survive a crash (fsync of its directory).
+
+A state path comes from the environment, so it may name anything: a FIFO (opening it
+for reading blocks until a writer appears), a device (``/dev/zero`` reads forever), a
+directory, or a huge file. State files are therefore opened non-blocking, checked to be
+regular files with ``fstat`` on the open descriptor, and read only up to a size cap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger("ibkr_resilience.state")
+
+
+class UnusableStateFile(OSError):
+    """A state path that is not a regular file, or is larger than the cap."""
+
+
+def open_regular(path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that never blocks on a FIFO and refuses anything but a regular file.
+
+    Returns the descriptor (``O_NONBLOCK`` is cleared again, so reads and ``flock``
+    behave as usual). Raises :class:`UnusableStateFile` for a FIFO, device, socket or
+    directory, and ``OSError`` for the usual reasons.
+    """
+    fd = os.open(path, flags | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnusableStateFile(f"{os.fspath(path)!r} is not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_small_file(path: str | os.PathLike[str], max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` bytes.
+
+    Raises ``FileNotFoundError`` when it does not exist, :class:`UnusableStateFile` when
+    it is not a regular file or is larger than ``max_bytes`` (nothing beyond the cap is
+    read), ``UnicodeDecodeError`` / ``OSError`` otherwise.
+    """
+    fd = open_regular(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size > max_bytes:
+            raise UnusableStateFile(f"{os.fspath(path)!r} is {size} bytes (cap {max_bytes})")
+        data = os.read(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise UnusableStateFile(f"{os.fspath(path)!r} is over {max_bytes} bytes")
+    return data.decode("utf-8")
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
     """``$XDG_STATE_HOME/ibkr_resilience``, else ``$HOME/.local/state/ibkr_resilience``.
 
-    The XDG spec says a relative ``XDG_STATE_HOME`` is invalid and must be ignored.
+    The XDG spec says a relative ``XDG_STATE_HOME`` is invalid and must be ignored. With
+    no ``HOME`` and no passwd entry for the user (a bare container), the fallback is
+    ``<temp dir>/ibkr_resilience-<uid>/state``, with a warning: state there may not
+    survive a reboot, so set ``XDG_STATE_HOME`` (or the file's own variable).
     """
     environ = os.environ if env is None else env
     xdg = environ.get("XDG_STATE_HOME", "").strip()
     if xdg and os.path.isabs(xdg):
-        base = Path(xdg)
-    else:
-        home = environ.get("HOME", "").strip()
-        base = (Path(home) if home else Path.home()) / ".local" / "state"
-    return base / "ibkr_resilience"
+        return Path(xdg) / "ibkr_resilience"
+    home = environ.get("HOME", "").strip()
+    if not home:
+        try:
+            # 3.11 returns "~" unchanged when there is no passwd entry; 3.12+ raises.
+            home = os.path.expanduser("~")
+        except (RuntimeError, KeyError, OSError):
+            home = ""
+        if not os.path.isabs(home):
+            fallback = Path(tempfile.gettempdir()) / f"ibkr_resilience-{os.getuid()}" / "state"
+            log.warning(
+                "ibkr.state_dir.fallback",
+                path=str(fallback),
+                reason="no HOME and no passwd entry for this user; set XDG_STATE_HOME",
+            )
+            return fallback
+    return Path(home) / ".local" / "state" / "ibkr_resilience"
 
 
 def fsync_dir(directory: Path) -> None:

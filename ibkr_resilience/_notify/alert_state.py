@@ -28,12 +28,14 @@ from typing import Any
 import structlog
 
 from .._core.redact import scrub
-from .._core.statedir import fsync_dir, state_dir
+from .._core.statedir import fsync_dir, open_regular, read_small_file, state_dir
 from .._core.timefmt import iso_utc
 
 log = structlog.get_logger("ibkr_resilience.alerts")
 
 STATE_VERSION = 1
+MAX_STATE_BYTES = 1024 * 1024
+"""A state file larger than this is corrupt (a few hundred bytes per failing gateway)."""
 LOCK_POLL_S = 0.02
 """How often a waiting run retries the lock (real sleeps: the wait spans processes)."""
 
@@ -205,7 +207,7 @@ class AlertStateStore:
         takes the lock so the damage is logged and repaired.
         """
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_small_file(self.path, MAX_STATE_BYTES)
         except FileNotFoundError:
             return {}, True
         except (OSError, UnicodeDecodeError):
@@ -218,7 +220,7 @@ class AlertStateStore:
     def _load_locked(self) -> tuple[dict[str, Entry], bool]:
         """Read under the lock; a damaged file is logged and marked for replacement."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = read_small_file(self.path, MAX_STATE_BYTES)
         except FileNotFoundError:
             return {}, False
         except (OSError, UnicodeDecodeError) as exc:
@@ -244,7 +246,7 @@ class AlertStateStore:
         """Lock and load; raises :class:`StateUnavailable` (callers then fail open)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = open_regular(self.lock_path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise StateUnavailable(f"{type(exc).__name__}: {exc}") from exc
         try:

@@ -136,10 +136,12 @@ class TelegramAlert:
                     error=scrub(str(exc)),
                 )
                 return False
-            if response.status == 200:
+            body = _json_object(response)
+            # Delivered only when the Bot API says so: a proxy or captive portal can
+            # answer 200 with an HTML page, and the message is then lost.
+            if response.status == 200 and body.get("ok") is True:
                 log.debug("ibkr.alert.telegram.sent", attempt=attempt)
                 return True
-            body = _json_object(response)
             description = scrub(str(body.get("description", response.reason)))
             retry_after = _retry_after(body)
             if (

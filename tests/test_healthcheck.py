@@ -86,19 +86,30 @@ def session(url: str, factory: Any = None, **kw: Any) -> Any:
 
 
 def test_success_pings_start_then_the_url(pings: PingServer) -> None:
-    seen_at_connect: list[list[str]] = []
-
-    def factory() -> FakeIB:
-        seen_at_connect.append(pings.paths())
-        return FakeIB("ok")
-
-    with session(pings.url, factory) as ib:
+    """``/start`` goes out in the background as the session begins, the URL at the end."""
+    with session(pings.url) as ib:
         assert ib.isConnected()
+        assert pings.wait_for_requests(1)
         assert pings.paths() == ["/start"]
-    assert seen_at_connect == [["/start"]]  # before the first attempt
     assert pings.paths() == ["/start", "/"]
     method, _, body = pings.hits[-1]
     assert method == "POST" and "outcome=ok" in body and "client_id=10" in body
+
+
+def test_a_hanging_start_ping_never_delays_the_connect(black_hole: str) -> None:
+    """The first attempt starts at once even when the monitoring endpoint never answers."""
+    began = time.monotonic()
+    called_at: list[float] = []
+
+    def factory() -> FakeIB:
+        called_at.append(time.monotonic())
+        return FakeIB("ok")
+
+    with capture_logs() as logs, session(black_hole, factory, env={"IBKR_ALERT_TIMEOUT": "1"}):
+        pass
+    assert called_at[0] - began < 0.5 < 1.0  # well before the ping's 1 s bound
+    ended = [e["ping"] for e in logs if e["event"].startswith("ibkr.healthcheck.")]
+    assert ended == ["start", "success"]  # the outcome still waited for /start
 
 
 def test_each_session_ties_its_pings_with_one_run_id(pings: PingServer) -> None:

@@ -14,6 +14,8 @@ registered with the log redactor and logs show only ``scheme://host/.../<suffix>
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,7 +24,7 @@ import structlog
 from .._core.config import check_setting
 from .._core.redact import register_secret, scrub
 from .bounded import run_bounded
-from .http import HttpPost, requests_post
+from .http import HttpPost, PooledPost
 
 log = structlog.get_logger("ibkr_resilience.healthcheck")
 
@@ -33,6 +35,8 @@ _SUFFIX: dict[PingKind, str] = {"start": "/start", "success": "", "fail": "/fail
 MAX_BODY_CHARS = 10_000
 """healthchecks.io keeps the first 100 kB of a ping body; ours are a few lines."""
 REQUESTS_TIMEOUT_SHARE = 0.8
+MIN_PING_WINDOW = 0.1
+"""An outcome ping gets at least this long after waiting for a slow ``/start``."""
 _SECRET_SEGMENT_MIN = 16
 """Path segments this long are keys (a UUID has 36 characters, a ping key 22)."""
 
@@ -40,8 +44,9 @@ _SECRET_SEGMENT_MIN = 16
 class Healthcheck:
     """Ping one check URL; never raises, never takes longer than ``timeout``."""
 
-    def __init__(self, url: str, timeout: float, *, post: HttpPost = requests_post) -> None:
-        self._post = post
+    def __init__(self, url: str, timeout: float, *, post: HttpPost | None = None) -> None:
+        self._post: HttpPost = post if post is not None else PooledPost()
+        self._start: threading.Thread | None = None
         self._url: str = check_setting("healthcheck_url", url)
         self.timeout = float(check_setting("alert_timeout", timeout))
         parts = urlsplit(self._url)
@@ -66,20 +71,45 @@ class Healthcheck:
         """What the logs show: ``https://hc-ping.com/.../fail``, never the secret path."""
         return f"{self.endpoint}/...{_SUFFIX[kind]}"
 
-    def ping(self, kind: PingKind, body: str = "", run_id: str | None = None) -> PingOutcome:
-        """Send one ping within the bound; log and return the outcome.
+    def start_in_background(self, run_id: str | None = None) -> None:
+        """Send ``/start`` from a daemon thread: the connect never waits for monitoring.
+
+        The next :meth:`ping` waits for it first (within its own bound), so the service
+        always sees ``/start`` before the outcome.
+        """
+        self._start = threading.Thread(
+            target=self.ping, args=("start", "", run_id), name="ibkr-healthcheck-start", daemon=True
+        )
+        self._start.start()
+
+    def ping(
+        self,
+        kind: PingKind,
+        body: str = "",
+        run_id: str | None = None,
+        *,
+        bound: float | None = None,
+    ) -> PingOutcome:
+        """Send one ping within ``bound`` seconds (default: the timeout); log the outcome.
 
         ``run_id`` (a UUID, healthchecks.io's ``rid``) ties a ``/start`` to its own
         outcome ping, so overlapping runs (a slow run still going when cron starts the
-        next) get correct durations.
+        next) get correct durations. An outcome ping first waits for a background
+        ``/start`` still on its way; both waits together stay within the bound.
         """
+        bound = self.timeout if bound is None else bound
+        if kind != "start" and self._start is not None:
+            start, self._start = self._start, None
+            began = time.monotonic()
+            start.join(bound)
+            bound = max(MIN_PING_WINDOW, bound - (time.monotonic() - began))
         parts = urlsplit(self._url)
         url = urlunsplit(parts._replace(path=parts.path.rstrip("/") + _SUFFIX[kind]))
         params = {"rid": run_id} if run_id else None
         data = body[:MAX_BODY_CHARS].encode("utf-8", "replace")
         # requests' own timeouts end a silent server just inside the hard bound (a clean
         # "failed"); the bound itself still catches what they do not cover (DNS).
-        timeout = self.timeout * REQUESTS_TIMEOUT_SHARE
+        timeout = bound * REQUESTS_TIMEOUT_SHARE
 
         def post() -> int:
             response = self._post(
@@ -91,7 +121,7 @@ class Healthcheck:
             )
             return response.status
 
-        result = run_bounded(post, self.timeout, "ibkr-healthcheck")
+        result = run_bounded(post, bound, "ibkr-healthcheck")
         fields: dict[str, object] = {
             "ping": kind,
             "target": self.target(kind),
@@ -99,7 +129,7 @@ class Healthcheck:
             "elapsed_ms": result.elapsed_ms,
         }
         if result.timed_out:
-            log.warning("ibkr.healthcheck.timed_out", timeout_s=self.timeout, **fields)
+            log.warning("ibkr.healthcheck.timed_out", timeout_s=bound, **fields)
             return "timed_out"
         if result.error is not None:
             error = result.error

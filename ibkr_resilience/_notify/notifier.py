@@ -203,7 +203,8 @@ class Notifier:
             _active_sessions += 1
         self._started = True
         self._pinging = self.healthcheck is not None and (outermost or self._healthcheck_forced)
-        self._ping("start")
+        if self._pinging and self.healthcheck is not None:
+            self.healthcheck.start_in_background(self._ping_rid)
 
     def _session_ended(self, event: SessionEnded) -> None:
         """``<url>`` for ``ok``; ``<url>/fail`` for everything else, signals included."""

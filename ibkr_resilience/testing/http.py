@@ -97,6 +97,7 @@ class HttpServer(_Serving):
         self.answers: Answers = [OK_JSON] if answers is None else answers
         self._requests: list[Request] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.port: int = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}{path}"
@@ -114,9 +115,15 @@ class HttpServer(_Serving):
         with self._lock:
             return list(self._requests)
 
+    def wait_for_requests(self, n: int, timeout: float = 5.0) -> bool:
+        """Whether ``n`` requests have arrived within ``timeout`` seconds (no polling)."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: len(self._requests) >= n, timeout)
+
     def _respond(self, request: Request) -> Answer:
         with self._lock:
             self._requests.append(request)
+            self._arrived.notify_all()
             count, answers = len(self._requests), self.answers
         if callable(answers):
             return answers(request)

@@ -273,9 +273,12 @@ class ConnectFault:
 CONNECT_FAULTS = {
     "refused": ConnectFault("down", "refused", "max_time", at_once=True),
     "hang": ConnectFault("hang", "timeout", "max_time", at_once=False),
-    "close_on_accept": ConnectFault("close_on_accept", "closed", "fail_fast", at_once=True),
+    # A relay in front of a restarting gateway looks exactly like this: retried to the budget.
+    "close_on_accept": ConnectFault("close_on_accept", "closed", "max_time", at_once=True),
     "not_logged_in": ConnectFault("not_logged_in", "not_logged_in", "max_time", at_once=False),
-    "client_id_in_use": ConnectFault("client_id_in_use", "rejected", "fail_fast", at_once=True),
+    # 326 is retried during its grace period (transient after a restart), then fail fast.
+    "client_id_in_use": ConnectFault("client_id_in_use", "rejected", "fail_fast", at_once=True,
+                                     env=(("IBKR_CLIENT_ID_GRACE", "1"),)),
     "stall_sync": ConnectFault("stall_sync", "incomplete_sync", "max_time", at_once=False),
     # 4 sequential round trips x 0.3 s > the 1 s bound on the whole attempt: one attempt
     # (MAX_RETRIES=1 keeps the class deterministic), cut at the bound during the sync.
@@ -313,7 +316,7 @@ def test_connect_fault(row: str, fake_gateway: FakeGateway, bot_api: BotApi,
     # Each attempt is bounded as a whole (TCP, handshake, API start, sync) by the timeout.
     for f in failed:
         assert f["attempt_ms"] <= (timeout + 0.3) * 1000, f
-    if fault.failure_class == "refused":  # a closed port is retried at a short interval
+    if fault.failure_class in ("refused", "closed", "rejected"):  # retried at a short interval
         assert all(0 < f["next_delay_s"] <= 0.5 for f in failed[:-1]), failed
     if fault.at_once:
         assert all(f["attempt_ms"] < 250 for f in failed), failed
@@ -322,9 +325,9 @@ def test_connect_fault(row: str, fake_gateway: FakeGateway, bot_api: BotApi,
     gave_up = run.one("ibkr.connect.gave_up")
     assert (gave_up["failure_class"], gave_up["reason"]) == (fault.failure_class, fault.reason)
     assert gave_up["attempts"] == len(failed) == len(run.events("ibkr.connect.attempt"))
-    if fault.reason == "fail_fast":
-        assert gave_up["attempts"] == 3
-        assert gave_up["elapsed_ms"] < MAX_TIME * 1000 * 0.75  # well before the budget
+    if fault.reason == "fail_fast":  # by the end of the 1 s grace period, before the budget
+        assert gave_up["attempts"] >= 2
+        assert gave_up["elapsed_ms"] < MAX_TIME * 1000 * 0.75
     else:
         assert gave_up["elapsed_ms"] <= (MAX_TIME + 0.3) * 1000  # never beyond the budget
     firing = run.one("ibkr.alert.firing")

@@ -338,8 +338,9 @@ def test_misbehaving_gateway_gets_capped_exponential_backoff() -> None:
         [F.TIMEOUT, F.REFUSED, F.NOT_LOGGED_IN, F.CLOSED, F.INCOMPLETE_SYNC, F.ERROR], ft
     )
     connect_with_retries(script, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep)
-    # The class is sent into the wait generator: refused does not advance the exponent.
-    assert ft.sleeps == [1.0, 0.5, 2.0, 4.0, 8.0, 8.0]
+    # The class is sent into the wait generator: refused and closed (a relay in front of a
+    # restarting gateway) take the short interval and do not advance the exponent.
+    assert ft.sleeps == [1.0, 0.5, 2.0, 0.5, 4.0, 8.0]
 
 
 def test_full_jitter_stays_within_the_exponential_envelope() -> None:
@@ -367,7 +368,7 @@ def test_max_attempts_gives_up_with_details() -> None:
     exc = info.value
     assert exc.attempts == 3 and exc.failure_class == "rejected"
     assert isinstance(exc.last_error, TimeoutError) and str(exc.last_error) == "attempt 3"
-    assert exc.elapsed == pytest.approx(3 + 1.0 + 2.0)
+    assert exc.elapsed == pytest.approx(3 + 0.5 + 0.5)  # 326 retried at the short interval
     assert len(script.calls) == 3
     names = [e["event"] for e in logs]
     assert names == [
@@ -382,7 +383,7 @@ def test_max_attempts_gives_up_with_details() -> None:
     first_failed = logs[1]
     assert first_failed["failure_class"] == "rejected"
     assert first_failed["error_type"] == "TimeoutError"
-    assert first_failed["next_delay_s"] == 1.0 and first_failed["attempt_ms"] == 1000.0
+    assert first_failed["next_delay_s"] == 0.5 and first_failed["attempt_ms"] == 1000.0
     assert "client id 10" in first_failed["hint"]
     assert logs[-2]["next_delay_s"] is None
     assert logs[-1]["reason"] == "max_attempts" and logs[-1]["attempts"] == 3
@@ -501,15 +502,50 @@ def test_success_line_reports_server_and_accounts() -> None:
     assert success["attempt"] == 1 and "elapsed_ms" in success
 
 
-def test_fail_fast_classes_stop_after_max_fail_fast_attempts() -> None:
+def test_326_is_retried_at_the_short_interval_during_its_grace_period_then_given_up() -> None:
+    """Transient 326 after a gateway restart: retried every refused_interval, then fail fast."""
     ft = FakeTime()
     script = Script([F.REJECTED] * 10, ft)
+    with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
+        connect_with_retries(
+            script, policy=policy(max_attempts=10, client_id_grace=2.0), target=TARGET,
+            clock=ft.clock, sleep=ft.sleep,
+        )  # fmt: skip
+    assert ft.sleeps == [0.5, 0.5, 0.5]  # attempts at 0, 0.5, 1.0, 1.5: none past the grace
+    assert info.value.attempts == 4
+    assert logs[-1]["event"] == "ibkr.connect.gave_up" and logs[-1]["reason"] == "fail_fast"
+
+
+def test_326_that_clears_inside_the_grace_period_connects() -> None:
+    ft = FakeTime()
+    script = Script([F.REJECTED] * 3, ft)
+    connect_with_retries(script, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep)
+    assert ft.sleeps == [0.5, 0.5, 0.5]
+
+
+def test_no_grace_gives_up_at_the_first_326() -> None:
+    ft = FakeTime()
+    script = Script([F.REJECTED] * 3, ft)
     with pytest.raises(ConnectionFailed) as info:
         connect_with_retries(
-            script, policy=policy(max_attempts=10), target=TARGET, clock=ft.clock, sleep=ft.sleep
-        )
-    assert info.value.attempts == 3
-    assert len(ft.sleeps) == 2
+            script, policy=policy(client_id_grace=0.0), target=TARGET, clock=ft.clock,
+            sleep=ft.sleep,
+        )  # fmt: skip
+    assert info.value.attempts == 1 and ft.sleeps == []
+
+
+def test_closed_before_the_handshake_is_retried_at_the_short_interval_for_the_whole_budget() -> None:
+    """A socat relay in front of a restarting gateway accepts and closes: not fail fast."""
+    ft = FakeTime()
+    script = Script([F.CLOSED] * 1000, ft, cost=0.01)
+    with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
+        connect_with_retries(
+            script, policy=policy(max_attempts=1000, max_time=10.0), target=TARGET,
+            clock=ft.clock, sleep=ft.sleep,
+        )  # fmt: skip
+    assert ft.sleeps.count(0.5) >= 18  # the last waits are clamped to the budget
+    assert info.value.attempts >= 19
+    assert logs[-1]["reason"] == "max_time"
 
 
 def test_legacy_fixed_schedule_is_not_cut_short_by_fail_fast() -> None:

@@ -323,25 +323,22 @@ def test_sigterm_during_a_retry_wait_exits_143(fake_gateway: FakeGateway, tmp_pa
     assert end and end[0]["outcome"] == "terminated"
 
 
-@pytest.mark.parametrize("scenario, failure_class", [
-    ("client_id_in_use", "rejected"),
-    ("close_on_accept", "closed"),
-])
-def test_fail_fast_classes_give_up_far_under_the_budget(
-    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]], scenario: str,
-    failure_class: str,
+def test_326_gives_up_at_the_end_of_its_grace_period_far_under_the_budget(
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]]
 ) -> None:
-    fake_gateway.set_scenario(scenario)
+    fake_gateway.set_scenario("client_id_in_use")
     alerts = Alerts()
     start = time.monotonic()
     with (
         pytest.raises(ConnectionFailed) as info,
-        session(fake_gateway, timeout=2.0, max_attempts=50, max_time=60, alert=alerts),
-    ):
+        ibkr_session(10, "127.0.0.1", fake_gateway.port, timeout=2.0, max_attempts=50,
+                     max_time=60, alert=alerts,
+                     env={**QUIET_ENV, "IBKR_CLIENT_ID_GRACE": "1.5"}),
+    ):  # fmt: skip
         pass
     took = time.monotonic() - start
-    assert info.value.attempts == 3 and info.value.failure_class == failure_class
+    assert info.value.failure_class == "rejected" and info.value.attempts >= 2
     gave_up = events(log_lines, "ibkr.connect.gave_up")[0]
     assert gave_up["reason"] == "fail_fast"
-    assert took < 6.0  # three instant refusals and two short backoffs, not 60 s
+    assert took < 6.0  # the 1.5 s grace at 0.5 s intervals, not the 60 s budget
     assert len(alerts.texts) == 1

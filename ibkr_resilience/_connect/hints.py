@@ -12,7 +12,8 @@ from .attempt import FailureClass
 _HINTS: dict[str, str] = {
     FailureClass.REJECTED: (
         "another process probably holds client id {client_id} (TWS error 326): a previous "
-        "run that did not disconnect, or a second job with the same id"
+        "run that did not disconnect, or a second job with the same id (326 persisted "
+        "past the grace period, IBKR_CLIENT_ID_GRACE)"
     ),
     FailureClass.NOT_LOGGED_IN: (
         "the API port is open but the API did not start: is the gateway logged in?"
@@ -21,8 +22,16 @@ _HINTS: dict[str, str] = {
         "nothing listens on the port: is the gateway running, and is the port right?"
     ),
     FailureClass.CLOSED: (
-        "the gateway closed the connection before the API handshake: is "
-        "'Enable ActiveX and Socket Clients' on, and is this host in 'Trusted IPs'?"
+        "the connection was closed before the API handshake: either the gateway behind "
+        "a relay (the socat of a Docker image) is restarting, or the API is off or this "
+        "host is not trusted: check 'Enable ActiveX and Socket Clients' and 'Trusted IPs' "
+        "(Configure > API > Settings; IBC: TrustedTwsApiIps)"
+    ),
+    FailureClass.TIMEOUT: (
+        "the port accepts connections but the gateway never answered the API handshake: "
+        "is an 'Accept incoming connection' dialog waiting on the gateway's screen (add "
+        "this host to 'Trusted IPs', or IBC: AcceptIncomingConnectionAction=accept), or "
+        "is the gateway hung?"
     ),
     FailureClass.INCOMPLETE_SYNC: (
         "the gateway started the API but did not answer the initial sync"

@@ -40,11 +40,20 @@ log = structlog.get_logger("ibkr_resilience.connect")
 
 T = TypeVar("T")
 
-FAIL_FAST = frozenset({FailureClass.REJECTED, FailureClass.CLOSED})
-"""Classes where the gateway answered at once with a refusal of *us*: another process
-holds the client id (the gateway may hold it until it restarts), or the API is disabled /
-this host is not trusted. A few quick retries cover a just-released client id; waiting
-out the whole budget would only delay the alert an operator has to act on."""
+SHORT_INTERVAL_CLASSES = frozenset(
+    {FailureClass.REFUSED, FailureClass.CLOSED, FailureClass.REJECTED}
+)
+"""Classes retried at the short ``refused_interval``: each costs the gateway nothing.
+
+* ``refused``: the port is closed (the gateway is restarting);
+* ``closed``: accepted and closed before any handshake byte. That is what a Docker
+  image's socat relay does while the gateway behind it restarts (every nightly restart),
+  and also what a gateway with the API disabled or this host untrusted does: the two
+  are indistinguishable on the wire, so it is retried for the whole budget;
+* ``rejected``: error 326, client id in use. Right after a gateway restart the gateway
+  still holds the ids of sessions it has not torn down, for a few seconds; then the same
+  id works. Retried only during ``client_id_grace``, then given up (``fail_fast``): a
+  process that really holds the id will not let go by itself."""
 
 MIN_ATTEMPT_WINDOW = 0.1
 """An attempt gets at least this long; the budget is not spent on shorter ones."""
@@ -61,8 +70,8 @@ class RetryPolicy:
     refused_interval: float
     fixed_delay: bool = False
     """Legacy schedule: every retry waits exactly ``retry_delay``, whatever the class."""
-    max_fail_fast_attempts: int = 3
-    """Attempts allowed for classes that retrying rarely fixes (see ``FAIL_FAST``)."""
+    client_id_grace: float = 30.0
+    """Seconds from the first attempt during which error 326 is retried (then fail fast)."""
     jitter: Callable[[float], float] = backoff.full_jitter
 
 
@@ -99,7 +108,6 @@ class _Run(Generic[T]):
         self.start = clock()
         self.deadline = None if policy.max_time is None else self.start + policy.max_time
         self.attempts = 0
-        self.fail_fast_failures = 0
         self.attempt_started = self.start
         self.planned_delay = 0.0
         self.last: AttemptFailed | None = None
@@ -117,12 +125,14 @@ class _Run(Generic[T]):
         return remaining is not None and remaining < MIN_ATTEMPT_WINDOW
 
     def give_up(self, failure: Exception) -> bool:
-        """backoff's ``giveup`` predicate: the budget, or too many fail-fast refusals."""
+        """backoff's ``giveup`` predicate: the budget, or error 326 past its grace period."""
         if self.budget_exhausted(failure):
             return True
         return (
             not self.policy.fixed_delay
-            and self.fail_fast_failures >= self.policy.max_fail_fast_attempts
+            and getattr(failure, "failure_class", None) == FailureClass.REJECTED
+            and self.clock() - self.start + self.policy.refused_interval
+            >= self.policy.client_id_grace
         )
 
     # -- backoff hooks ----------------------------------------------------------------
@@ -134,7 +144,7 @@ class _Run(Generic[T]):
             failure_class = getattr(failure, "failure_class", FailureClass.ERROR)
             if self.policy.fixed_delay:
                 planned = self.policy.retry_delay
-            elif failure_class == FailureClass.REFUSED:
+            elif failure_class in SHORT_INTERVAL_CLASSES:
                 planned = self.policy.refused_interval
             else:
                 planned = self.policy.jitter(next(expo))
@@ -216,8 +226,6 @@ class _Run(Generic[T]):
             self.result = self.attempt(self.attempts, timeout)
         except AttemptFailed as failure:
             self.last = failure
-            if failure.failure_class in FAIL_FAST:
-                self.fail_fast_failures += 1
             raise
         return self.result
 

@@ -87,6 +87,8 @@ class SessionConfig:
     retry_delay: float = 1.0
     max_retry_delay: float = 15.0
     refused_retry_interval: float = 0.5
+    client_id_grace: float = 30.0
+    """Seconds during which error 326 (client id in use) is retried, inside ``max_time``."""
     alert_timeout: float = DEFAULT_ALERT_TIMEOUT
     paper_only: bool = True
     allow_live: bool = False
@@ -154,6 +156,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("retry_delay", "IBKR_CONNECT_RETRY_DELAY", "non_negative"),
     _Spec("max_retry_delay", None, "non_negative"),
     _Spec("refused_retry_interval", None, "non_negative"),
+    _Spec("client_id_grace", "IBKR_CLIENT_ID_GRACE", "non_negative"),
     _Spec("alert_timeout", "IBKR_ALERT_TIMEOUT", "positive"),
     _Spec("paper_only", None, "bool"),
     _Spec("allow_live", "IBKR_ALLOW_LIVE", "bool"),

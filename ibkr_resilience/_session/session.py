@@ -106,6 +106,7 @@ class IBKRSession:
             retry_delay=cfg.retry_delay,
             max_retry_delay=cfg.max_retry_delay,
             refused_interval=cfg.refused_retry_interval,
+            client_id_grace=cfg.client_id_grace,
         )
 
         def attempt(number: int, timeout: float) -> Any:

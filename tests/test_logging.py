@@ -231,3 +231,56 @@ def test_a_record_formatted_by_another_handler_first_has_no_duplicate_message() 
     line = json.loads(buf.getvalue().splitlines()[-1])
     assert line["event"] == "Connecting to 127.0.0.1"
     assert "message" not in line and "asctime" not in line
+
+
+# -- stderr vs file, and log rotation -------------------------------------------------------
+def test_with_a_log_file_stderr_gets_only_warnings_and_the_file_everything(tmp_path: Path) -> None:
+    """Cron mails stderr: with a file configured it holds the failure lines, not the log."""
+    path = tmp_path / "run.jsonl"
+    err = io.StringIO()
+    configure_logging(format="json", stream=err, env={"IBKR_LOG_FILE": str(path)})
+    structlog.get_logger("t").info("ibkr.connect.attempt")
+    structlog.get_logger("t").warning("ibkr.connect.failed")
+    structlog.get_logger("t").error("ibkr.connect.gave_up")
+    assert [x["event"] for x in lines(err)] == ["ibkr.connect.failed", "ibkr.connect.gave_up"]
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["event"] for r in rows] == [
+        "ibkr.connect.attempt", "ibkr.connect.failed", "ibkr.connect.gave_up"
+    ]  # fmt: skip
+
+
+def test_the_stderr_threshold_is_configurable(tmp_path: Path) -> None:
+    err = io.StringIO()
+    env = {"IBKR_LOG_FILE": str(tmp_path / "run.jsonl"), "IBKR_LOG_STDERR_LEVEL": "error"}
+    configure_logging(format="json", stream=err, env=env)
+    structlog.get_logger("t").warning("ibkr.connect.failed")
+    structlog.get_logger("t").error("ibkr.connect.gave_up")
+    assert [x["event"] for x in lines(err)] == ["ibkr.connect.gave_up"]
+    with pytest.raises(ConfigError, match="^IBKR_LOG_STDERR_LEVEL='loud': expected one of"):
+        configure_logging(stream=io.StringIO(), env={"IBKR_LOG_STDERR_LEVEL": "loud"})
+
+
+def test_writing_goes_on_after_logrotate_moves_the_file(tmp_path: Path) -> None:
+    """logrotate's default (``create``): the file is renamed, the next line opens a new one."""
+    path = tmp_path / "run.jsonl"
+    configure_logging(format="json", stream=io.StringIO(), file=str(path), env={})
+    structlog.get_logger("t").info("ibkr.before")
+    path.rename(tmp_path / "run.jsonl.1")
+    structlog.get_logger("t").info("ibkr.after")
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == ["ibkr.after"]
+    rotated = (tmp_path / "run.jsonl.1").read_text().splitlines()
+    assert [json.loads(x)["event"] for x in rotated] == ["ibkr.before"]
+
+
+def test_writing_goes_on_after_copytruncate(tmp_path: Path) -> None:
+    """logrotate's ``copytruncate``: appending resumes at the new end, no hole of NULs."""
+    path = tmp_path / "run.jsonl"
+    configure_logging(format="json", stream=io.StringIO(), file=str(path), env={})
+    structlog.get_logger("t").info("ibkr.before")
+    (tmp_path / "run.jsonl.1").write_bytes(path.read_bytes())
+    with open(path, "r+b") as f:
+        f.truncate(0)
+    structlog.get_logger("t").info("ibkr.after")
+    data = path.read_bytes()
+    assert b"\0" not in data
+    assert [json.loads(x)["event"] for x in data.decode().splitlines()] == ["ibkr.after"]

@@ -534,7 +534,7 @@ def test_no_grace_gives_up_at_the_first_326() -> None:
     assert info.value.attempts == 1 and ft.sleeps == []
 
 
-def test_closed_before_the_handshake_is_retried_at_the_short_interval_for_the_whole_budget() -> None:
+def test_closed_before_the_handshake_is_retried_at_the_short_interval_to_the_budget() -> None:
     """A socat relay in front of a restarting gateway accepts and closes: not fail fast."""
     ft = FakeTime()
     script = Script([F.CLOSED] * 1000, ft, cost=0.01)

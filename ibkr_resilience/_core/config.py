@@ -98,6 +98,8 @@ class SessionConfig:
     log_format: str | None = None
     log_file: str | None = None
     log_level: str = "INFO"
+    log_stderr_level: str | None = None
+    """Threshold of the stderr sink; ``None``: WARNING with a log file, else ``log_level``."""
     alert_state_file: str | None = None
     """De-duplication state; ``None``: the default path when de-dup is on (see docs/alerts.md)."""
     alert_repeat_interval: float = DEFAULT_ALERT_REPEAT_INTERVAL
@@ -166,6 +168,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("log_format", "IBKR_LOG_FORMAT", "log_format", optional=True),
     _Spec("log_file", "IBKR_LOG_FILE", "text", optional=True),
     _Spec("log_level", "IBKR_LOG_LEVEL", "log_level"),
+    _Spec("log_stderr_level", "IBKR_LOG_STDERR_LEVEL", "log_level", optional=True),
     _Spec("alert_state_file", "IBKR_ALERT_STATE_FILE", "path", optional=True),
     _Spec("alert_repeat_interval", "IBKR_ALERT_REPEAT_INTERVAL", "positive"),
     _Spec("healthcheck_url", "IBKR_HEALTHCHECK_URL", "secret_url", optional=True),

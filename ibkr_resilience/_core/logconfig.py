@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import os
 import sys
 import uuid
@@ -86,14 +87,19 @@ def configure_logging(
     run_id: str | None = None,
     *,
     stream: IO[str] | None = None,
+    stream_level: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> str:
     """Configure structlog and the stdlib root logger; return the run id.
 
-    ``None`` arguments come from ``IBKR_LOG_FORMAT``, ``IBKR_LOG_LEVEL`` and
-    ``IBKR_LOG_FILE``, else the defaults (console when ``stream`` is a terminal, JSON
-    otherwise; INFO; no file). Calling it again replaces the previous setup instead of
-    stacking handlers, so a script and a test can both call it.
+    ``None`` arguments come from ``IBKR_LOG_FORMAT``, ``IBKR_LOG_LEVEL``,
+    ``IBKR_LOG_FILE`` and ``IBKR_LOG_STDERR_LEVEL``, else the defaults (console when
+    ``stream`` is a terminal, JSON otherwise; INFO; no file). With a log file, the
+    stream (stderr: what cron mails) gets only WARNING and above unless
+    ``stream_level`` says otherwise; the file gets everything at ``level``. The file is
+    reopened when logrotate moves it (``create`` mode) and keeps appending after a
+    ``copytruncate``. Calling it again replaces the previous setup instead of stacking
+    handlers, so a script and a test can both call it.
     """
     environ = os.environ if env is None else env
     out: IO[str] = sys.stderr if stream is None else stream
@@ -104,6 +110,11 @@ def configure_logging(
     lvl = check_setting("log_level", level) if level else env_value("IBKR_LOG_LEVEL", environ)
     lvl = lvl or "INFO"
     path = file or env_value("IBKR_LOG_FILE", environ)
+    stream_lvl = (
+        check_setting("log_stderr_level", stream_level)
+        if stream_level
+        else env_value("IBKR_LOG_STDERR_LEVEL", environ)
+    ) or ("WARNING" if path else lvl)
     # Opened before anything is changed: a path that cannot be appended to (a missing
     # directory, a directory, no permission) is a configuration error like any other
     # bad setting, one line naming the setting, and leaves the previous setup intact.
@@ -142,6 +153,7 @@ def configure_logging(
             old.close()
 
     console = _StreamHandler(out)
+    console.setLevel(stream_lvl)
     console.setFormatter(_formatter(fmt, shared, colors=fmt == "console" and _isatty(out)))
     setattr(console, _HANDLER_MARK, True)
     root.addHandler(console)
@@ -175,7 +187,7 @@ class _StreamHandler(_ScrubbedErrors, logging.StreamHandler):  # type: ignore[ty
     pass
 
 
-class _FileHandler(_ScrubbedErrors, logging.FileHandler):
+class _FileHandler(_ScrubbedErrors, logging.handlers.WatchedFileHandler):
     pass
 
 

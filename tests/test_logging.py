@@ -256,7 +256,7 @@ def test_the_stderr_threshold_is_configurable(tmp_path: Path) -> None:
     structlog.get_logger("t").warning("ibkr.connect.failed")
     structlog.get_logger("t").error("ibkr.connect.gave_up")
     assert [x["event"] for x in lines(err)] == ["ibkr.connect.gave_up"]
-    with pytest.raises(ConfigError, match="^IBKR_LOG_STDERR_LEVEL='loud': expected one of"):
+    with pytest.raises(ConfigError, match=r"^IBKR_LOG_STDERR_LEVEL='loud': expected one of"):
         configure_logging(stream=io.StringIO(), env={"IBKR_LOG_STDERR_LEVEL": "loud"})
 
 

@@ -148,13 +148,13 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 
 
 def _run(run: ScriptRun) -> None:
-    args, env, state, run_id, timeout = run.args, run.env, run.state, run.run_id, run.ack_timeout
+    args, env, state, timeout = run.args, run.env, run.state, run.ack_timeout
     symbols = parse_symbols(args.symbols)
     if args.global_cancel and symbols:
         raise UsageError("--global-cancel cancels every order of the login; it cannot be "
                          "combined with --symbols")  # fmt: skip
     config = session_config(args, env)
-    with open_journal(args.journal, env, script=SCRIPT, run_id=run_id) as journal:
+    with open_journal(run, script=SCRIPT) as journal:
         scope = ", ".join(symbols) if symbols else "all positions"
         mode = " (dry run: nothing is cancelled or placed)" if args.dry_run else ""
         kind = "MOC" if args.moc else "MKT"

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..._core.config import env_value
 from ..._core.statedir import fsync_dir, state_dir
 
 SUBMITTED = "order.submitted"
@@ -51,6 +52,14 @@ class JournalError(OSError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def journal_path(configured: str | None, env: Mapping[str, str]) -> Path:
+    """``configured`` (``$IBKR_JOURNAL`` as read by the settings), else the default file
+    ``journal.jsonl`` in the state directory of ``env``."""
+    if configured:
+        return Path(configured).expanduser()
+    return state_dir(env) / "journal.jsonl"
 
 
 def utc_now() -> str:
@@ -87,10 +96,7 @@ class Journal:
         state directory; a relative ``XDG_STATE_HOME`` is ignored, as the spec requires.
         """
         environ = os.environ if env is None else env
-        explicit = environ.get("IBKR_JOURNAL", "").strip()
-        if explicit:
-            return Path(explicit).expanduser()
-        return state_dir(environ) / "journal.jsonl"
+        return journal_path(env_value("IBKR_JOURNAL", environ), environ)
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record and fsync it; return the record as written.

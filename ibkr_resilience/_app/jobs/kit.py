@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import sys
 import textwrap
@@ -25,7 +24,15 @@ import structlog
 
 from ..._connect.accounts import is_paper_account, managed_accounts
 from ..._connect.compat import ensure_event_loop, ib_insync
-from ..._core.config import DEFAULT_CLIENT_ID, GATEWAY_PAPER_PORT, PAPER_PORT, SessionConfig
+from ..._core.config import (
+    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_CLIENT_ID,
+    GATEWAY_PAPER_PORT,
+    PAPER_PORT,
+    JobSettings,
+    SessionConfig,
+    check_setting,
+)
 from ..._core.logconfig import configure_logging
 from ..._session.signals import SIGTERM_EXIT_CODE
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
@@ -36,13 +43,12 @@ from .journal import (
     UNCONFIRMED,
     Journal,
     JournalError,
+    journal_path,
 )
 from .plan import PlanError
 
 log = structlog.get_logger("ibkr_resilience.script")
 
-DEFAULT_ACK_TIMEOUT = 10.0
-ACK_TIMEOUT_ENV = "IBKR_ACK_TIMEOUT"
 
 ACCEPTED_STATUSES = frozenset({"Submitted", "PreSubmitted", "Filled"})
 """The gateway took the order: it is working, waiting for its parent, or done."""
@@ -110,7 +116,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, client_id: int) -> Non
     run.add_argument(
         "--ack-timeout", metavar="SECONDS", type=_seconds_arg,
         help=f"how long to wait for the gateway to confirm each order or cancel "
-        f"(default: ${ACK_TIMEOUT_ENV}, else {DEFAULT_ACK_TIMEOUT:g})",
+        f"(default: $IBKR_ACK_TIMEOUT, else {DEFAULT_ACK_TIMEOUT:g})",
     )  # fmt: skip
     run.add_argument("--dry-run", action="store_true",
                      help="connect, check and report what would be done; send no order")
@@ -136,20 +142,11 @@ def _int_arg(what: str) -> Callable[[str], int]:
 
 
 def _seconds_arg(text: str) -> float:
+    """``--ack-timeout``, checked by the same rule (and message) as ``$IBKR_ACK_TIMEOUT``."""
     try:
-        return _seconds(text, "--ack-timeout")
+        return float(check_setting("ack_timeout", text, label="--ack-timeout"))
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str, label: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{label}={text!r}: expected a finite number of seconds > 0")
-    return value
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:
@@ -185,7 +182,8 @@ def script_main(
     def setup_and_run() -> None:
         run_id = configure_logging(file=args.log_file, script=script, env=environ)
         state.logging_ready = True
-        body(ScriptRun(args, environ, state, run_id, ack_timeout(args.ack_timeout, environ)))
+        settings = JobSettings.from_env(environ, ack_timeout=args.ack_timeout)
+        body(ScriptRun(args, environ, state, run_id, settings))
 
     return run_script(state, setup_and_run)
 
@@ -198,28 +196,31 @@ class ScriptRun:
     env: Mapping[str, str]
     state: RunState
     run_id: str
-    ack_timeout: float
+    settings: JobSettings
+
+    @property
+    def ack_timeout(self) -> float:
+        """Seconds to wait for each acknowledgement: ``--ack-timeout``, else the setting."""
+        return self.settings.ack_timeout
 
 
 def ack_timeout(given: float | None, env: Mapping[str, str]) -> float:
-    if given is not None:
-        return given
-    raw = env.get(ACK_TIMEOUT_ENV, "").strip()
-    return _seconds(raw, ACK_TIMEOUT_ENV) if raw else DEFAULT_ACK_TIMEOUT
+    """``given`` (``--ack-timeout``), else ``$IBKR_ACK_TIMEOUT``, else the default."""
+    return JobSettings.from_env(env, ack_timeout=given).ack_timeout
 
 
-def open_journal(given: str | None, env: Mapping[str, str], *, script: str, run_id: str) -> Journal:
+def open_journal(run: ScriptRun, *, script: str) -> Journal:
     """``--journal``, else ``$IBKR_JOURNAL``, else the XDG default; a path from the
     environment that cannot be opened is reported with the variable's name."""
+    given: str | None = run.args.journal
     if given:
-        return Journal(Path(given).expanduser(), script=script, run_id=run_id)
-    path = Journal.default_path(env)
+        return Journal(Path(given).expanduser(), script=script, run_id=run.run_id)
+    configured = run.settings.journal
     try:
-        return Journal(path, script=script, run_id=run_id)
+        return Journal(journal_path(configured, run.env), script=script, run_id=run.run_id)
     except JournalError as exc:
-        raw = env.get("IBKR_JOURNAL", "").strip()
-        if raw:
-            raise JournalError(f"IBKR_JOURNAL={raw!r}: {exc}", exc.errno) from None
+        if configured:
+            raise JournalError(f"IBKR_JOURNAL={configured!r}: {exc}", exc.errno) from None
         raise
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from ..._core.config import env_value
 from ..._session.session import SIGTERM_EXIT_CODE, ibkr_session
 from .journal import (
     DRY_RUN,
@@ -72,14 +73,14 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 
 
 def _run(run: ScriptRun) -> None:
-    args, env, state, run_id, timeout = run.args, run.env, run.state, run.run_id, run.ack_timeout
+    args, env, state, timeout = run.args, run.env, run.state, run.ack_timeout
     plan = load_plan(args.plan)  # the whole plan is checked before anything else happens
     config = session_config(args, env)
-    with open_journal(args.journal, env, script=SCRIPT, run_id=run_id) as journal:
+    with open_journal(run, script=SCRIPT) as journal:
         mode = " (dry run: nothing is placed)" if args.dry_run else ""
         state.header = f"{SCRIPT}: plan {plan.plan_id} ({plan.source}), {len(plan)} rows{mode}"
         state.footer = [f"journal: {journal.path}"]
-        log_file = args.log_file or env.get("IBKR_LOG_FILE")
+        log_file = args.log_file or env_value("IBKR_LOG_FILE", env)
         if log_file:
             state.footer.append(f"log: {log_file}")
         log.info("submit.start", plan=plan.source, plan_id=plan.plan_id, rows=len(plan),

@@ -1,29 +1,25 @@
-"""What ``submit_orders`` and ``close_positions`` share: options, exit codes, order waits.
+"""The script frame ``submit_orders`` and ``close_positions`` share: options, run, summary.
 
 Both scripts run from cron, so the contract with the crontab is the exit code and the
-contract with the team is the journal; both must mean the same thing in both scripts.
-So the exit-code mapping (:func:`run_script`), the acknowledgement rules
-(:func:`wait_for_acks`, :func:`trade_outcome`) and the summary live here once.
+contract with the team is the journal and the summary; both must mean the same thing in
+both scripts. So the options, the settings a run gets (:class:`ScriptRun`), how a run's
+end becomes its exit code (:func:`run_script`) and the summary live here once; the
+exit codes and stop reasons are in :mod:`.exits`, the order helpers in :mod:`.orders`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
 from pathlib import Path
 from typing import IO, Any
 
 import structlog
 
-from ..._connect.accounts import is_paper_account, managed_accounts
-from ..._connect.compat import ensure_event_loop, ib_insync
 from ..._core.config import (
     DEFAULT_ACK_TIMEOUT,
     DEFAULT_CLIENT_ID,
@@ -34,8 +30,8 @@ from ..._core.config import (
     check_setting,
 )
 from ..._core.logconfig import configure_logging
-from ..._session.signals import SIGTERM_EXIT_CODE
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from .exits import EXIT_CODES_HELP, LOST_GATEWAY, ExitCode, how_stopped
 from .journal import (
     CANCEL_FAILED,
     NOT_PLACED,
@@ -49,41 +45,8 @@ from .plan import PlanError
 
 log = structlog.get_logger("ibkr_resilience.script")
 
-
-ACCEPTED_STATUSES = frozenset({"Submitted", "PreSubmitted", "Filled"})
-"""The gateway took the order: it is working, waiting for its parent, or done."""
-REJECTED_STATUSES = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
-"""The gateway refused or dropped the order (ib_insync marks an order error Cancelled)."""
 PROBLEM_EVENTS = frozenset({REJECTED, UNCONFIRMED, CANCEL_FAILED, NOT_PLACED})
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    CONNECT_FAILED = 1
-    BAD_INPUT = 2
-    ORDERS_FAILED = 3
-    LIVE_ACCOUNT = 4
-    INTERRUPTED = 130
-    TERMINATED = SIGTERM_EXIT_CODE
-
-
-EXIT_CODES_HELP = """\
-exit codes:
-  0    success: every order accepted (or already placed; nothing to do)
-  1    could not connect to the gateway (every attempt failed), or the connection was
-       lost / a request timed out during the run
-  2    bad input or configuration: arguments, environment, plan or journal (one line on
-       stderr; nothing was sent)
-  3    some orders were rejected, unconfirmed within the deadline, or not placed
-       (see the summary and the journal)
-  4    the gateway offers no paper account: live account refused, nothing was sent
-  130  interrupted (Ctrl-C)
-  143  terminated (SIGTERM); the order in flight is journaled as order.unconfirmed
-
-environment: IBKR_HOST, IBKR_PORT, IBKR_CONNECT_* (see docs/configuration.md),
-IBKR_ACK_TIMEOUT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE. Options override them.
-Details: docs/scripts.md.
-"""
+"""Outcomes that make a run exit 3 (see :data:`.exits.EXIT_CODES_HELP`)."""
 
 
 class UsageError(ValueError):
@@ -266,7 +229,7 @@ class RunState:
         """
         if ib.isConnected():
             return True
-        self.lost = "lost the gateway during the run; the rest was not attempted: check TWS"
+        self.lost = f"{LOST_GATEWAY}; the rest was not attempted: check TWS"
         return False
 
     @property
@@ -296,15 +259,11 @@ def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | N
         code, reason = ExitCode.CONNECT_FAILED, f"could not connect: {exc}"
     except LiveAccountRefused as exc:
         code, reason = ExitCode.LIVE_ACCOUNT, f"live account refused, nothing sent: {exc}"
-    except (ConnectionError, TimeoutError) as exc:
-        code = ExitCode.CONNECT_FAILED
-        reason = f"lost the gateway during the run ({type(exc).__name__}: {exc}); check TWS"
-    except KeyboardInterrupt:
-        code, reason = ExitCode.INTERRUPTED, "interrupted (Ctrl-C)"
-    except SystemExit as exc:
-        if exc.code != SIGTERM_EXIT_CODE:
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a lost gateway; the rest propagates
+        stop = how_stopped(exc)
+        if stop is None:
             raise
-        code, reason = ExitCode.TERMINATED, "terminated (SIGTERM)"
+        code, reason = stop.code, stop.reason
     if state.header:
         print_summary(state, code)
     if reason:
@@ -334,115 +293,3 @@ def print_summary(state: RunState, code: int, out: IO[str] | None = None) -> Non
     lines.append(f"result: {tally}; exit {code}")
     lines.extend(state.footer)
     print("\n".join(lines), file=stream, flush=True)
-
-
-# ----------------------------------------------------------------------------- gateway
-def paper_account(ib: Any) -> str:
-    """The account to trade: the first paper account; the session already refused a
-    gateway without one unless live trading was explicitly allowed."""
-    accounts = managed_accounts(ib)
-    for account in accounts:
-        if is_paper_account(account):
-            return account
-    if not accounts:
-        raise LiveAccountRefused("the gateway reported no account at all", accounts=[])
-    return accounts[0]
-
-
-def trade_error(trade: Any) -> str:
-    """The gateway's last error for an order (``"error 201: ..."``), or ``""``."""
-    for entry in reversed(getattr(trade, "log", [])):
-        if getattr(entry, "errorCode", 0):
-            return f"error {entry.errorCode}: {entry.message}"
-    return ""
-
-
-def trade_outcome(trade: Any) -> str:
-    """``accepted``, ``rejected`` or ``pending`` by the rules in docs/scripts.md."""
-    status = trade.orderStatus.status
-    if status in ACCEPTED_STATUSES:
-        return "accepted"
-    if status in REJECTED_STATUSES:
-        return "rejected"
-    return "pending"
-
-
-def wait_for_acks(ib: Any, trades: Iterable[Any], timeout: float) -> None:
-    """Run the client's loop until every trade is accepted or rejected, or ``timeout``."""
-    pending = list(trades)
-    wait_for_update(ib, lambda: all(trade_outcome(t) != "pending" for t in pending), timeout)
-
-
-def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
-    """Run the client's loop until ``done()`` holds or ``timeout``; return ``done()``.
-
-    Wakes on ib_insync's ``updateEvent`` (emitted after every batch of incoming
-    messages), so it returns as soon as the deciding message is processed. The handler
-    is attached *before* the loop runs: ``IB.waitOnUpdate`` attaches it one loop step
-    late and misses a reply that is already waiting in the socket.
-    """
-    loop = ensure_event_loop()  # the loop ib_insync runs on
-    deadline = time.monotonic() + timeout
-    while not done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not ib.isConnected():
-            return done()
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake(*_: Any, woken: asyncio.Future[None] = woken) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        ib.updateEvent += wake
-        ib.disconnectedEvent += wake  # a lost gateway ends the wait at once
-        try:
-            ib_insync.util.run(asyncio.wait_for(woken, remaining))
-        except TimeoutError:
-            pass
-        finally:
-            ib.updateEvent -= wake
-            ib.disconnectedEvent -= wake
-    return True
-
-
-def wait_until(ib: Any, done: Callable[[], bool], timeout: float, poll: float = 0.2) -> bool:
-    """Poll ``done()`` while the client's loop runs, for state the gateway does not push
-    (another client's cancels are only seen by asking again)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not ib.isConnected():
-            return False
-        ib.sleep(min(poll, remaining))
-    return True
-
-
-def live_open_orders(ib: Any, account: str) -> list[Any]:
-    """Every client's open orders in ``account`` (``reqAllOpenOrders``), freshly asked.
-
-    ``openTrades()`` alone is not enough: it only follows this client's orders, and
-    another client's order cancelled since our last request would still look open.
-    """
-    seen: dict[Any, Any] = {}
-    for trade in ib.reqAllOpenOrders():
-        order = trade.order
-        if order.account not in (account, ""):
-            continue
-        if trade.orderStatus.status in ib_insync.OrderStatus.DoneStates:
-            continue
-        seen[order_key(order)] = trade
-    return list(seen.values())
-
-
-def order_key(order: Any) -> Any:
-    """TWS's permanent id when known (stable across clients), else (client id, order id)."""
-    return order.permId or (order.clientId, order.orderId)
-
-
-def contract_fields(contract: Any) -> dict[str, str]:
-    return {
-        "symbol": contract.symbol,
-        "sec_type": contract.secType or "STK",
-        "exchange": contract.exchange or "SMART",
-        "currency": contract.currency or "USD",
-    }

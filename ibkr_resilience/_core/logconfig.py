@@ -25,6 +25,7 @@ from structlog.typing import Processor
 
 from ..errors import ConfigError
 from .config import check_setting, env_value
+from .identity import script_name
 from .redact import redact_secrets, register_secret
 
 _HANDLER_MARK = "_ibkr_resilience_handler"
@@ -73,10 +74,6 @@ def _drop_formatter_leftovers(
     return event_dict
 
 
-def _default_script() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-
-
 def configure_logging(
     format: str | None = None,
     level: str | None = None,
@@ -112,7 +109,7 @@ def configure_logging(
 
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        _RunContext(run, script or _default_script()),
+        _RunContext(run, script or script_name()),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from ..._core.config import env_value
+from ..._core.identity import script_name
 from ..._core.statedir import fsync_dir, state_dir
 
 SUBMITTED = "order.submitted"
@@ -83,7 +83,7 @@ class Journal:
         run_id: str | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
-        self.script = script or _default_script()
+        self.script = script or script_name()
         self.run_id = run_id or uuid.uuid4().hex
         self._fd: int | None = self._open()
 
@@ -211,7 +211,3 @@ def _ends_torn(fd: int) -> bool:
 def _error(action: str, path: Path, exc: OSError) -> JournalError:
     reason = exc.strerror or str(exc)
     return JournalError(f"{action} {path}: {reason}", exc.errno)
-
-
-def _default_script() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"

@@ -15,13 +15,14 @@ orders cannot be cancelled is not closed and the run exits 3. See ``docs/scripts
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from datetime import date
 from typing import Any
 
 import structlog
 
 from ..._core.config import SessionConfig
-from ..._session.session import ibkr_session
 from .close_cancel import Canceller
 from .close_orders import ClosingOrders
 from .close_records import CloseParams, CloseRecorder
@@ -33,9 +34,8 @@ from .kit import (
     UsageError,
     add_common_arguments,
     new_parser,
-    open_journal,
+    run_in_session,
     script_main,
-    session_config,
 )
 from .orders import paper_account
 from .plan_rows import SYMBOL_RE
@@ -97,53 +97,47 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 
 
 def _run(run: ScriptRun) -> None:
-    args, env, state, timeout = run.args, run.env, run.state, run.ack_timeout
+    args = run.args
     symbols = parse_symbols(args.symbols)
     if args.global_cancel and symbols:
         raise UsageError("--global-cancel cancels every order of the login; it cannot be "
                          "combined with --symbols")  # fmt: skip
-    config = session_config(args, env)
-    with open_journal(run, script=SCRIPT) as journal:
+    order_type = "MOC" if args.moc else "MKT"
+
+    def start(journal: Journal, config: SessionConfig) -> Callable[[Any], None]:
         scope = ", ".join(symbols) if symbols else "all positions"
         mode = " (dry run: nothing is cancelled or placed)" if args.dry_run else ""
-        kind = "MOC" if args.moc else "MKT"
-        state.header = f"{SCRIPT}: close {scope} with {kind} orders{mode}"
-        state.footer = [f"journal: {journal.path}"]
-        log.info("close.start", symbols=symbols or None, order_type=kind,
+        run.state.header = f"{SCRIPT}: close {scope} with {order_type} orders{mode}"
+        log.info("close.start", symbols=symbols or None, order_type=order_type,
                  dry_run=args.dry_run, journal=str(journal.path))  # fmt: skip
-        closer = Closer(
-            journal, state, config, symbols=symbols, moc=args.moc, timeout=timeout,
-            dry_run=args.dry_run, global_cancel=args.global_cancel,
-        )  # fmt: skip
-        with ibkr_session(client_id=config.client_id, config=config) as ib:
-            closer.run(ib)
+        return Closer(
+            journal, run.state, config, symbols=symbols, order_type=order_type,
+            timeout=run.ack_timeout, dry_run=args.dry_run, global_cancel=args.global_cancel,
+        ).run  # fmt: skip
+
+    run_in_session(run, SCRIPT, start)
 
 
+@dataclass
 class Closer:
     """One run, step by step: read the book, cancel what is in the way, confirm, re-read,
     close; the steps themselves are done by :class:`Canceller` and :class:`ClosingOrders`."""
 
-    def __init__(
-        self,
-        journal: Journal,
-        state: RunState,
-        config: SessionConfig,
-        *,
-        symbols: list[str],
-        moc: bool,
-        timeout: float,
-        dry_run: bool,
-        global_cancel: bool,
-    ) -> None:
-        self.journal = journal
-        self.state = state
-        self.config = config
-        self.symbols = symbols
-        self.order_type = "MOC" if moc else "MKT"
-        self.timeout = timeout
-        self.dry_run = dry_run
-        self.global_cancel = global_cancel
-        self.day = trading_date()
+    journal: Journal
+    state: RunState
+    config: SessionConfig
+    """The session's settings; cancel sessions under another client id start from them."""
+    _: KW_ONLY
+    symbols: list[str]
+    """Only these symbols; empty: every position and open order of the account."""
+    order_type: str
+    """``MKT``, or ``MOC`` (``--moc``)."""
+    timeout: float
+    """Seconds to wait for each acknowledgement and for the cancels to be confirmed."""
+    dry_run: bool
+    global_cancel: bool
+    day: date = field(default_factory=trading_date)
+    """The exchange date the closing orders belong to."""
 
     def run(self, ib: Any) -> None:
         """Close the positions in scope on the connected ``ib``; record every step."""

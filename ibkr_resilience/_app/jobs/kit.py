@@ -30,6 +30,7 @@ from ..._core.config import (
     check_setting,
 )
 from ..._core.logconfig import configure_logging
+from ..._session.session import ibkr_session
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
 from .exits import EXIT_CODES_HELP, LOST_GATEWAY, ExitCode, how_stopped
 from .journal import (
@@ -185,6 +186,26 @@ def open_journal(run: ScriptRun, *, script: str) -> Journal:
         if configured:
             raise JournalError(f"IBKR_JOURNAL={configured!r}: {exc}", exc.errno) from None
         raise
+
+
+def run_in_session(
+    run: ScriptRun,
+    script: str,
+    start: Callable[[Journal, SessionConfig], Callable[[Any], None]],
+) -> None:
+    """What every script body does after checking its own input: settings, journal, session.
+
+    ``start`` gets the open journal and the session settings, sets the summary header
+    and returns the job, which then runs on the connected ``IB``. The order keeps the
+    promise of exit code 2: bad settings or an unusable journal end the run before any
+    connection is attempted.
+    """
+    config = session_config(run.args, run.env)
+    with open_journal(run, script=script) as journal:
+        run.state.footer = [f"journal: {journal.path}"]
+        job = start(journal, config)
+        with ibkr_session(client_id=config.client_id, config=config) as ib:
+            job(ib)
 
 
 def session_config(args: Any, env: Mapping[str, str]) -> SessionConfig:

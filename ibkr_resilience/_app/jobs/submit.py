@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import structlog
 
-from ..._core.config import env_value
-from ..._session.session import ibkr_session
+from ..._core.config import SessionConfig, env_value
 from .exits import journal_if_cut_short
 from .journal import DRY_RUN, REJECTED, SKIPPED, UNCONFIRMED, Journal
 from .kit import (
@@ -31,9 +30,8 @@ from .kit import (
     ScriptRun,
     add_common_arguments,
     new_parser,
-    open_journal,
+    run_in_session,
     script_main,
-    session_config,
 )
 from .orders import acknowledgement, paper_account, qualify
 from .plan import Plan, PlannedOrder, load_plan
@@ -62,21 +60,21 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 
 
 def _run(run: ScriptRun) -> None:
-    args, env, state, timeout = run.args, run.env, run.state, run.ack_timeout
+    args = run.args
     plan = load_plan(args.plan)  # the whole plan is checked before anything else happens
-    config = session_config(args, env)
-    with open_journal(run, script=SCRIPT) as journal:
+
+    def start(journal: Journal, config: SessionConfig) -> Callable[[Any], None]:
         mode = " (dry run: nothing is placed)" if args.dry_run else ""
-        state.header = f"{SCRIPT}: plan {plan.plan_id} ({plan.source}), {len(plan)} rows{mode}"
-        state.footer = [f"journal: {journal.path}"]
-        log_file = args.log_file or env_value("IBKR_LOG_FILE", env)
+        run.state.header = f"{SCRIPT}: plan {plan.plan_id} ({plan.source}), {len(plan)} rows{mode}"
+        log_file = args.log_file or env_value("IBKR_LOG_FILE", run.env)
         if log_file:
-            state.footer.append(f"log: {log_file}")
+            run.state.footer.append(f"log: {log_file}")
         log.info("submit.start", plan=plan.source, plan_id=plan.plan_id, rows=len(plan),
                  dry_run=args.dry_run, journal=str(journal.path))  # fmt: skip
-        submitter = Submitter(plan, journal, state, timeout=timeout, dry_run=args.dry_run)
-        with ibkr_session(client_id=config.client_id, config=config) as ib:
-            submitter.run(ib)
+        return Submitter(plan, journal, run.state, timeout=run.ack_timeout,
+                         dry_run=args.dry_run).run  # fmt: skip
+
+    run_in_session(run, SCRIPT, start)
 
 
 @dataclass(frozen=True)
@@ -112,18 +110,19 @@ def placed_refs(ib: Any, account: str) -> dict[str, Found]:
     return found
 
 
+@dataclass
 class Submitter:
     """One run over a plan; records every row's outcome in the journal and the summary."""
 
-    def __init__(
-        self, plan: Plan, journal: Journal, state: RunState, *, timeout: float, dry_run: bool
-    ) -> None:
-        self.plan = plan
-        self.journal = journal
-        self.state = state
-        self.timeout = timeout
-        self.dry_run = dry_run
-        self.account = ""
+    plan: Plan
+    journal: Journal
+    state: RunState
+    _: KW_ONLY
+    timeout: float
+    """Seconds to wait for each row's acknowledgement."""
+    dry_run: bool
+    account: str = field(default="", init=False)
+    """The paper account traded, known once connected."""
 
     def run(self, ib: Any) -> None:
         """Check the plan against the account, then place each row not placed yet."""

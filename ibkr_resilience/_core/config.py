@@ -66,6 +66,7 @@ _TELEGRAM_TOKEN = re.compile(r"\d+:[A-Za-z0-9_-]+")
 _CHAT_ID = re.compile(r"-?\d+|@[A-Za-z][A-Za-z0-9_]*")
 
 _Settings = TypeVar("_Settings", "SessionConfig", "JobSettings")
+_N = TypeVar("_N", int, float)
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -266,20 +267,9 @@ def _convert(spec: _Spec, value: object, label: str) -> Any:
             "client_id": "an integer client id >= 0",
             "count": "an integer >= 1",
         }[kind]
-        number: int
-        if isinstance(value, bool):
-            raise bad(expected)
-        if isinstance(value, int):
-            number = value
-        elif isinstance(value, str):
-            try:
-                number = int(value.strip())
-            except ValueError:
-                raise bad(expected) from None
-        else:
-            raise bad(expected)
+        number = _number(value, int, (int,))
         low, high = {"port": (1, 65535), "client_id": (0, 2**31 - 1), "count": (1, 10**9)}[kind]
-        if not low <= number <= high:
+        if number is None or not low <= number <= high:
             raise bad(expected)
         return number
     if kind in ("positive", "non_negative"):
@@ -288,19 +278,10 @@ def _convert(spec: _Spec, value: object, label: str) -> Any:
             if kind == "positive"
             else "a finite number of seconds >= 0"
         )
-        real: float
-        if isinstance(value, bool):
+        real = _number(value, float, (int, float))
+        if real is None or not math.isfinite(real) or real < 0:
             raise bad(expected)
-        if isinstance(value, int | float):
-            real = float(value)
-        elif isinstance(value, str):
-            try:
-                real = float(value.strip())
-            except ValueError:
-                raise bad(expected) from None
-        else:
-            raise bad(expected)
-        if not math.isfinite(real) or real < 0 or (kind == "positive" and real == 0):
+        if kind == "positive" and real == 0:
             raise bad(expected)
         return value if isinstance(value, int | float) else real
     if kind == "bool":
@@ -357,6 +338,20 @@ def _convert(spec: _Spec, value: object, label: str) -> Any:
     if isinstance(value, str) and value.strip():
         return value.strip()
     raise bad("a non-empty string")
+
+
+def _number(value: object, parse: Callable[[Any], _N], numbers: tuple[type, ...]) -> _N | None:
+    """``value`` as a number, or ``None`` when it is not one.
+
+    A bool is never a number here (``True`` is not a port); instances of ``numbers`` are
+    converted with ``parse``, strings are stripped and parsed.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, *numbers)):
+        return None
+    try:
+        return parse(value.strip() if isinstance(value, str) else value)
+    except ValueError:
+        return None
 
 
 def check_setting(name: str, value: object, *, label: str | None = None) -> Any:

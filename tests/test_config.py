@@ -8,7 +8,7 @@ import pytest
 
 import ibkr_resilience as ir
 from ibkr_resilience import ConfigError, SessionConfig
-from ibkr_resilience._core.config import env_value
+from ibkr_resilience._core.config import JobSettings, check_setting, env_value
 
 TOKEN = "123456789:AAFakeTokenValue_abcdefghijklmnop"
 
@@ -148,6 +148,35 @@ def test_env_value_reads_one_variable() -> None:
     assert env_value("IBKR_CONNECT_TIMEOUT", {}) is None
     with pytest.raises(ConfigError, match=r"^IBKR_CONNECT_TIMEOUT='x'"):
         env_value("IBKR_CONNECT_TIMEOUT", {"IBKR_CONNECT_TIMEOUT": "x"})
+
+
+def test_job_settings_come_from_the_same_table() -> None:
+    """The jobs' ack timeout and journal path: environment, then overrides, then defaults."""
+    assert JobSettings.from_env({}) == JobSettings(ack_timeout=10.0, journal=None)
+    env = {"IBKR_ACK_TIMEOUT": " 7 ", "IBKR_JOURNAL": " ~/j.jsonl "}
+    assert JobSettings.from_env(env) == JobSettings(ack_timeout=7.0, journal="~/j.jsonl")
+    assert JobSettings.from_env(env, ack_timeout=2.5).ack_timeout == 2.5
+    assert JobSettings.from_env({"IBKR_JOURNAL": " "}).journal is None
+    assert env_value("IBKR_ACK_TIMEOUT", {"IBKR_ACK_TIMEOUT": "3"}) == 3.0
+    with pytest.raises(ConfigError, match=r"^IBKR_ACK_TIMEOUT='0': expected a finite number"):
+        JobSettings.from_env({"IBKR_ACK_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match=r"^ack_timeout=-1: expected"):
+        JobSettings(ack_timeout=-1)
+    with pytest.raises(TypeError, match="unknown setting 'port'"):
+        JobSettings.from_env({}, port=1)
+
+
+def test_job_settings_stay_out_of_the_session_config() -> None:
+    """A session never carries order settings: its fields are the library's public API."""
+    config = SessionConfig.from_env({"IBKR_ACK_TIMEOUT": "7", "IBKR_JOURNAL": "/j"})
+    assert not {"ack_timeout", "journal"} & {f.name for f in dataclasses.fields(config)}
+
+
+def test_check_setting_can_name_the_option() -> None:
+    """An option's value is checked by the variable's rule but named as the option."""
+    assert check_setting("ack_timeout", "2", label="--ack-timeout") == 2.0
+    with pytest.raises(ConfigError, match=r"^--ack-timeout='-1': expected"):
+        check_setting("ack_timeout", "-1", label="--ack-timeout")
 
 
 @pytest.mark.parametrize("token", ["abc", "123456", "123:abc def", ":abc", "123:abc/x"])

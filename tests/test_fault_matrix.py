@@ -659,6 +659,8 @@ BAD_VALUES: dict[str, str] = {
     "IBKR_LOG_FORMAT": "xml",
     "IBKR_LOG_FILE": "{tmp}/no/such/dir/job.jsonl",
     "IBKR_LOG_LEVEL": "LOUD",
+    "IBKR_LOG_STDERR_LEVEL": "quiet",
+    "IBKR_CLIENT_ID_GRACE": "-5",
     "IBKR_ACK_TIMEOUT": "-3",
     "IBKR_JOURNAL": "/dev/null/journal.jsonl",
 }

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .._connect.accounts import is_paper_account
 from .._core.config import GATEWAY_PAPER_PORT
 from ..errors import ConfigError, ConnectionFailed, LiveAccountRefused
 
@@ -70,7 +69,7 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"FAIL live_account_refused: {exc}")
         return EXIT_FAILED
     accounts = ",".join(info["accounts"]) or "-"
-    paper = all(a.startswith("D") for a in info["accounts"]) and bool(info["accounts"])
+    paper = bool(info["accounts"]) and all(is_paper_account(a) for a in info["accounts"])
     print(
         f"ok {host}:{port} server_version={info['server_version']} accounts={accounts} "
         f"{'paper' if paper else 'LIVE'} connect_ms={connect_ms:.1f}"
@@ -135,17 +134,6 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def example_plan() -> Path:
-    """The example plan shipped inside the package (also in docs/examples/plan.csv)."""
-    ref = resources.files("ibkr_resilience") / "data" / "example_plan.csv"
-    with resources.as_file(ref) as path:
-        return Path(path)
-
-
-def new_workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="ibkr-demo-"))
 
 
 if __name__ == "__main__":

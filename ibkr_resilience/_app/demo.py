@@ -11,16 +11,29 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..simulator import FakeGateway
-from .cli import example_plan, new_workdir
 from .jobs import close, submit
 
 DEMO_ACCOUNT = "DU1234567"
+
+
+def example_plan() -> Path:
+    """The example plan shipped inside the package (also in docs/examples/plan.csv)."""
+    ref = resources.files("ibkr_resilience") / "data" / "example_plan.csv"
+    with resources.as_file(ref) as path:
+        return Path(path)
+
+
+def new_workdir() -> Path:
+    """A fresh temporary directory for the demo's journal and JSON log."""
+    return Path(tempfile.mkdtemp(prefix="ibkr-demo-"))
 
 
 def _step(title: str) -> None:

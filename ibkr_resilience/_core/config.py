@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
@@ -35,6 +35,8 @@ DEFAULT_ALERT_TIMEOUT = 5.0
 """Seconds any one alert or healthcheck ping may take, DNS included."""
 DEFAULT_ALERT_REPEAT_INTERVAL = 1800.0
 """Seconds between reminders while a connection failure persists (Alertmanager-style)."""
+DEFAULT_ACK_TIMEOUT = 10.0
+"""Seconds the trading jobs wait for the gateway to confirm each order or cancel."""
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
@@ -63,6 +65,8 @@ _Kind = Literal[
 # here would otherwise surface only when the alert is needed, as a lost alert.
 _TELEGRAM_TOKEN = re.compile(r"\d+:[A-Za-z0-9_-]+")
 _CHAT_ID = re.compile(r"-?\d+|@[A-Za-z][A-Za-z0-9_]*")
+
+_Settings = TypeVar("_Settings", "SessionConfig", "JobSettings")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -107,13 +111,7 @@ class SessionConfig:
     """healthchecks.io-style ping URL; holds a secret UUID, hence not in ``repr``."""
 
     def __post_init__(self) -> None:
-        for spec in _SPECS:
-            value = getattr(self, spec.field)
-            if value is None and spec.optional:
-                continue
-            converted = _convert(spec, value, spec.field)
-            if converted != value:
-                object.__setattr__(self, spec.field, converted)
+        _check_fields(self, _SESSION_SPECS)
         if self.refused_retry_interval > self.max_time:
             raise ConfigError(
                 f"refused_retry_interval={self.refused_retry_interval!r}: expected a value "
@@ -133,11 +131,34 @@ class SessionConfig:
         falls back to the environment and then to the default, as documented. An empty
         environment variable counts as unset (``IBKR_PORT= ./job`` in a crontab).
         """
-        return _load(os.environ if env is None else env, overrides, base=None)
+        return _load(SessionConfig, _SESSION_SPECS, os.environ if env is None else env, overrides)
 
     def replace(self, **overrides: Any) -> SessionConfig:
         """Return a copy with the non-``None`` overrides applied and validated."""
-        return _load({}, overrides, base=self)
+        return _load(SessionConfig, _SESSION_SPECS, {}, overrides, base=self)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """The trading jobs' own settings (``submit_orders``, ``close_positions``).
+
+    Kept out of :class:`SessionConfig`, whose fields are the library's public API and
+    describe a connection, not an order run; read through the same table and checks, so
+    a bad ``IBKR_ACK_TIMEOUT`` fails the same way as a bad ``IBKR_PORT``.
+    """
+
+    ack_timeout: float = DEFAULT_ACK_TIMEOUT
+    """Seconds to wait for the gateway to confirm each order or cancel (> 0)."""
+    journal: str | None = None
+    """``$IBKR_JOURNAL`` as written; ``None``: the default path (see docs/order-plan.md)."""
+
+    def __post_init__(self) -> None:
+        _check_fields(self, _JOB_SPECS)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> JobSettings:
+        """The environment's values, then the non-``None`` overrides (the command line)."""
+        return _load(JobSettings, _JOB_SPECS, os.environ if env is None else env, overrides)
 
 
 @dataclass(frozen=True)
@@ -146,6 +167,8 @@ class _Spec:
     env: str | None
     kind: _Kind
     optional: bool = False
+    owner: Literal["session", "job"] = "session"
+    """Which settings class the field belongs to: ``SessionConfig`` or ``JobSettings``."""
 
 
 _SPECS: tuple[_Spec, ...] = (
@@ -172,7 +195,13 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("alert_state_file", "IBKR_ALERT_STATE_FILE", "path", optional=True),
     _Spec("alert_repeat_interval", "IBKR_ALERT_REPEAT_INTERVAL", "positive"),
     _Spec("healthcheck_url", "IBKR_HEALTHCHECK_URL", "secret_url", optional=True),
+    _Spec("ack_timeout", "IBKR_ACK_TIMEOUT", "positive", owner="job"),
+    # "text", not "path": kept as written (the journal expands "~"), so that an error
+    # quotes the crontab's value.
+    _Spec("journal", "IBKR_JOURNAL", "text", optional=True, owner="job"),
 )
+_SESSION_SPECS = tuple(spec for spec in _SPECS if spec.owner == "session")
+_JOB_SPECS = tuple(spec for spec in _SPECS if spec.owner == "job")
 _BY_FIELD = {spec.field: spec for spec in _SPECS}
 _BY_ENV = {spec.env: spec for spec in _SPECS if spec.env}
 
@@ -191,21 +220,38 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
 
 
 def _load(
-    env: Mapping[str, str], overrides: Mapping[str, Any], base: SessionConfig | None
-) -> SessionConfig:
+    cls: Callable[..., _Settings],
+    specs: tuple[_Spec, ...],
+    env: Mapping[str, str],
+    overrides: Mapping[str, Any],
+    base: _Settings | None = None,
+) -> _Settings:
+    """``base`` (or the defaults), then ``env``, then the non-``None`` ``overrides``."""
+    by_field = {spec.field: spec for spec in specs}
     values: dict[str, Any] = {}
     if base is not None:
         values.update({f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
-    for name, spec in _BY_ENV.items():
-        raw = env.get(name)
+    for spec in specs:
+        raw = env.get(spec.env) if spec.env else None
         if raw is not None and raw.strip() != "":
-            values[spec.field] = _convert(spec, raw, name)
+            values[spec.field] = _convert(spec, raw, spec.env or spec.field)
     for key, value in overrides.items():
-        if key not in _BY_FIELD:
+        if key not in by_field:
             raise TypeError(f"unknown setting {key!r}")
         if value is not None:
-            values[key] = _convert(_BY_FIELD[key], value, key)
-    return SessionConfig(**values)
+            values[key] = _convert(by_field[key], value, key)
+    return cls(**values)
+
+
+def _check_fields(settings: object, specs: tuple[_Spec, ...]) -> None:
+    """Validate (and normalise) the fields of a frozen settings object in place."""
+    for spec in specs:
+        value = getattr(settings, spec.field)
+        if value is None and spec.optional:
+            continue
+        converted = _convert(spec, value, spec.field)
+        if converted != value:
+            object.__setattr__(settings, spec.field, converted)
 
 
 def _show(label: str, value: object, spec: _Spec) -> str:
@@ -332,6 +378,9 @@ _VALIDATORS: dict[str, tuple[Callable[[object], Any], str]] = {
 """Kind -> (parser, what the error message says was expected)."""
 
 
-def check_setting(name: str, value: object) -> Any:
-    """Validate one programmatic setting by its field name (same rules, same error)."""
-    return _convert(_BY_FIELD[name], value, name)
+def check_setting(name: str, value: object, *, label: str | None = None) -> Any:
+    """Validate one programmatic setting by its field name (same rules, same error).
+
+    ``label`` names the value in the error instead of the field (``--ack-timeout``).
+    """
+    return _convert(_BY_FIELD[name], value, label or name)

@@ -27,6 +27,7 @@ from structlog.typing import Processor
 
 from ..errors import ConfigError
 from .config import check_setting, env_value
+from .identity import script_name
 from .redact import redact_secrets, register_secret, scrub
 
 _HANDLER_MARK = "_ibkr_resilience_handler"
@@ -75,10 +76,6 @@ def _drop_formatter_leftovers(
     return event_dict
 
 
-def _default_script() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
-
-
 def configure_logging(
     format: str | None = None,
     level: str | None = None,
@@ -114,7 +111,7 @@ def configure_logging(
         check_setting("log_stderr_level", stream_level)
         if stream_level
         else env_value("IBKR_LOG_STDERR_LEVEL", environ)
-    ) or ("WARNING" if path else lvl)
+    ) or ("WARNING" if path else None)
     # Opened before anything is changed: a path that cannot be appended to (a missing
     # directory, a directory, no permission) is a configuration error like any other
     # bad setting, one line naming the setting, and leaves the previous setup intact.
@@ -124,7 +121,7 @@ def configure_logging(
 
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        _RunContext(run, script or _default_script()),
+        _RunContext(run, script or script_name()),
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -153,7 +150,8 @@ def configure_logging(
             old.close()
 
     console = _StreamHandler(out)
-    console.setLevel(stream_lvl)
+    if stream_lvl is not None:  # else the loggers' levels decide, as for the file
+        console.setLevel(stream_lvl)
     console.setFormatter(_formatter(fmt, shared, colors=fmt == "console" and _isatty(out)))
     setattr(console, _HANDLER_MARK, True)
     root.addHandler(console)

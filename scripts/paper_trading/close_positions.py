@@ -1,24 +1,21 @@
 #!/usr/bin/env python3
-"""Close the paper account's positions (see docs/scripts.md).
+"""Flatten the paper account: cancel the orders that could reopen it, then close.
 
-A thin wrapper: the logic lives in ``ibkr_resilience._app.jobs.close`` so that the installed
-package (and ``ibkr-resilience demo``) runs exactly the same code. Run it from a
-checkout (``python scripts/paper_trading/close_positions.py --help``) or with the package
-installed; exit codes are listed in ``--help``.
+Run it after the close or with ``--moc`` before it (docs/scripts.md; exit codes in
+``--help``). This file only hands over to ``ibkr_resilience._app.jobs.close``, which
+``lib/job_entry.py`` finds in the installed package or, failing that, in this checkout.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-try:
-    from ibkr_resilience._app.jobs.close import main
-except ModuleNotFoundError as exc:  # a checkout without the package installed
-    if exc.name != "ibkr_resilience":
-        raise
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from ibkr_resilience._app.jobs.close import main
+if __package__:  # python -m scripts.paper_trading.close_positions
+    from .lib.job_entry import job_main
+else:  # python scripts/paper_trading/close_positions.py: this folder is sys.path[0]
+    from lib.job_entry import job_main
+
+main = job_main("close")
 
 if __name__ == "__main__":
     sys.exit(main())

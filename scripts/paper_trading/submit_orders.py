@@ -1,24 +1,22 @@
 #!/usr/bin/env python3
-"""Place the day's order plan (see docs/scripts.md).
+"""Place the day's order plan, each order once however often cron runs it.
 
-A thin wrapper: the logic lives in ``ibkr_resilience._app.jobs.submit`` so that the installed
-package (and ``ibkr-resilience demo``) runs exactly the same code. Run it from a
-checkout (``python scripts/paper_trading/submit_orders.py --help``) or with the package
-installed; exit codes are listed in ``--help``.
+Usage: ``submit_orders.py --plan PLAN.csv`` (see docs/scripts.md and ``--help`` for the
+exit codes). The logic is ``ibkr_resilience._app.jobs.submit``, found by
+``lib/job_entry.py`` with or without the package installed, so cron and the demo run
+the same code.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-try:
-    from ibkr_resilience._app.jobs.submit import main
-except ModuleNotFoundError as exc:  # a checkout without the package installed
-    if exc.name != "ibkr_resilience":
-        raise
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from ibkr_resilience._app.jobs.submit import main
+if __package__:  # python -m scripts.paper_trading.submit_orders
+    from .lib.job_entry import job_main
+else:  # python scripts/paper_trading/submit_orders.py: this folder is sys.path[0]
+    from lib.job_entry import job_main
+
+main = job_main("submit")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..._core.config import env_value
+from ..._core.identity import script_name
 from ..._core.statedir import fsync_dir, state_dir
 
 SUBMITTED = "order.submitted"
@@ -53,6 +54,14 @@ class JournalError(OSError):
         return str(self.args[0])
 
 
+def journal_path(configured: str | None, env: Mapping[str, str]) -> Path:
+    """``configured`` (``$IBKR_JOURNAL`` as read by the settings), else the default file
+    ``journal.jsonl`` in the state directory of ``env``."""
+    if configured:
+        return Path(configured).expanduser()
+    return state_dir(env) / "journal.jsonl"
+
+
 def utc_now() -> str:
     """RFC 3339 UTC with milliseconds and ``Z``, the form log viewers sort correctly."""
     now = datetime.now(UTC)
@@ -74,7 +83,7 @@ class Journal:
         run_id: str | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
-        self.script = script or _default_script()
+        self.script = script or script_name()
         self.run_id = run_id or uuid.uuid4().hex
         self._fd: int | None = self._open()
 
@@ -87,10 +96,7 @@ class Journal:
         state directory; a relative ``XDG_STATE_HOME`` is ignored, as the spec requires.
         """
         environ = os.environ if env is None else env
-        explicit = environ.get("IBKR_JOURNAL", "").strip()
-        if explicit:
-            return Path(explicit).expanduser()
-        return state_dir(environ) / "journal.jsonl"
+        return journal_path(env_value("IBKR_JOURNAL", environ), environ)
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record and fsync it; return the record as written.
@@ -205,7 +211,3 @@ def _ends_torn(fd: int) -> bool:
 def _error(action: str, path: Path, exc: OSError) -> JournalError:
     reason = exc.strerror or str(exc)
     return JournalError(f"{action} {path}: {reason}", exc.errno)
-
-
-def _default_script() -> str:
-    return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"

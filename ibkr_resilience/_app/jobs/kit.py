@@ -1,34 +1,38 @@
-"""What ``submit_orders`` and ``close_positions`` share: options, exit codes, order waits.
+"""The script frame ``submit_orders`` and ``close_positions`` share: options, run, summary.
 
 Both scripts run from cron, so the contract with the crontab is the exit code and the
-contract with the team is the journal; both must mean the same thing in both scripts.
-So the exit-code mapping (:func:`run_script`), the acknowledgement rules
-(:func:`wait_for_acks`, :func:`trade_outcome`) and the summary live here once.
+contract with the team is the journal and the summary; both must mean the same thing in
+both scripts. So the options, the settings a run gets (:class:`ScriptRun`), how a run's
+end becomes its exit code (:func:`run_script`) and the summary live here once; the
+exit codes and stop reasons are in :mod:`.exits`, the order helpers in :mod:`.orders`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import math
 import os
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
 from pathlib import Path
 from typing import IO, Any
 
 import structlog
 
-from ..._connect.accounts import is_paper_account, managed_accounts
-from ..._connect.compat import ensure_event_loop, ib_insync
-from ..._core.config import DEFAULT_CLIENT_ID, GATEWAY_PAPER_PORT, PAPER_PORT, SessionConfig
+from ..._core.config import (
+    DEFAULT_ACK_TIMEOUT,
+    DEFAULT_CLIENT_ID,
+    GATEWAY_PAPER_PORT,
+    PAPER_PORT,
+    JobSettings,
+    SessionConfig,
+    check_setting,
+)
 from ..._core.logconfig import configure_logging
-from ..._session.signals import SIGTERM_EXIT_CODE
+from ..._session.session import ibkr_session
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from .exits import EXIT_CODES_HELP, LOST_GATEWAY, ExitCode, how_stopped
 from .journal import (
     CANCEL_FAILED,
     NOT_PLACED,
@@ -36,48 +40,14 @@ from .journal import (
     UNCONFIRMED,
     Journal,
     JournalError,
+    journal_path,
 )
 from .plan import PlanError
 
 log = structlog.get_logger("ibkr_resilience.script")
 
-DEFAULT_ACK_TIMEOUT = 10.0
-ACK_TIMEOUT_ENV = "IBKR_ACK_TIMEOUT"
-
-ACCEPTED_STATUSES = frozenset({"Submitted", "PreSubmitted", "Filled"})
-"""The gateway took the order: it is working, waiting for its parent, or done."""
-REJECTED_STATUSES = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
-"""The gateway refused or dropped the order (ib_insync marks an order error Cancelled)."""
 PROBLEM_EVENTS = frozenset({REJECTED, UNCONFIRMED, CANCEL_FAILED, NOT_PLACED})
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    CONNECT_FAILED = 1
-    BAD_INPUT = 2
-    ORDERS_FAILED = 3
-    LIVE_ACCOUNT = 4
-    INTERRUPTED = 130
-    TERMINATED = SIGTERM_EXIT_CODE
-
-
-EXIT_CODES_HELP = """\
-exit codes:
-  0    success: every order accepted (or already placed; nothing to do)
-  1    could not connect to the gateway (every attempt failed), or the connection was
-       lost / a request timed out during the run
-  2    bad input or configuration: arguments, environment, plan or journal (one line on
-       stderr; nothing was sent)
-  3    some orders were rejected, unconfirmed within the deadline, or not placed
-       (see the summary and the journal)
-  4    the gateway offers no paper account: live account refused, nothing was sent
-  130  interrupted (Ctrl-C)
-  143  terminated (SIGTERM); the order in flight is journaled as order.unconfirmed
-
-environment: IBKR_HOST, IBKR_PORT, IBKR_CONNECT_* (see docs/configuration.md),
-IBKR_ACK_TIMEOUT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE. Options override them.
-Details: docs/scripts.md.
-"""
+"""Outcomes that make a run exit 3 (see :data:`.exits.EXIT_CODES_HELP`)."""
 
 
 class UsageError(ValueError):
@@ -110,7 +80,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, client_id: int) -> Non
     run.add_argument(
         "--ack-timeout", metavar="SECONDS", type=_seconds_arg,
         help=f"how long to wait for the gateway to confirm each order or cancel "
-        f"(default: ${ACK_TIMEOUT_ENV}, else {DEFAULT_ACK_TIMEOUT:g})",
+        f"(default: $IBKR_ACK_TIMEOUT, else {DEFAULT_ACK_TIMEOUT:g})",
     )  # fmt: skip
     run.add_argument("--dry-run", action="store_true",
                      help="connect, check and report what would be done; send no order")
@@ -136,20 +106,11 @@ def _int_arg(what: str) -> Callable[[str], int]:
 
 
 def _seconds_arg(text: str) -> float:
+    """``--ack-timeout``, checked by the same rule (and message) as ``$IBKR_ACK_TIMEOUT``."""
     try:
-        return _seconds(text, "--ack-timeout")
+        return float(check_setting("ack_timeout", text, label="--ack-timeout"))
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str, label: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{label}={text!r}: expected a finite number of seconds > 0")
-    return value
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:
@@ -185,7 +146,8 @@ def script_main(
     def setup_and_run() -> None:
         run_id = configure_logging(file=args.log_file, script=script, env=environ)
         state.logging_ready = True
-        body(ScriptRun(args, environ, state, run_id, ack_timeout(args.ack_timeout, environ)))
+        settings = JobSettings.from_env(environ, ack_timeout=args.ack_timeout)
+        body(ScriptRun(args, environ, state, run_id, settings))
 
     return run_script(state, setup_and_run)
 
@@ -198,29 +160,52 @@ class ScriptRun:
     env: Mapping[str, str]
     state: RunState
     run_id: str
-    ack_timeout: float
+    settings: JobSettings
+
+    @property
+    def ack_timeout(self) -> float:
+        """Seconds to wait for each acknowledgement: ``--ack-timeout``, else the setting."""
+        return self.settings.ack_timeout
 
 
 def ack_timeout(given: float | None, env: Mapping[str, str]) -> float:
-    if given is not None:
-        return given
-    raw = env.get(ACK_TIMEOUT_ENV, "").strip()
-    return _seconds(raw, ACK_TIMEOUT_ENV) if raw else DEFAULT_ACK_TIMEOUT
+    """``given`` (``--ack-timeout``), else ``$IBKR_ACK_TIMEOUT``, else the default."""
+    return JobSettings.from_env(env, ack_timeout=given).ack_timeout
 
 
-def open_journal(given: str | None, env: Mapping[str, str], *, script: str, run_id: str) -> Journal:
+def open_journal(run: ScriptRun, *, script: str) -> Journal:
     """``--journal``, else ``$IBKR_JOURNAL``, else the XDG default; a path from the
     environment that cannot be opened is reported with the variable's name."""
+    given: str | None = run.args.journal
     if given:
-        return Journal(Path(given).expanduser(), script=script, run_id=run_id)
-    path = Journal.default_path(env)
+        return Journal(Path(given).expanduser(), script=script, run_id=run.run_id)
+    configured = run.settings.journal
     try:
-        return Journal(path, script=script, run_id=run_id)
+        return Journal(journal_path(configured, run.env), script=script, run_id=run.run_id)
     except JournalError as exc:
-        raw = env.get("IBKR_JOURNAL", "").strip()
-        if raw:
-            raise JournalError(f"IBKR_JOURNAL={raw!r}: {exc}", exc.errno) from None
+        if configured:
+            raise JournalError(f"IBKR_JOURNAL={configured!r}: {exc}", exc.errno) from None
         raise
+
+
+def run_in_session(
+    run: ScriptRun,
+    script: str,
+    start: Callable[[Journal, SessionConfig], Callable[[Any], None]],
+) -> None:
+    """What every script body does after checking its own input: settings, journal, session.
+
+    ``start`` gets the open journal and the session settings, sets the summary header
+    and returns the job, which then runs on the connected ``IB``. The order keeps the
+    promise of exit code 2: bad settings or an unusable journal end the run before any
+    connection is attempted.
+    """
+    config = session_config(run.args, run.env)
+    with open_journal(run, script=script) as journal:
+        run.state.footer = [f"journal: {journal.path}"]
+        job = start(journal, config)
+        with ibkr_session(client_id=config.client_id, config=config) as ib:
+            job(ib)
 
 
 def session_config(args: Any, env: Mapping[str, str]) -> SessionConfig:
@@ -265,7 +250,7 @@ class RunState:
         """
         if ib.isConnected():
             return True
-        self.lost = "lost the gateway during the run; the rest was not attempted: check TWS"
+        self.lost = f"{LOST_GATEWAY}; the rest was not attempted: check TWS"
         return False
 
     @property
@@ -295,15 +280,11 @@ def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | N
         code, reason = ExitCode.CONNECT_FAILED, f"could not connect: {exc}"
     except LiveAccountRefused as exc:
         code, reason = ExitCode.LIVE_ACCOUNT, f"live account refused, nothing sent: {exc}"
-    except (ConnectionError, TimeoutError) as exc:
-        code = ExitCode.CONNECT_FAILED
-        reason = f"lost the gateway during the run ({type(exc).__name__}: {exc}); check TWS"
-    except KeyboardInterrupt:
-        code, reason = ExitCode.INTERRUPTED, "interrupted (Ctrl-C)"
-    except SystemExit as exc:
-        if exc.code != SIGTERM_EXIT_CODE:
+    except BaseException as exc:  # Ctrl-C, SIGTERM, a lost gateway; the rest propagates
+        stop = how_stopped(exc)
+        if stop is None:
             raise
-        code, reason = ExitCode.TERMINATED, "terminated (SIGTERM)"
+        code, reason = stop.code, stop.reason
     if state.header:
         print_summary(state, code)
     if reason:
@@ -333,115 +314,3 @@ def print_summary(state: RunState, code: int, out: IO[str] | None = None) -> Non
     lines.append(f"result: {tally}; exit {code}")
     lines.extend(state.footer)
     print("\n".join(lines), file=stream, flush=True)
-
-
-# ----------------------------------------------------------------------------- gateway
-def paper_account(ib: Any) -> str:
-    """The account to trade: the first paper account; the session already refused a
-    gateway without one unless live trading was explicitly allowed."""
-    accounts = managed_accounts(ib)
-    for account in accounts:
-        if is_paper_account(account):
-            return account
-    if not accounts:
-        raise LiveAccountRefused("the gateway reported no account at all", accounts=[])
-    return accounts[0]
-
-
-def trade_error(trade: Any) -> str:
-    """The gateway's last error for an order (``"error 201: ..."``), or ``""``."""
-    for entry in reversed(getattr(trade, "log", [])):
-        if getattr(entry, "errorCode", 0):
-            return f"error {entry.errorCode}: {entry.message}"
-    return ""
-
-
-def trade_outcome(trade: Any) -> str:
-    """``accepted``, ``rejected`` or ``pending`` by the rules in docs/scripts.md."""
-    status = trade.orderStatus.status
-    if status in ACCEPTED_STATUSES:
-        return "accepted"
-    if status in REJECTED_STATUSES:
-        return "rejected"
-    return "pending"
-
-
-def wait_for_acks(ib: Any, trades: Iterable[Any], timeout: float) -> None:
-    """Run the client's loop until every trade is accepted or rejected, or ``timeout``."""
-    pending = list(trades)
-    wait_for_update(ib, lambda: all(trade_outcome(t) != "pending" for t in pending), timeout)
-
-
-def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
-    """Run the client's loop until ``done()`` holds or ``timeout``; return ``done()``.
-
-    Wakes on ib_insync's ``updateEvent`` (emitted after every batch of incoming
-    messages), so it returns as soon as the deciding message is processed. The handler
-    is attached *before* the loop runs: ``IB.waitOnUpdate`` attaches it one loop step
-    late and misses a reply that is already waiting in the socket.
-    """
-    loop = ensure_event_loop()  # the loop ib_insync runs on
-    deadline = time.monotonic() + timeout
-    while not done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not ib.isConnected():
-            return done()
-        woken: asyncio.Future[None] = loop.create_future()
-
-        def wake(*_: Any, woken: asyncio.Future[None] = woken) -> None:
-            if not woken.done():
-                woken.set_result(None)
-
-        ib.updateEvent += wake
-        ib.disconnectedEvent += wake  # a lost gateway ends the wait at once
-        try:
-            ib_insync.util.run(asyncio.wait_for(woken, remaining))
-        except TimeoutError:
-            pass
-        finally:
-            ib.updateEvent -= wake
-            ib.disconnectedEvent -= wake
-    return True
-
-
-def wait_until(ib: Any, done: Callable[[], bool], timeout: float, poll: float = 0.2) -> bool:
-    """Poll ``done()`` while the client's loop runs, for state the gateway does not push
-    (another client's cancels are only seen by asking again)."""
-    deadline = time.monotonic() + timeout
-    while not done():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or not ib.isConnected():
-            return False
-        ib.sleep(min(poll, remaining))
-    return True
-
-
-def live_open_orders(ib: Any, account: str) -> list[Any]:
-    """Every client's open orders in ``account`` (``reqAllOpenOrders``), freshly asked.
-
-    ``openTrades()`` alone is not enough: it only follows this client's orders, and
-    another client's order cancelled since our last request would still look open.
-    """
-    seen: dict[Any, Any] = {}
-    for trade in ib.reqAllOpenOrders():
-        order = trade.order
-        if order.account not in (account, ""):
-            continue
-        if trade.orderStatus.status in ib_insync.OrderStatus.DoneStates:
-            continue
-        seen[order_key(order)] = trade
-    return list(seen.values())
-
-
-def order_key(order: Any) -> Any:
-    """TWS's permanent id when known (stable across clients), else (client id, order id)."""
-    return order.permId or (order.clientId, order.orderId)
-
-
-def contract_fields(contract: Any) -> dict[str, str]:
-    return {
-        "symbol": contract.symbol,
-        "sec_type": contract.secType or "STK",
-        "exchange": contract.exchange or "SMART",
-        "currency": contract.currency or "USD",
-    }

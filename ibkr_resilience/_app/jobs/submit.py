@@ -14,39 +14,27 @@ See ``docs/scripts.md``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import structlog
 
-from ..._session.session import SIGTERM_EXIT_CODE, ibkr_session
-from .journal import (
-    DRY_RUN,
-    REJECTED,
-    SKIPPED,
-    SUBMITTED,
-    UNCONFIRMED,
-    Journal,
-    JournalError,
-)
+from ..._core.config import SessionConfig, env_value
+from .exits import journal_if_cut_short
+from .journal import DRY_RUN, REJECTED, SKIPPED, UNCONFIRMED, Journal
 from .kit import (
     Outcome,
     RunState,
     ScriptRun,
     add_common_arguments,
     new_parser,
-    open_journal,
-    paper_account,
+    run_in_session,
     script_main,
-    session_config,
-    trade_error,
-    trade_outcome,
-    wait_for_acks,
 )
-from .plan import ContractKey, Plan, PlannedOrder, load_plan
+from .orders import acknowledgement, paper_account, qualify
+from .plan import Plan, PlannedOrder, load_plan
 
 log = structlog.get_logger("ibkr_resilience.submit")
 
@@ -72,21 +60,21 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 
 
 def _run(run: ScriptRun) -> None:
-    args, env, state, run_id, timeout = run.args, run.env, run.state, run.run_id, run.ack_timeout
+    args = run.args
     plan = load_plan(args.plan)  # the whole plan is checked before anything else happens
-    config = session_config(args, env)
-    with open_journal(args.journal, env, script=SCRIPT, run_id=run_id) as journal:
+
+    def start(journal: Journal, config: SessionConfig) -> Callable[[Any], None]:
         mode = " (dry run: nothing is placed)" if args.dry_run else ""
-        state.header = f"{SCRIPT}: plan {plan.plan_id} ({plan.source}), {len(plan)} rows{mode}"
-        state.footer = [f"journal: {journal.path}"]
-        log_file = args.log_file or env.get("IBKR_LOG_FILE")
+        run.state.header = f"{SCRIPT}: plan {plan.plan_id} ({plan.source}), {len(plan)} rows{mode}"
+        log_file = args.log_file or env_value("IBKR_LOG_FILE", run.env)
         if log_file:
-            state.footer.append(f"log: {log_file}")
+            run.state.footer.append(f"log: {log_file}")
         log.info("submit.start", plan=plan.source, plan_id=plan.plan_id, rows=len(plan),
                  dry_run=args.dry_run, journal=str(journal.path))  # fmt: skip
-        submitter = Submitter(plan, journal, state, timeout=timeout, dry_run=args.dry_run)
-        with ibkr_session(client_id=config.client_id, config=config) as ib:
-            submitter.run(ib)
+        return Submitter(plan, journal, run.state, timeout=run.ack_timeout,
+                         dry_run=args.dry_run).run  # fmt: skip
+
+    run_in_session(run, SCRIPT, start)
 
 
 @dataclass(frozen=True)
@@ -122,53 +110,22 @@ def placed_refs(ib: Any, account: str) -> dict[str, Found]:
     return found
 
 
-def qualify(ib: Any, contracts: Mapping[ContractKey, Any]) -> dict[ContractKey, str]:
-    """Qualify every distinct contract in one round; return the failures by key.
-
-    The gateway's own error text (``error 200: No security definition ...``) is kept,
-    because "unknown contract" alone does not tell a typo from a wrong exchange.
-    """
-    errors: dict[int, str] = {}
-
-    def on_error(req_id: int, code: int, message: str, contract: Any) -> None:
-        if contract is not None:
-            errors[id(contract)] = f"error {code}: {message}"
-
-    ib.errorEvent += on_error
-    try:
-        qualified = {id(c) for c in ib.qualifyContracts(*contracts.values())}
-    finally:
-        ib.errorEvent -= on_error
-    failures: dict[ContractKey, str] = {}
-    for key, contract in contracts.items():
-        if id(contract) not in qualified:
-            reason = errors.get(id(contract), "unknown or ambiguous contract")
-            failures[key] = f"contract {' '.join(key)} could not be qualified ({reason})"
-    return failures
-
-
+@dataclass
 class Submitter:
     """One run over a plan; records every row's outcome in the journal and the summary."""
 
-    def __init__(
-        self, plan: Plan, journal: Journal, state: RunState, *, timeout: float, dry_run: bool
-    ) -> None:
-        self.plan = plan
-        self.journal = journal
-        self.state = state
-        self.timeout = timeout
-        self.dry_run = dry_run
-        self.account = ""
-        self._in_flight: tuple[PlannedOrder, list[Any], list[Any]] | None = None
+    plan: Plan
+    journal: Journal
+    state: RunState
+    _: KW_ONLY
+    timeout: float
+    """Seconds to wait for each row's acknowledgement."""
+    dry_run: bool
+    account: str = field(default="", init=False)
+    """The paper account traded, known once connected."""
 
     def run(self, ib: Any) -> None:
-        try:
-            self._run(ib)
-        except BaseException as exc:
-            self._journal_interrupted(exc)
-            raise
-
-    def _run(self, ib: Any) -> None:
+        """Check the plan against the account, then place each row not placed yet."""
         # Bound every blocking request: a gateway that stops answering mid-run must end
         # the run (exit 1), not hang it until the next cron slot.
         ib.RequestTimeout = self.timeout
@@ -202,23 +159,23 @@ class Submitter:
 
     def _place(self, ib: Any, row: PlannedOrder, contract: Any, orders: list[Any]) -> None:
         trades: list[Any] = []
-        self._in_flight = (row, orders, trades)
-        for order in orders:
-            trades.append(ib.placeOrder(contract, order))
-        wait_for_acks(ib, trades, self.timeout)
-        outcomes = [trade_outcome(t) for t in trades]
-        if "rejected" in outcomes:
-            event = REJECTED
-            message = next((trade_error(t) for t in trades if trade_error(t)), "") or (
-                "cancelled by the gateway"
+
+        def cut_short(cause: str) -> None:
+            message = (
+                f"{cause} while placing ({len(trades)} of {len(orders)} order(s) handed to "
+                "the client), before the gateway confirmed; a re-run skips it if the gateway "
+                "has it"
             )
-        elif "pending" in outcomes:
-            event = UNCONFIRMED
-            message = f"no acknowledgement within {self.timeout:g} s: check TWS"
-        else:
-            event, message = SUBMITTED, ""
-        self._record(row, event, trades=trades, message=message)
-        self._in_flight = None
+            if trades:
+                self._record(row, UNCONFIRMED, trades=trades, message=message)
+            else:
+                self._record(row, UNCONFIRMED, order_id=orders[0].orderId, message=message)
+
+        with journal_if_cut_short(cut_short):
+            for order in orders:
+                trades.append(ib.placeOrder(contract, order))
+            event, message = acknowledgement(ib, trades, self.timeout)
+            self._record(row, event, trades=trades, message=message)
 
     def _record_skipped(self, row: PlannedOrder, found: dict[str, Found]) -> None:
         entry = found.get(row.order_ref) or next(iter(found.values()))
@@ -269,29 +226,6 @@ class Submitter:
         )  # fmt: skip
         log.info("submit.order", outcome=event, order_ref=row.order_ref, line=row.line,
                  order_id=order_id, status=status, message=message or None)  # fmt: skip
-
-    def _journal_interrupted(self, exc: BaseException) -> None:
-        """Journal the order in flight when the run is cut short, so no order sent to the
-        gateway is missing from the trade record."""
-        if self._in_flight is None:
-            return
-        row, orders, trades = self._in_flight
-        self._in_flight = None
-        if isinstance(exc, SystemExit) and exc.code == SIGTERM_EXIT_CODE:
-            why = "terminated (SIGTERM)"
-        elif isinstance(exc, KeyboardInterrupt):
-            why = "interrupted (Ctrl-C)"
-        else:
-            why = f"{type(exc).__name__}: {exc}"
-        message = (
-            f"{why} while placing ({len(trades)} of {len(orders)} order(s) handed to the "
-            "client), before the gateway confirmed; a re-run skips it if the gateway has it"
-        )
-        with contextlib.suppress(JournalError):
-            if trades:
-                self._record(row, UNCONFIRMED, trades=trades, message=message)
-            else:
-                self._record(row, UNCONFIRMED, order_id=orders[0].orderId, message=message)
 
 
 def _describe(row: PlannedOrder) -> str:

@@ -1,0 +1,105 @@
+"""Placing the closing orders: one per position, never a second one for the same day.
+
+A closing order carries ``close:<exchange date>:<symbol>``; one already working that
+matches the position is reported as skipped, and one that does not match (another
+quantity or side) is left for a human rather than topped up, because guessing wrong
+would open a position instead of closing one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..._connect.compat import ib_insync
+from .close_records import CloseParams, CloseRecorder, closing_side, qty
+from .close_scope import close_ref
+from .exits import journal_if_cut_short
+from .journal import NOT_PLACED, SKIPPED, UNCONFIRMED
+from .orders import acknowledgement, qualify
+
+
+class ClosingOrders:
+    """Builds, qualifies and sends closing orders, or records why one is not sent."""
+
+    def __init__(self, params: CloseParams, record: CloseRecorder, *, timeout: float) -> None:
+        self.params = params
+        self.record = record
+        self.timeout = timeout
+        self._contracts: dict[str, Any] = {}
+
+    def qualify(self, ib: Any, closing: Mapping[str, Any]) -> dict[str, str]:
+        """Qualify the contracts of the positions in ``closing`` (by symbol) in one
+        round; return the failures by symbol."""
+        contracts = {
+            (s, p.contract.secType or "STK", "SMART", p.contract.currency or "USD"): (
+                _closing_contract(p)
+            )
+            for s, p in closing.items()
+        }
+        if not contracts:
+            return {}
+        failures = qualify(ib, contracts)
+        self._contracts = {key[0]: c for key, c in contracts.items()}
+        return {key[0]: reason for key, reason in failures.items()}
+
+    def order_for(self, pos: Any) -> Any:
+        """The DAY order that flattens ``pos``, marked with today's close ref."""
+        return ib_insync.Order(
+            orderType=self.params.order_type, action=closing_side(pos),
+            totalQuantity=abs(pos.position), tif="DAY", account=self.params.account,
+            orderRef=close_ref(pos.contract.symbol, self.params.day),
+        )  # fmt: skip
+
+    def place(self, ib: Any, pos: Any) -> None:
+        """Send the closing order for ``pos`` (qualified first) and record its outcome."""
+        contract = self._contracts[pos.contract.symbol]
+        order = self.order_for(pos)
+        order.orderId = ib.client.getReqId()  # known before sending, for the journal
+        trade: Any = None
+
+        def cut_short(cause: str) -> None:
+            self.record.close(
+                pos, UNCONFIRMED, trade=trade, order=order,
+                message=f"{cause} while placing, before the gateway confirmed; a re-run "
+                "skips it if it is still pending",
+            )  # fmt: skip
+
+        with journal_if_cut_short(cut_short):
+            trade = ib.placeOrder(contract, order)
+            event, message = acknowledgement(ib, [trade], self.timeout)
+            self.record.close(pos, event, trade=trade, message=message)
+
+    def skip_pending(self, pos: Any, trade: Any) -> None:
+        """Record that today's closing order ``trade`` already handles ``pos`` (or not)."""
+        order = trade.order
+        remaining = trade.orderStatus.remaining or order.totalQuantity
+        if order.action != closing_side(pos) or remaining != abs(pos.position):
+            self.record.close(
+                pos, NOT_PLACED, trade=trade,
+                message=f"a pending closing order {order.orderId} ({order.action} "
+                f"{qty(remaining)}) does not match the position; not sending another: "
+                "check TWS",
+            )  # fmt: skip
+            return
+        self.record.close(
+            pos, SKIPPED, trade=trade,
+            message=f"closing order {order.orderId} already pending ({trade.orderStatus.status})",
+        )  # fmt: skip
+
+    def preview(self, pos: Any, pending: Any | None) -> str:
+        """What :meth:`place` or :meth:`skip_pending` would do, for a dry run."""
+        if pending is not None:
+            return f"would skip: closing order {pending.order.orderId} already pending"
+        order = self.order_for(pos)
+        return f"would place {order.action} {qty(order.totalQuantity)} " \
+            f"{pos.contract.symbol} {self.params.order_type}"  # fmt: skip
+
+
+def _closing_contract(pos: Any) -> Any:
+    """The position's contract, routed SMART (positions come without an exchange)."""
+    c = pos.contract
+    return ib_insync.Contract(
+        conId=c.conId, symbol=c.symbol, secType=c.secType or "STK", exchange="SMART",
+        currency=c.currency or "USD",
+    )  # fmt: skip

@@ -1,0 +1,110 @@
+"""How a run ends: the exit codes cron sees, and why a run was cut short.
+
+A run stopped from outside (Ctrl-C, SIGTERM from cron or systemd, a gateway that goes
+away) must end the same way in both scripts: the same exit code, the same words in the
+summary and the same reason on the order that was in flight. So the ladder from an
+exception to an exit code and a reason (:func:`how_stopped`) is here once, and so is the
+one place an in-flight order is journaled on the way out (:func:`journal_if_cut_short`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+from ..._session.signals import SIGTERM_EXIT_CODE
+from .journal import JournalError
+
+
+class ExitCode(IntEnum):
+    """The documented exit codes (``EXIT_CODES_HELP``, docs/scripts.md)."""
+
+    OK = 0
+    CONNECT_FAILED = 1
+    BAD_INPUT = 2
+    ORDERS_FAILED = 3
+    LIVE_ACCOUNT = 4
+    INTERRUPTED = 130
+    TERMINATED = SIGTERM_EXIT_CODE
+
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0    success: every order accepted (or already placed; nothing to do)
+  1    could not connect to the gateway (every attempt failed), or the connection was
+       lost / a request timed out during the run
+  2    bad input or configuration: arguments, environment, plan or journal (one line on
+       stderr; nothing was sent)
+  3    some orders were rejected, unconfirmed within the deadline, or not placed
+       (see the summary and the journal)
+  4    the gateway offers no paper account: live account refused, nothing was sent
+  130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM); the order in flight is journaled as order.unconfirmed
+
+environment: IBKR_HOST, IBKR_PORT, IBKR_CONNECT_* (see docs/configuration.md),
+IBKR_ACK_TIMEOUT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE. Options override them.
+Details: docs/scripts.md.
+"""
+
+LOST_GATEWAY = "lost the gateway during the run"
+"""How the summary starts when the connection went away mid-run (exit 1)."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why a run was cut short: its exit code and the cause in a few words."""
+
+    code: ExitCode
+    cause: str
+    """``interrupted (Ctrl-C)``, ``terminated (SIGTERM)`` or ``<exception type>: <text>``."""
+    lost_gateway: bool = False
+
+    @property
+    def reason(self) -> str:
+        """The summary's error line: the cause, with what it means for a lost gateway."""
+        return f"{LOST_GATEWAY} ({self.cause}); check TWS" if self.lost_gateway else self.cause
+
+
+def how_stopped(exc: BaseException) -> Stop | None:
+    """The :class:`Stop` for Ctrl-C, SIGTERM or a connection error; ``None`` for the rest.
+
+    The session raises ``ConnectionError``/``TimeoutError`` when the gateway goes away
+    or stops answering mid-run; SIGTERM arrives as ``SystemExit(143)`` from the signal
+    guard. Anything else is not a stop but a failure or a bug, for the caller to judge.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return Stop(ExitCode.INTERRUPTED, "interrupted (Ctrl-C)")
+    if isinstance(exc, SystemExit) and exc.code == SIGTERM_EXIT_CODE:
+        return Stop(ExitCode.TERMINATED, "terminated (SIGTERM)")
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return Stop(ExitCode.CONNECT_FAILED, _exception_text(exc), lost_gateway=True)
+    return None
+
+
+def stop_cause(exc: BaseException) -> str:
+    """A few words on why ``exc`` ended the run, for the journal of an in-flight order."""
+    stop = how_stopped(exc)
+    return stop.cause if stop is not None else _exception_text(exc)
+
+
+@contextlib.contextmanager
+def journal_if_cut_short(record: Callable[[str], None]) -> Iterator[None]:
+    """Around placing one order: if anything ends the run before the order's outcome is
+    journaled, call ``record(cause)`` and let the exception go on.
+
+    An order handed to the client may reach the gateway even if the process dies next,
+    so it must not be missing from the trade record. A journal that cannot be written
+    at that point must not hide the original exception, hence ``JournalError`` is dropped.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(JournalError):
+            record(stop_cause(exc))
+        raise
+
+
+def _exception_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,78 @@
+"""The order helpers both jobs share: acknowledgement rules and the account to trade."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ibkr_resilience._app.jobs import orders
+from ibkr_resilience._app.jobs.orders import (
+    acknowledgement,
+    order_key,
+    paper_account,
+    trade_error,
+    trade_outcome,
+)
+from ibkr_resilience.errors import LiveAccountRefused
+
+
+def trade(status: str, *errors: tuple[int, str]) -> Any:
+    log = [SimpleNamespace(errorCode=code, message=msg) for code, msg in errors]
+    return SimpleNamespace(orderStatus=SimpleNamespace(status=status), log=log)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [("Submitted", "accepted"), ("PreSubmitted", "accepted"), ("Filled", "accepted"),
+     ("Cancelled", "rejected"), ("ApiCancelled", "rejected"), ("Inactive", "rejected"),
+     ("PendingSubmit", "pending"), ("", "pending")],
+)  # fmt: skip
+def test_trade_outcome(status: str, outcome: str) -> None:
+    """Each order status maps to accepted, rejected or pending as docs/scripts.md says."""
+    assert trade_outcome(trade(status)) == outcome
+
+
+def test_trade_error_is_the_last_error() -> None:
+    """The gateway's last error explains a rejection; no error, no text."""
+    assert trade_error(trade("Cancelled", (0, "ok"), (201, "margin"), (0, "x"))) == (
+        "error 201: margin"
+    )
+    assert trade_error(trade("Submitted")) == ""
+
+
+@pytest.fixture
+def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(orders, "wait_for_acks", lambda ib, trades, timeout: None)
+
+
+@pytest.mark.usefixtures("no_wait")
+def test_acknowledgement_of_a_group_of_orders() -> None:
+    """A bracket stands or falls as one: any rejection wins, then any pending leg."""
+    ok = trade("Submitted")
+    assert acknowledgement(None, [ok, trade("PreSubmitted")], 5) == ("order.submitted", "")
+    rejected = trade("Cancelled", (201, "Order rejected"))
+    assert acknowledgement(None, [ok, trade("PendingSubmit"), rejected], 5) == (
+        "order.rejected", "error 201: Order rejected",
+    )  # fmt: skip
+    assert acknowledgement(None, [trade("Inactive")], 5) == (
+        "order.rejected", "cancelled by the gateway",
+    )  # fmt: skip
+    assert acknowledgement(None, [ok, trade("PendingSubmit")], 2.5) == (
+        "order.unconfirmed", "no acknowledgement within 2.5 s: check TWS",
+    )  # fmt: skip
+
+
+def test_paper_account_prefers_a_paper_account() -> None:
+    """The first paper account is traded; a gateway with no account at all is refused."""
+    ib = SimpleNamespace(managedAccounts=lambda: ["U111", "DU222", "DU333"])
+    assert paper_account(ib) == "DU222"
+    with pytest.raises(LiveAccountRefused):
+        paper_account(SimpleNamespace(managedAccounts=lambda: []))
+
+
+def test_order_key_prefers_the_permanent_id() -> None:
+    """TWS's permId is stable across clients; before it is known, (client, order id)."""
+    assert order_key(SimpleNamespace(permId=99, clientId=1, orderId=5)) == 99
+    assert order_key(SimpleNamespace(permId=0, clientId=1, orderId=5)) == (1, 5)

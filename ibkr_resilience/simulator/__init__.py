@@ -13,8 +13,9 @@ The server version it speaks is ``SERVER_VERSION`` (157). Scenarios are listed i
 ``SCENARIOS``; see ``docs/simulator.md``.
 """
 
-from ._gateway import FakeGateway, Received
+from ._gateway import FakeGateway
 from ._protocol import SERVER_VERSION
+from ._recording import Received
 from ._scenarios import SCENARIOS, Scenario
 from ._state import (
     DEFAULT_CONTRACTS,

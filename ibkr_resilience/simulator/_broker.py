@@ -38,9 +38,7 @@ class Outbox(Protocol):
 class Broker:
     """Serves the account's requests; one per gateway, on the gateway's thread."""
 
-    def __init__(
-        self, state: GatewayState, out: Outbox, faults: FaultChain, cash: float
-    ) -> None:
+    def __init__(self, state: GatewayState, out: Outbox, faults: FaultChain, cash: float) -> None:
         self.state = state
         self.cash = cash
         self._out = out
@@ -224,8 +222,12 @@ class Broker:
             self._send(conn, m.order_status(order))
             self._stream_position(order.account, order.symbol)
             for child in list(self.state.orders.values()):
-                if child.parent_id == order.order_id and child.client_id == order.client_id \
-                        and child.is_open and child.transmit:
+                if (
+                    child.parent_id == order.order_id
+                    and child.client_id == order.client_id
+                    and child.is_open
+                    and child.transmit
+                ):
                     self._activate(conn, child)
 
     def cancel_order(self, conn: Connection, r: c.CancelOrder) -> None:
@@ -250,8 +252,11 @@ class Broker:
             self._send(owner, m.order_status(order))
             self._send(owner, m.error(order.order_id, 202, "Order Canceled - reason:"))
         for child in list(self.state.orders.values()):
-            if child.parent_id == order.order_id and child.client_id == order.client_id \
-                    and child.is_open:
+            if (
+                child.parent_id == order.order_id
+                and child.client_id == order.client_id
+                and child.is_open
+            ):
                 self._cancel(child)
 
     def _stream_position(self, account: str, symbol: str) -> None:

@@ -60,6 +60,7 @@ class FaultHost:
         if fault in self.chain.active():
             raise ValueError(f"{fault!r} is already active")
         self.chain.added.append(fault)
+        self._recorder.event("sim.fault.added", fault=repr(fault))
         self._attach(fault)
         await self._server.sync_listener()
 
@@ -71,6 +72,7 @@ class FaultHost:
         elif fault in self.chain.added:
             self.chain.added.remove(fault)
             self._detach(fault, spare)
+            self._recorder.event("sim.fault.removed", fault=repr(fault))
             await self._server.sync_listener()
 
     def reset(self) -> None:

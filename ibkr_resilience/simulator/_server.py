@@ -107,9 +107,7 @@ class Server:
         if self._server is not None:
             return
         port = self.port if self.port is not None else self._requested_port
-        self._server = await asyncio.start_server(
-            self._serve, self.host, port, reuse_address=True
-        )
+        self._server = await asyncio.start_server(self._serve, self.host, port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         self.listening.set()
 
@@ -192,8 +190,10 @@ class Server:
             await conn.writer.wait_closed()
         self._recorder.event("sim.connection.close", conn=conn.id, client_id=conn.client_id,
                              reason=reason)  # fmt: skip
-        log.info("sim.connection.close",
-                 extra={"conn": conn.id, "client_id": conn.client_id, "reason": reason})
+        log.info(
+            "sim.connection.close",
+            extra={"conn": conn.id, "client_id": conn.client_id, "reason": reason},
+        )
 
     # ------------------------------------------------------------------ input
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -21,6 +21,7 @@ from ibkr_resilience.simulator import (
     AcceptAnswer,
     Close,
     Connection,
+    Delay,
     Fail,
     FakeGateway,
     Fault,
@@ -244,6 +245,25 @@ def test_informational_order_error_then_acceptance(fake_gateway: FakeGateway) ->
         ib.disconnect()
 
 
+class SlowClock(Fault):
+    """reqCurrentTime answered late; a request kind can be delayed alone."""
+
+    def on_request(self, conn: Connection, request: Request) -> RequestAnswer:
+        return Delay(0.3) if request.name == "reqCurrentTime" else PROCEED
+
+
+def test_a_delayed_request_is_answered_late(fake_gateway: FakeGateway) -> None:
+    """``Delay`` serves the request normally, only later."""
+    ib = IB().connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=2)
+    try:
+        fake_gateway.add_fault(SlowClock())
+        start = time.monotonic()
+        assert ib.reqCurrentTime().year >= 2024
+        assert 0.3 <= time.monotonic() - start < 1.0
+    finally:
+        ib.disconnect()
+
+
 def test_a_fault_that_is_not_installed_says_so() -> None:
     """``fault.gateway`` outside a gateway is a clear error, not an AttributeError."""
     with pytest.raises(RuntimeError, match="not installed"):
@@ -251,6 +271,7 @@ def test_a_fault_that_is_not_installed_says_so() -> None:
 
 
 def test_adding_the_same_fault_twice_is_refused(fake_gateway: FakeGateway) -> None:
+    """One fault instance is active at most once."""
     fault = fake_gateway.add_fault(OrderPreset())
     with pytest.raises(ValueError, match="already active"):
         fake_gateway.add_fault(fault)
@@ -293,6 +314,7 @@ def test_recorder_keeps_the_newest_and_its_indexes_agree() -> None:
 
 
 def test_record_limit_bounds_a_live_gateway() -> None:
+    """``record_limit`` caps messages and events each; ``clear_records`` empties both."""
     with FakeGateway(record_limit=5) as gw:
         assert gw.record_limit == 5
         for _ in range(3):
@@ -327,6 +349,7 @@ def test_wait_for_sleeps_until_a_record_arrives() -> None:
 
 
 def test_received_carries_the_decoded_request(fake_gateway: FakeGateway) -> None:
+    """Each recorded message keeps the codec's typed record beside the raw fields."""
     ib = IB().connect("127.0.0.1", fake_gateway.port, clientId=7, timeout=2)
     ib.disconnect()
     start = fake_gateway.messages("startApi")[0]

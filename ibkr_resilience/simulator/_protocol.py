@@ -25,9 +25,10 @@ SERVER_VERSION = 157
 MAX_MESSAGE_SIZE = 1 << 20  # TWS itself rejects far smaller messages; 1 MiB is generous
 GREETING = b"API\0"
 
-# Incoming (client -> gateway) message ids of the TWS API, with names. Ids that the
-# simulator answers are listed in _gateway.py; every other known id is recorded and
-# ignored, and an id outside this table closes the connection as malformed.
+# Incoming (client -> gateway) message ids of the TWS API, with names. The ones the
+# simulator answers are records in _codec.py, routed by _broker.ROUTES; every other
+# known id is recorded and ignored; an id outside this table closes the connection
+# as malformed.
 IN_MESSAGES: dict[int, str] = {
     1: "reqMktData",
     2: "cancelMktData",

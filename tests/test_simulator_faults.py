@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from ibkr_resilience._ibcompat import IB, ib_insync
+from ibkr_resilience._connect.compat import IB, ib_insync
 from ibkr_resilience.simulator import (
     DROP,
     PROCEED,

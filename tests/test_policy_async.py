@@ -15,6 +15,8 @@ from unittest import mock
 import pytest
 from ib_fakes import FakeIB
 from structlog.testing import capture_logs
+from test_policy import Script as SyncScript
+from test_policy import policy
 
 from ibkr_resilience import ConnectionFailed, RunningEventLoopError
 from ibkr_resilience._connect.attempt import (
@@ -25,7 +27,6 @@ from ibkr_resilience._connect.attempt import (
     disconnect_quietly,
 )
 from ibkr_resilience._connect.policy import (
-    RetryPolicy,
     Target,
     connect_with_retries,
     connect_with_retries_async,
@@ -44,19 +45,6 @@ def run(coro: Awaitable[R]) -> R:
     return asyncio.run(main())
 
 
-def policy(**kw: object) -> RetryPolicy:
-    base: dict[str, object] = {
-        "max_attempts": 100,
-        "max_time": 120.0,
-        "retry_delay": 1.0,
-        "max_retry_delay": 8.0,
-        "refused_interval": 0.5,
-        "jitter": lambda v: v,
-    }
-    base.update(kw)
-    return RetryPolicy(**base)  # type: ignore[arg-type]
-
-
 class AsyncFakeTime(FakeTime):
     """FakeTime whose sleep is a coroutine function (what the async form injects)."""
 
@@ -64,21 +52,8 @@ class AsyncFakeTime(FakeTime):
         self.sleep(seconds)
 
 
-class Script:
-    """Attempts failing with the given classes, then succeeding; sync and async flavours."""
-
-    def __init__(self, classes: list[FailureClass], ft: FakeTime, cost: float = 0.0) -> None:
-        self.classes = classes
-        self.ft = ft
-        self.cost = cost
-        self.calls: list[tuple[int, float]] = []
-
-    def __call__(self, number: int, timeout: float) -> str:
-        self.calls.append((number, timeout))
-        self.ft.advance(min(self.cost, timeout))
-        if number <= len(self.classes):
-            raise AttemptFailed(self.classes[number - 1], TimeoutError(f"attempt {number}"))
-        return "connected"
+class Script(SyncScript):
+    """``test_policy.Script`` (fails with the given classes, then succeeds), also awaitable."""
 
     async def coro(self, number: int, timeout: float) -> str:
         return self(number, timeout)
@@ -234,62 +209,60 @@ def test_other_exceptions_end_the_async_loop_at_once() -> None:
 # -- one bounded attempt, awaited -----------------------------------------------------------
 
 
-def attempt_async(behaviour: str, timeout: float) -> tuple[AttemptFailed | None, float, FakeIB]:
+Outcome = tuple[FailureClass | None, str, str, int, bool]
+
+
+def attempt_in(form: str, behaviour: str, timeout: float) -> tuple[Outcome, float, FakeIB]:
+    """One attempt against a scripted ``FakeIB``, sync or awaited; what came of it, how fast."""
     ib = FakeIB(behaviour)
     started = time.monotonic()
+    failure: AttemptFailed | None = None
     try:
-        run(bounded_connect_async(ib, "127.0.0.1", 7497, 10, timeout))
-    except AttemptFailed as failure:
-        return failure, time.monotonic() - started, ib
-    return None, time.monotonic() - started, ib
-
-
-def test_async_attempt_success_passes_timeout_to_connect_async() -> None:
-    """A good gateway: connected, ``connectAsync`` got the bound, nothing disconnected."""
-    failure, _, ib = attempt_async("ok", 2.0)
-    assert failure is None
-    assert ib.connect_calls == [("127.0.0.1", 7497, 10, 2.0)]
-    assert ib.disconnect_calls == 0
-
-
-@pytest.mark.parametrize(
-    ("behaviour", "expected"),
-    [
-        ("refused", F.REFUSED),
-        ("multi", F.REFUSED),
-        ("error", F.ERROR),
-        ("close_on_accept", F.CLOSED),
-        ("in_use_326", F.REJECTED),
-        ("peer_closed", F.REJECTED),
-    ],
-)
-def test_async_attempt_classifies_immediate_failures_at_once(
-    behaviour: str, expected: FailureClass
-) -> None:
-    """The same classes as the sync attempt, without waiting for the timeout."""
-    failure, elapsed, ib = attempt_async(behaviour, 5.0)
-    assert failure is not None and failure.failure_class is expected
-    assert elapsed < 0.5
-    assert ib.disconnect_calls == 1
+        if form == "sync":
+            bounded_connect(ib, "127.0.0.1", 7497, 10, timeout)
+        else:
+            run(bounded_connect_async(ib, "127.0.0.1", 7497, 10, timeout))
+    except AttemptFailed as exc:
+        failure = exc
+    elapsed = time.monotonic() - started
+    outcome: Outcome = (
+        None if failure is None else failure.failure_class,
+        "" if failure is None else type(failure.error).__name__,
+        "" if failure is None else str(failure.error),
+        ib.disconnect_calls,
+        ib.cancelled,
+    )
+    return outcome, elapsed, ib
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "expected", "message"),
+    ("behaviour", "timeout", "expected"),
     [
-        ("hang", F.TIMEOUT, "no API handshake"),
-        ("not_logged_in", F.NOT_LOGGED_IN, "API did not start"),
-        ("sync_hang", F.INCOMPLETE_SYNC, "initial sync did not finish"),
+        ("ok", 2.0, None),
+        ("refused", 5.0, F.REFUSED),
+        ("multi", 5.0, F.REFUSED),
+        ("error", 5.0, F.ERROR),
+        ("close_on_accept", 5.0, F.CLOSED),
+        ("in_use_326", 5.0, F.REJECTED),
+        ("peer_closed", 5.0, F.REJECTED),
+        ("hang", 0.15, F.TIMEOUT),
+        ("not_logged_in", 0.15, F.NOT_LOGGED_IN),
+        ("not_logged_in_quiet", 0.15, F.NOT_LOGGED_IN),
+        ("sync_hang", 0.15, F.INCOMPLETE_SYNC),
+        ("phases", 0.1, F.TIMEOUT),  # the bound covers ib_insync's four phases together
     ],
 )
-def test_async_attempt_ends_silent_gateways_at_the_bound(
-    behaviour: str, expected: FailureClass, message: str
+def test_async_attempt_is_the_sync_attempt(
+    behaviour: str, timeout: float, expected: FailureClass | None
 ) -> None:
-    """Our bound, not ib_insync's per-phase timeouts, ends a silent gateway."""
-    failure, elapsed, ib = attempt_async(behaviour, 0.15)
-    assert failure is not None and failure.failure_class is expected
-    assert isinstance(failure.error, TimeoutError) and message in str(failure.error)
-    assert 0.15 <= elapsed < 0.6
-    assert ib.cancelled and ib.disconnect_calls == 1
+    """Each gateway behaviour: the same class, error, disconnects, and bound in both forms."""
+    sync, _, _ = attempt_in("sync", behaviour, timeout)
+    async_, elapsed, ib = attempt_in("async", behaviour, timeout)
+    assert async_ == sync
+    assert async_[0] is expected
+    assert elapsed < (0.5 if timeout > 1 else timeout + 0.45)  # at once, or at the bound
+    assert ib.connect_calls == [("127.0.0.1", 7497, 10, timeout)]
+    assert ib.disconnect_calls == (0 if expected is None else 1)
 
 
 def test_cancelled_async_attempt_stops_connecting_and_disconnects() -> None:
@@ -323,8 +296,8 @@ def test_sync_attempt_inside_a_running_loop_is_refused_before_connecting() -> No
 
 def test_disconnect_quietly_leaves_a_running_loop_alone() -> None:
     """Inside a running loop it disconnects without trying to run the loop."""
-    failure, _, ib = attempt_async("ok", 1.0)
-    assert failure is None
+    outcome, _, ib = attempt_in("async", "ok", 1.0)
+    assert outcome[0] is None
 
     async def main() -> None:
         disconnect_quietly(ib, reason="test")  # would raise "loop already running" if it ran it

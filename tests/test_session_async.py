@@ -356,52 +356,57 @@ def test_sync_with_inside_a_running_loop_fails_at_once_without_alert(
 
 ASYNC_SCRIPT = """
 import asyncio, sys
+import structlog
 from ibkr_resilience import configure_logging, ibkr_session
 configure_logging(format="json", file=sys.argv[2])
 
 async def main():
     async with ibkr_session(10, "127.0.0.1", int(sys.argv[1]), timeout=1, max_attempts=200,
                             max_time=30) as ib:
-        print("ready", flush=True)
+        structlog.get_logger("bot").info("bot.ready")
         await asyncio.sleep(30)
 
 asyncio.run(main())
 """
 
 
-def _start(port: int, tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+def _events(log_file: Path, name: str) -> list[dict[str, Any]]:
+    return [r for r in read_json_lines(log_file) if r.get("event") == name]
+
+
+def _sigterm_after(gw: FakeGateway, tmp_path: Path, event: str) -> tuple[int, Path]:
+    """Run ``ASYNC_SCRIPT``, SIGTERM it once its log has ``event``; its exit status and log."""
     log_file = tmp_path / "run.jsonl"
     proc = subprocess.Popen(
-        [sys.executable, "-c", ASYNC_SCRIPT, str(port), str(log_file)],
+        [sys.executable, "-c", ASYNC_SCRIPT, str(gw.port), str(log_file)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_LOG_FORMAT": "json"},
     )  # fmt: skip
-    return proc, log_file
-
-
-def _events(log_file: Path, name: str) -> list[dict[str, Any]]:
-    return [r for r in read_json_lines(log_file) if r.get("event") == name]
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while not _events(log_file, event):
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, f"no {event} in the child's log"
+            time.sleep(0.05)  # polling a file another process writes
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=DEADLINE)
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+        return status, log_file
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_sigterm_in_the_async_block_exits_143_and_disconnects(
     fake_gateway: FakeGateway, tmp_path: Path
 ) -> None:
     """SIGTERM cancels the session's task: terminated, disconnected, no alert, exit 143."""
-    proc, log_file = _start(fake_gateway.port, tmp_path)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        assert fake_gateway.connected_client_ids() == [10]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=DEADLINE) == 143
-    finally:
-        proc.kill()
-        proc.wait()
+    status, log_file = _sigterm_after(fake_gateway, tmp_path, "bot.ready")
+    assert status == 143
     assert closed_by_client(fake_gateway)
     assert _events(log_file, "ibkr.session.terminated")[0]["phase"] == "block"
     assert _events(log_file, "ibkr.session.end")[0]["outcome"] == "terminated"
     assert _events(log_file, "ibkr.alert.disabled") == []  # the default alert was not called
-    assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
 
 
 def test_sigterm_during_an_async_retry_wait_exits_143(
@@ -409,21 +414,12 @@ def test_sigterm_during_an_async_retry_wait_exits_143(
 ) -> None:
     """SIGTERM while retrying a closed port: terminated, no give-up alert, exit 143."""
     fake_gateway.down()
-    proc, log_file = _start(fake_gateway.port, tmp_path)
-    try:
-        deadline = time.monotonic() + DEADLINE
-        while not _events(log_file, "ibkr.connect.failed"):
-            assert time.monotonic() < deadline, "the script never tried to connect"
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.05)  # polling a file another process writes
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=DEADLINE) == 143
-    finally:
-        proc.kill()
-        proc.wait()
+    status, log_file = _sigterm_after(fake_gateway, tmp_path, "ibkr.connect.failed")
+    assert status == 143
     assert _events(log_file, "ibkr.session.terminated")[0]["phase"] == "connect"
     assert _events(log_file, "ibkr.session.end")[0]["outcome"] == "terminated"
     assert _events(log_file, "ibkr.connect.gave_up") == []
+    assert _events(log_file, "ibkr.alert.disabled") == []
     assert fake_gateway.connection_count() == 0
 
 

@@ -39,6 +39,10 @@ from .._notify.events import SessionEvent
 from .._notify.notifier import Notifier
 from .signals import SIGTERM_EXIT_CODE, SignalGuard
 
+ExcType = type[BaseException] | None
+Exc = BaseException | None
+Traceback = TracebackType | None
+
 
 class AsyncSessionForm(ABC):
     """``__aenter__`` / ``__aexit__`` over the steps a session provides (below, abstract)."""
@@ -74,12 +78,7 @@ class AsyncSessionForm(ABC):
         """Start the block: notice a dropped connection."""
 
     @abstractmethod
-    def _close(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def _close(self, exc_type: ExcType, exc: Exc, tb: Traceback) -> None:
         """Classify how the block ended, disconnect, log the end."""
 
     # -- 1. enter ----------------------------------------------------------------------
@@ -139,12 +138,7 @@ class AsyncSessionForm(ABC):
         return cancelled
 
     # -- 3. exit -----------------------------------------------------------------------
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]:
+    async def __aexit__(self, exc_type: ExcType, exc: Exc, tb: Traceback) -> Literal[False]:
         self._signals.defer()
         try:
             self._close(exc_type, exc, tb)

@@ -9,6 +9,7 @@ handler it borrows from the loop and gives back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import signal
 import threading
@@ -20,15 +21,15 @@ from ib_fakes import Factory
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConnectionFailed, LiveAccountRefused, ibkr_session
-from ibkr_resilience.testing import FakeTime, RecordingAlert
+from ibkr_resilience.testing import FakeTime, HttpServer, RecordingAlert
 
 Block = Callable[[Any], None]
 
 
 def session(factory: Factory, ft: FakeTime, alert: RecordingAlert, **kw: Any) -> Any:
     kw.setdefault("timeout", 0.2)  # a "hang" attempt really waits for its bound
-    return ibkr_session(ib_factory=factory, alert=alert, sleep=ft.sleep, clock=ft.clock,
-                        env={}, **kw)  # fmt: skip
+    kw.setdefault("env", {})
+    return ibkr_session(ib_factory=factory, alert=alert, sleep=ft.sleep, clock=ft.clock, **kw)
 
 
 def drop(ib: Any) -> None:
@@ -233,3 +234,25 @@ def test_injected_async_sleep_is_awaited() -> None:
 
     asyncio.run(main())
     assert awaited == [0.5, 0.5]
+
+
+@pytest.mark.parametrize(("behaviour", "pinged"), [("ok", "/"), ("refused", "/fail")])
+def test_async_form_pings_the_healthcheck_before_its_end_line(
+    behaviour: str, pinged: str
+) -> None:
+    """``/start`` before the first attempt, the outcome ping after; ``ibkr.session.end`` last."""
+    ft = FakeTime()
+    uuid = "/5f1c2a9e-3b7d-4e10-9c6a-0d2b8e4f7a13"
+
+    async def main(url: str) -> None:
+        async with session(Factory(behaviour), ft, RecordingAlert(), max_attempts=1,
+                           env={"IBKR_HEALTHCHECK_URL": url}):  # fmt: skip
+            pass
+
+    with HttpServer([(200, b"OK")], path=uuid) as pings, capture_logs() as logs:
+        with contextlib.suppress(ConnectionFailed):
+            asyncio.run(main(pings.url))
+        routes = [r.route.removeprefix(uuid) or "/" for r in pings.requests]
+    assert routes == ["/start", pinged]
+    ours = [e["event"] for e in logs if e["event"].startswith("ibkr.")]
+    assert ours[-2:] == ["ibkr.healthcheck.sent", "ibkr.session.end"]

@@ -12,10 +12,12 @@ the session's own methods, called in the same order. Only three things differ:
 * **Side channels run off the loop.** Delivering an alert or a ping joins a daemon
   thread for up to ``IBKR_ALERT_TIMEOUT`` seconds; here each event record is handed to
   the notifier in a worker thread (``asyncio.to_thread``), one after the other in the
-  order the steps produced them, and the session awaits them before ``__aenter__``
-  returns and before ``__aexit__`` returns (the "CONNECTION LOST" alert of a drop noticed
-  by the ``disconnectedEvent`` callback included). That wait outlasts a cancellation:
-  the cancellation is remembered and takes effect once the records are delivered.
+  order the steps produced them, followed by the ``ibkr.session.end`` line (still the
+  session's last line). The session awaits them before ``__aenter__`` returns and before
+  ``__aexit__`` returns (the "CONNECTION LOST" alert of a drop noticed by the
+  ``disconnectedEvent`` callback included). That wait outlasts a cancellation: the
+  cancellation is remembered, and raised once the records are delivered unless an
+  exception is already on its way out.
 * **SIGTERM cancels the session's task** (:meth:`.signals.SignalGuard.install_in_loop`):
   the session ends with outcome ``terminated``, disconnects, alerts nothing and raises
   ``SystemExit(143)``. Any other cancellation (``task.cancel()``, ``asyncio.timeout``)
@@ -35,13 +37,13 @@ from typing import Any, Literal
 from .._connect.attempt import bounded_connect_async
 from .._connect.policy import connect_with_retries_async
 from .._core.config import SessionConfig
-from .._notify.events import SessionEvent
 from .._notify.notifier import Notifier
 from .signals import SIGTERM_EXIT_CODE, SignalGuard
 
 ExcType = type[BaseException] | None
 Exc = BaseException | None
 Traceback = TracebackType | None
+Step = Callable[[], object]
 
 
 class AsyncSessionForm(ABC):
@@ -53,8 +55,8 @@ class AsyncSessionForm(ABC):
     ib_factory: Callable[[], Any]
     sleep: Callable[[float], object] | None
     _signals: SignalGuard
-    _deliver: Callable[[SessionEvent], None]
-    """Hands an event record to the notifier; the async form queues it off the loop."""
+    _in_turn: Callable[[Step], object]
+    """Runs a side-channel step (a notification, the end line) after the ones before it."""
 
     # -- the steps (see IBKRSession) ---------------------------------------------------
     @abstractmethod
@@ -86,7 +88,7 @@ class AsyncSessionForm(ABC):
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._delivery: asyncio.Task[None] | None = None
-        self._deliver = self._deliver_later
+        self._in_turn = self._queue
         if self._task is not None:
             self._signals.install_in_loop(self._loop, self._task)
         self._begin()
@@ -118,14 +120,14 @@ class AsyncSessionForm(ABC):
         return await connect_with_retries_async(attempt, sleep=sleep, **self._schedule())
 
     # -- 2. the side channels, off the loop --------------------------------------------
-    def _deliver_later(self, event: SessionEvent) -> None:
-        """Queue ``event`` for the notifier after the ones before it (safe in callbacks)."""
-        self._delivery = self._loop.create_task(self._send(self._delivery, event))
+    def _queue(self, step: Step) -> None:
+        """Run ``step`` in a worker thread after the steps before it (safe in callbacks)."""
+        self._delivery = self._loop.create_task(self._run_after(self._delivery, step))
 
-    async def _send(self, before: asyncio.Task[None] | None, event: SessionEvent) -> None:
+    async def _run_after(self, before: asyncio.Task[None] | None, step: Step) -> None:
         if before is not None:
             await asyncio.wait({before})
-        await asyncio.to_thread(self.notifier.notify, event)
+        await asyncio.to_thread(step)
 
     async def _delivered(self) -> bool:
         """Wait until every queued record is delivered, through cancellations; was one seen?"""

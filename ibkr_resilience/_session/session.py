@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -85,7 +86,7 @@ class IBKRSession(AsyncSessionForm):
         self.log = log.bind(host=config.host, port=config.port, client_id=config.client_id)
         self.ib: Any = None
         self._signals = SignalGuard()
-        self._deliver: Callable[[SessionEvent], None] = self.notifier.notify
+        self._in_turn: Callable[[Callable[[], object]], object] = _now
         self._started = 0.0
         self._connected_at: float | None = None
         self._closing = False
@@ -110,7 +111,7 @@ class IBKRSession(AsyncSessionForm):
 
     def _begin(self) -> None:
         self._started = self.clock()
-        self._deliver(SessionStarted(self.gateway))
+        self._notify(SessionStarted(self.gateway))
 
     def _connect(self) -> Any:
         def attempt(number: int, timeout: float) -> Any:
@@ -134,7 +135,7 @@ class IBKRSession(AsyncSessionForm):
                 "describe": describe_ib}  # fmt: skip
 
     def _connected(self) -> None:
-        self._deliver(Connected(self.gateway))
+        self._notify(Connected(self.gateway))
         self._guard_paper_account()
 
     def _guard_paper_account(self) -> None:
@@ -153,10 +154,10 @@ class IBKRSession(AsyncSessionForm):
     def _fail_enter(self, exc: BaseException) -> None:
         if isinstance(exc, ConnectionFailed):
             outcome = "connect_failed"
-            self._deliver(ConnectGaveUp(self.gateway, exc, self.config.max_attempts))
+            self._notify(ConnectGaveUp(self.gateway, exc, self.config.max_attempts))
         elif isinstance(exc, LiveAccountRefused):
             outcome = "live_account_refused"
-            self._deliver(LiveAccountFound(self.gateway, tuple(exc.accounts)))
+            self._notify(LiveAccountFound(self.gateway, tuple(exc.accounts)))
         else:
             outcome = self._outcome(type(exc), exc, exc.__traceback__, phase="connect")
             if self.ib is not None:
@@ -180,7 +181,7 @@ class IBKRSession(AsyncSessionForm):
             connected_s=None if connected_s is None else round(connected_s, 3),
             action="not reconnecting inside the block: orders may be in flight",
         )
-        self._deliver(ConnectionLost(self.gateway, connected_s))
+        self._notify(ConnectionLost(self.gateway, connected_s))
 
     # -- 3. exit ----------------------------------------------------------------------
     def __exit__(
@@ -238,7 +239,7 @@ class IBKRSession(AsyncSessionForm):
             error=str(exc),
             exc_info=(exc_type, exc, tb),
         )
-        self._deliver(
+        self._notify(
             BlockFailed(self.gateway, phase, exc_type.__name__, str(exc), self._connected_s())
         )
         return "error"
@@ -251,20 +252,32 @@ class IBKRSession(AsyncSessionForm):
 
     def _end(self, outcome: str) -> None:
         duration_s = self.clock() - self._started
-        self._deliver(
+        self._notify(
             SessionEnded(self.gateway, outcome, duration_s, self._signals.received is not None)
         )
         connected_s = self._connected_s()
-        self.log.info(
+        end_line = functools.partial(
+            self.log.info,
             "ibkr.session.end",
             outcome=outcome,
             duration_s=round(duration_s, 3),
             connected_s=None if connected_s is None else round(connected_s, 3),
             connection_lost=self._lost,
         )
+        self._in_turn(end_line)  # the session's last line, after its alerts and pings
+
+    # -- the side channels ------------------------------------------------------------
+    def _notify(self, event: SessionEvent) -> None:
+        """Hand ``event`` to the notifier, in turn (async form: off the loop, awaited later)."""
+        self._in_turn(functools.partial(self.notifier.notify, event))
 
     def _connected_s(self) -> float | None:
         return None if self._connected_at is None else self.clock() - self._connected_at
+
+
+def _now(step: Callable[[], object]) -> object:
+    """The sync form's ``_in_turn``: side-channel steps run at once, in the caller's thread."""
+    return step()
 
 
 def _refuse_running_loop() -> None:

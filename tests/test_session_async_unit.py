@@ -228,18 +228,21 @@ def test_injected_async_sleep_is_awaited() -> None:
         ft.advance(seconds)
 
     async def main() -> None:
-        async with ibkr_session(ib_factory=Factory(["refused", "refused", "ok"]),
-                                alert=RecordingAlert(), sleep=sleep, clock=ft.clock, env={}):
-            pass  # fmt: skip
+        async with ibkr_session(
+            ib_factory=Factory(["refused", "refused", "ok"]),
+            alert=RecordingAlert(),
+            sleep=sleep,
+            clock=ft.clock,
+            env={},
+        ):
+            pass
 
     asyncio.run(main())
     assert awaited == [0.5, 0.5]
 
 
 @pytest.mark.parametrize(("behaviour", "pinged"), [("ok", "/"), ("refused", "/fail")])
-def test_async_form_pings_the_healthcheck_before_its_end_line(
-    behaviour: str, pinged: str
-) -> None:
+def test_async_form_pings_the_healthcheck_before_its_end_line(behaviour: str, pinged: str) -> None:
     """``/start`` before the first attempt, the outcome ping after; ``ibkr.session.end`` last."""
     ft = FakeTime()
     uuid = "/5f1c2a9e-3b7d-4e10-9c6a-0d2b8e4f7a13"

@@ -1,8 +1,9 @@
 """Resilient IB Gateway / TWS sessions for unattended trading scripts.
 
-``with ibkr_session(client_id=10) as ib:`` yields a connected, fully synced ``IB`` and
-always disconnects; see ``docs/configuration.md`` and ``docs/logging.md``. Nothing here
-configures logging on import: scripts call :func:`configure_logging`.
+``with ibkr_session(client_id=10) as ib:`` (``async with`` inside a running event loop)
+yields a connected, fully synced ``IB`` and always disconnects; see
+``docs/configuration.md`` and ``docs/logging.md``. Nothing here configures logging on
+import: scripts call :func:`configure_logging`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ._core.logconfig import configure_logging
 from ._legacy.connection import connect, disconnect, get_account
 from ._notify.telegram import TelegramAlert
 from ._session.session import ibkr_session
-from .errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from .errors import ConfigError, ConnectionFailed, LiveAccountRefused, RunningEventLoopError
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "ConnectionFailed",
     "LiveAccountRefused",
+    "RunningEventLoopError",
     "SessionConfig",
     "TelegramAlert",
     "__version__",

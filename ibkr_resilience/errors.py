@@ -8,12 +8,13 @@ existed keeps working::
     ConnectionError
      └── ConnectionFailed      every connect attempt failed; the block did not run
     RuntimeError
-     └── LiveAccountRefused    no paper account (D...) and live trading not allowed
+     ├── LiveAccountRefused    no paper account (D...) and live trading not allowed
+     └── RunningEventLoopError a sync ``with ibkr_session()`` inside a running event loop
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ConnectionFailed", "LiveAccountRefused"]
+__all__ = ["ConfigError", "ConnectionFailed", "LiveAccountRefused", "RunningEventLoopError"]
 
 
 class ConfigError(ValueError):
@@ -58,3 +59,13 @@ class LiveAccountRefused(RuntimeError):
     def __init__(self, message: str, *, accounts: list[str]) -> None:
         super().__init__(message)
         self.accounts = accounts
+
+
+class RunningEventLoopError(RuntimeError):
+    """``with ibkr_session()`` was entered in a thread whose event loop is running.
+
+    The sync form runs ib_insync's event loop itself, which asyncio forbids while that
+    loop is already running (asyncio code, Jupyter). Raised before anything is sent or
+    connected (no alert, no connect attempt); the one-line message says to use
+    ``async with ibkr_session(...) as ib:`` there.
+    """

@@ -29,6 +29,11 @@ told. So an attempt:
 
 The failed ``IB`` instance is always disconnected (wrapped: ``IB.disconnect`` can raise
 on a half-open client) and never reused.
+
+The attempt is one coroutine (``_attempt``), run by both forms: :func:`bounded_connect`
+drives it with ``run_until_complete`` on ib_insync's loop (cron scripts), and
+:func:`bounded_connect_async` awaits it in an already running loop (asyncio bots,
+Jupyter).
 """
 
 from __future__ import annotations
@@ -43,11 +48,17 @@ from typing import Any
 
 import structlog
 
+from ..errors import RunningEventLoopError
 from .compat import ensure_event_loop, ib_insync
 
 log = structlog.get_logger("ibkr_resilience.connect")
 
 CLIENT_ID_IN_USE = 326
+
+RUNNING_LOOP_MESSAGE = (
+    "an asyncio event loop is already running in this thread (asyncio code, Jupyter): "
+    "use 'async with ibkr_session(...) as ib:' instead of 'with'"
+)
 
 
 class FailureClass(StrEnum):
@@ -234,9 +245,11 @@ def classify(error: BaseException, progress: _Progress | None = None) -> Failure
 def disconnect_quietly(ib: Any, reason: str) -> None:
     """Disconnect an IB instance; log instead of raising (it may be half-open).
 
-    The socket is closed before this returns: asyncio defers a transport's close to the
-    loop's next step, and after a session nothing may run the loop again (a thread
-    that ends, a process that goes on without IB), which would leave the descriptor open.
+    With the loop stopped (the sync form) the socket is closed before this returns:
+    asyncio defers a transport's close to the loop's next step, and after a session
+    nothing may run the loop again (a thread that ends, a process that goes on without
+    IB), which would leave the descriptor open. In a running loop (the async form) the
+    loop is not touched; the close happens at its next step, when the caller awaits.
     """
     try:
         ib.disconnect()
@@ -256,7 +269,11 @@ def disconnect_quietly(ib: Any, reason: str) -> None:
 
 
 def _settle() -> None:
-    """Run one step of this thread's loop (unless it is running) to finish pending closes."""
+    """Run one step of this thread's loop (unless it is running) to finish pending closes.
+
+    In a running loop (the async form) nothing is run here: the loop finishes the close
+    at its next step, which the awaiting caller gives it.
+    """
     loop = ensure_event_loop()
     if not loop.is_running() and not loop.is_closed():
         loop.run_until_complete(asyncio.sleep(0))
@@ -306,25 +323,20 @@ async def _bounded(
     return task
 
 
-def bounded_connect(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:
-    """Connect ``ib`` within ``timeout`` seconds, all phases included, or raise AttemptFailed."""
-    loop = ensure_event_loop()  # the loop ib_insync uses (its util.getLoop)
+async def _attempt(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:
+    """The one attempt, both forms: bounded, watched and classified, in the running loop."""
     progress = _Progress()
-    wake: asyncio.Future[None] = loop.create_future()
+    wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_signal() -> None:
         if not wake.done():
             wake.set_result(None)
 
     watch = _Watch(ib, progress, on_signal)
-    runner = loop.create_task(_bounded(ib, host, port, client_id, timeout, progress, wake))
     try:
-        task = loop.run_until_complete(runner)
+        task = await _bounded(ib, host, port, client_id, timeout, progress, wake)
     except BaseException:
-        # Ctrl-C or SIGTERM while waiting: stop the attempt and free the socket.
-        runner.cancel()
-        with contextlib.suppress(BaseException):
-            loop.run_until_complete(asyncio.wait({runner}, timeout=1.0))
+        # Cancelled, Ctrl-C or SIGTERM while waiting: stop watching and free the socket.
         watch.close()
         disconnect_quietly(ib, reason="interrupted attempt")
         raise
@@ -347,6 +359,42 @@ def bounded_connect(ib: Any, host: str, port: int, client_id: int, timeout: floa
     if progress.sync_timeouts:
         error = TimeoutError("initial sync incomplete: " + "; ".join(progress.sync_timeouts))
         raise _fail(ib, FailureClass.INCOMPLETE_SYNC, error, progress)
+
+
+def bounded_connect(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:
+    """Connect ``ib`` within ``timeout`` seconds, all phases included, or raise AttemptFailed.
+
+    Runs the attempt on ib_insync's loop (``run_until_complete``); raises
+    :class:`~ibkr_resilience.errors.RunningEventLoopError` when that loop is already
+    running (asyncio code, Jupyter: use :func:`bounded_connect_async` there).
+    """
+    loop = ensure_event_loop()  # the loop ib_insync uses (its util.getLoop)
+    if loop.is_running():
+        raise RunningEventLoopError(RUNNING_LOOP_MESSAGE)
+    runner = loop.create_task(_attempt(ib, host, port, client_id, timeout))
+    try:
+        loop.run_until_complete(runner)
+    except BaseException:
+        if not runner.done():
+            # Ctrl-C or SIGTERM between two steps of the loop: cancel the attempt (it
+            # cleans up after itself), then close the socket with the loop stopped.
+            runner.cancel()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(asyncio.wait({runner}, timeout=2.0))
+            disconnect_quietly(ib, reason="interrupted attempt")
+        raise
+
+
+async def bounded_connect_async(
+    ib: Any, host: str, port: int, client_id: int, timeout: float
+) -> None:
+    """:func:`bounded_connect` awaited in the running event loop (``ib.connectAsync``).
+
+    Same bound (seconds, all phases), watching and classification; raises
+    :class:`AttemptFailed`. A cancellation stops the attempt, disconnects ``ib`` and
+    propagates.
+    """
+    await _attempt(ib, host, port, client_id, timeout)
 
 
 def blocking_connect(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:

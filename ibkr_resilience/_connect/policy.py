@@ -20,12 +20,22 @@ lines. What backoff cannot do is decided here:
   generator yields ``0`` to backoff and the ``on_backoff`` handler, after logging the
   planned delay, calls the injected sleep with it: tests then use a fake clock and fake
   sleep and never wait, without patching backoff's globals.
+
+**One schedule, two forms.** :func:`connect_with_retries` retries a plain function;
+:func:`connect_with_retries_async` retries a coroutine function in the running event
+loop (``async with ibkr_session()``). Both are the same :class:`_Run`: the same budget,
+wait generator, fail-fast counting and log lines, handed to the same
+``backoff.on_exception`` call; backoff picks its coroutine loop for a coroutine target
+(``backoff._async``), which awaits ``asyncio.sleep(seconds)`` where the sync loop calls
+``time.sleep``. The injected sleep of the async form is an async function, awaited by
+the async ``on_backoff`` handler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -86,19 +96,21 @@ class Target:
 
 
 class _Run(Generic[T]):
-    """The state of one retry loop: budget, attempt number, the planned next delay."""
+    """The state of one retry loop: budget, attempt number, the planned next delay.
+
+    ``sleep`` is the injected sleep: a plain function for :meth:`run`, an async one for
+    :meth:`run_async` (``None``: backoff sleeps the planned delay itself).
+    """
 
     def __init__(
         self,
-        attempt: Callable[[int, float], T],
         *,
         policy: RetryPolicy,
         target: Target,
         clock: Callable[[], float],
-        sleep: Callable[[float], None] | None,
+        sleep: Callable[[float], Any] | None,
         describe: Callable[[T], Mapping[str, Any]],
     ) -> None:
-        self.attempt = attempt
         self.policy = policy
         self.target = target
         self.clock = clock
@@ -159,6 +171,12 @@ class _Run(Generic[T]):
         if self.sleep is not None:
             self.sleep(self.planned_delay)
 
+    async def on_backoff_async(self, details: Mapping[str, Any]) -> None:
+        """:meth:`on_backoff` of the async form: the injected sleep is awaited."""
+        self._log_failure(details["exception"], next_delay=self.planned_delay)
+        if self.sleep is not None:
+            await self.sleep(self.planned_delay)
+
     def on_giveup(self, details: Mapping[str, Any]) -> None:
         failure = details["exception"]
         self._log_failure(failure, next_delay=None)
@@ -209,7 +227,8 @@ class _Run(Generic[T]):
         )
 
     # -- the target backoff retries ---------------------------------------------------
-    def one_attempt(self) -> T:
+    def begin_attempt(self) -> float:
+        """Count and log the attempt; return its timeout, clamped to the budget left."""
         self.attempts += 1
         timeout = self.target.timeout
         remaining = self.remaining()
@@ -222,39 +241,76 @@ class _Run(Generic[T]):
             max_attempts=self.policy.max_attempts,
             timeout_s=round(timeout, 3),
         )
+        return timeout
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Remember a failed attempt (and count fail-fast classes) on its way to backoff."""
         try:
-            self.result = self.attempt(self.attempts, timeout)
+            yield
         except AttemptFailed as failure:
             self.last = failure
             raise
-        return self.result
 
-    def run(self) -> T:
-        retrying = backoff.on_exception(
+    def retrying(
+        self, target: Callable[[], Any], on_backoff: Callable[[Mapping[str, Any]], Any]
+    ) -> Callable[[], Any]:
+        """``target`` wrapped in backoff's retry loop (its coroutine loop for a coroutine)."""
+        return backoff.on_exception(
             self.wait_gen,
             AttemptFailed,
             max_tries=self.policy.max_attempts,
             giveup=self.give_up,
-            on_backoff=self.on_backoff,
+            on_backoff=on_backoff,
             on_giveup=self.on_giveup,
             on_success=self.on_success,
             jitter=None,  # jitter is applied per class inside wait_gen
             logger=None,  # our handlers write the log lines
-        )(self.one_attempt)
+        )(target)
+
+    def run(self, attempt: Callable[[int, float], T]) -> T:
+        """Retry ``attempt(n, timeout)`` until it returns; raise ConnectionFailed on give-up."""
+
+        def one_attempt() -> T:
+            timeout = self.begin_attempt()
+            with self.recording():
+                self.result = attempt(self.attempts, timeout)
+            return self.result
+
         try:
-            return retrying()
+            result: T = self.retrying(one_attempt, self.on_backoff)()
         except AttemptFailed as failure:
-            elapsed = self.clock() - self.start
-            t = self.target
-            raise ConnectionFailed(
-                f"could not connect to {t.host}:{t.port} with client id {t.client_id}: "
-                f"{self.attempts} attempt(s) in {elapsed:.1f} s, last failure "
-                f"{failure.failure_class}: {type(failure.error).__name__}: {failure.error}",
-                attempts=self.attempts,
-                elapsed=elapsed,
-                last_error=failure.error,
-                failure_class=str(failure.failure_class),
-            ) from failure.error
+            raise self.failed(failure) from failure.error
+        return result
+
+    async def run_async(self, attempt: Callable[[int, float], Awaitable[T]]) -> T:
+        """:meth:`run` for a coroutine function, in the running event loop."""
+
+        async def one_attempt() -> T:
+            timeout = self.begin_attempt()
+            with self.recording():
+                self.result = await attempt(self.attempts, timeout)
+            return self.result
+
+        try:
+            result: T = await self.retrying(one_attempt, self.on_backoff_async)()
+        except AttemptFailed as failure:
+            raise self.failed(failure) from failure.error
+        return result
+
+    def failed(self, failure: AttemptFailed) -> ConnectionFailed:
+        """The error a caller gets once backoff gave up."""
+        elapsed = self.clock() - self.start
+        t = self.target
+        return ConnectionFailed(
+            f"could not connect to {t.host}:{t.port} with client id {t.client_id}: "
+            f"{self.attempts} attempt(s) in {elapsed:.1f} s, last failure "
+            f"{failure.failure_class}: {type(failure.error).__name__}: {failure.error}",
+            attempts=self.attempts,
+            elapsed=elapsed,
+            last_error=failure.error,
+            failure_class=str(failure.failure_class),
+        )
 
 
 def connect_with_retries(
@@ -263,19 +319,35 @@ def connect_with_retries(
     policy: RetryPolicy,
     target: Target,
     clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] | None = None,
+    sleep: Callable[[float], object] | None = None,
     describe: Callable[[T], Mapping[str, Any]] = lambda _result: {},
 ) -> T:
     """Call ``attempt(n, timeout)`` until it succeeds; raise ConnectionFailed on give-up.
 
+    ``n`` counts from 1; ``timeout`` is in seconds, already clamped to the budget left.
     ``attempt`` raises :class:`AttemptFailed` to ask for a retry; anything else (a
     ``KeyboardInterrupt``, the ``SystemExit`` raised on SIGTERM) ends the loop at once.
+    ``clock`` returns monotonic seconds; ``sleep(seconds)`` replaces the real wait.
     """
-    return _Run(
-        attempt,
-        policy=policy,
-        target=target,
-        clock=clock,
-        sleep=sleep,
-        describe=describe,
-    ).run()
+    run = _Run(policy=policy, target=target, clock=clock, sleep=sleep, describe=describe)
+    return run.run(attempt)
+
+
+async def connect_with_retries_async(
+    attempt: Callable[[int, float], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    target: Target,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[object]] | None = None,
+    describe: Callable[[T], Mapping[str, Any]] = lambda _result: {},
+) -> T:
+    """:func:`connect_with_retries` for a coroutine function, awaited in the running loop.
+
+    Same attempts, bounds, log lines and :class:`ConnectionFailed`; waits never block the
+    loop: ``await sleep(seconds)`` when a sleep is injected, else backoff awaits
+    ``asyncio.sleep(seconds)``. A cancellation (``asyncio.CancelledError``) ends the loop
+    at once and propagates.
+    """
+    run = _Run(policy=policy, target=target, clock=clock, sleep=sleep, describe=describe)
+    return await run.run_async(attempt)

@@ -14,11 +14,17 @@ never leave a client id held on the gateway (the next run would be rejected with
 Everything else (alert wording, de-duplication across runs, healthcheck pings) belongs
 to :class:`.._notify.notifier.Notifier`, which the session tells what happened through
 small event records (:mod:`.._notify.events`).
+
+The same steps serve ``async with`` (:mod:`.aio`): only how the attempts are awaited,
+how SIGTERM arrives and how the event records reach the notifier (off the loop) differ.
+A sync ``with`` inside a running event loop is refused before anything happens.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -27,7 +33,7 @@ from typing import Any, Literal
 import structlog
 
 from .._connect.accounts import describe_ib, has_paper_account, managed_accounts
-from .._connect.attempt import bounded_connect, disconnect_quietly
+from .._connect.attempt import RUNNING_LOOP_MESSAGE, bounded_connect, disconnect_quietly
 from .._connect.compat import IB
 from .._connect.policy import RetryPolicy, Target, connect_with_retries
 from .._core.config import DEFAULT_CLIENT_ID, SessionConfig
@@ -40,10 +46,12 @@ from .._notify.events import (
     Gateway,
     LiveAccountFound,
     SessionEnded,
+    SessionEvent,
     SessionStarted,
 )
 from .._notify.notifier import Notifier
-from ..errors import ConnectionFailed, LiveAccountRefused
+from ..errors import ConnectionFailed, LiveAccountRefused, RunningEventLoopError
+from .aio import AsyncSessionForm
 from .signals import SIGTERM_EXIT_CODE, SignalGuard
 
 log = structlog.get_logger("ibkr_resilience.session")
@@ -51,8 +59,11 @@ log = structlog.get_logger("ibkr_resilience.session")
 __all__ = ["SIGTERM_EXIT_CODE", "IBKRSession", "ibkr_session"]
 
 
-class IBKRSession:
-    """The context manager returned by :func:`ibkr_session`; read top to bottom as the lifecycle."""
+class IBKRSession(AsyncSessionForm):
+    """The context manager returned by :func:`ibkr_session`; read top to bottom as the lifecycle.
+
+    ``with`` here; ``async with`` in :class:`.aio.AsyncSessionForm`, driving the same steps.
+    """
 
     def __init__(
         self,
@@ -60,7 +71,7 @@ class IBKRSession:
         *,
         alert: Alert | None,
         ib_factory: Callable[[], Any] | None,
-        sleep: Callable[[float], None] | None,
+        sleep: Callable[[float], object] | None,
         clock: Callable[[], float] | None,
         dedup: bool | None = None,
         healthcheck: bool | None = None,
@@ -75,6 +86,7 @@ class IBKRSession:
         self.log = log.bind(host=config.host, port=config.port, client_id=config.client_id)
         self.ib: Any = None
         self._signals = SignalGuard()
+        self._in_turn: Callable[[Callable[[], object]], object] = _now
         self._started = 0.0
         self._connected_at: float | None = None
         self._closing = False
@@ -82,23 +94,35 @@ class IBKRSession:
 
     # -- 1. enter ---------------------------------------------------------------------
     def __enter__(self) -> Any:
-        self._started = self.clock()
+        _refuse_running_loop()
         self._signals.install()
-        self.notifier.notify(SessionStarted(self.gateway))
+        self._begin()
         try:
             self.ib = self._connect()
-            self.notifier.notify(Connected(self.gateway))
-            self._guard_paper_account()
+            self._connected()
         except BaseException as exc:
-            self._fail_enter(exc)
+            try:
+                self._fail_enter(exc)
+            finally:
+                self._signals.restore()
             raise
-        self._connected_at = self.clock()
-        event = getattr(self.ib, "disconnectedEvent", None)
-        if event is not None:
-            event.connect(self._on_disconnected)
+        self._watch_block()
         return self.ib
 
+    def _begin(self) -> None:
+        self._started = self.clock()
+        self._notify(SessionStarted(self.gateway))
+
     def _connect(self) -> Any:
+        def attempt(number: int, timeout: float) -> Any:
+            ib = self.ib_factory()
+            bounded_connect(ib, self.config.host, self.config.port, self.config.client_id, timeout)
+            return ib
+
+        return connect_with_retries(attempt, sleep=self.sleep, **self._schedule())
+
+    def _schedule(self) -> dict[str, Any]:
+        """The retry schedule's arguments, the same for both forms (all but the sleep)."""
         cfg = self.config
         policy = RetryPolicy(
             max_attempts=cfg.max_attempts,
@@ -108,20 +132,12 @@ class IBKRSession:
             refused_interval=cfg.refused_retry_interval,
             client_id_grace=cfg.client_id_grace,
         )
+        return {"policy": policy, "target": self.target, "clock": self.clock,
+                "describe": describe_ib}  # fmt: skip
 
-        def attempt(number: int, timeout: float) -> Any:
-            ib = self.ib_factory()
-            bounded_connect(ib, cfg.host, cfg.port, cfg.client_id, timeout)
-            return ib
-
-        return connect_with_retries(
-            attempt,
-            policy=policy,
-            target=self.target,
-            clock=self.clock,
-            sleep=self.sleep,
-            describe=describe_ib,
-        )
+    def _connected(self) -> None:
+        self._notify(Connected(self.gateway))
+        self._guard_paper_account()
 
     def _guard_paper_account(self) -> None:
         accounts = managed_accounts(self.ib)
@@ -137,22 +153,25 @@ class IBKRSession:
         )
 
     def _fail_enter(self, exc: BaseException) -> None:
-        try:
-            if isinstance(exc, ConnectionFailed):
-                outcome = "connect_failed"
-                self.notifier.notify(ConnectGaveUp(self.gateway, exc, self.config.max_attempts))
-            elif isinstance(exc, LiveAccountRefused):
-                outcome = "live_account_refused"
-                self.notifier.notify(LiveAccountFound(self.gateway, tuple(exc.accounts)))
-            else:
-                outcome = self._outcome(type(exc), exc, exc.__traceback__, phase="connect")
-                if self.ib is not None:
-                    self._disconnect("connect interrupted")
-            self._end(outcome)
-        finally:
-            self._signals.restore()
+        if isinstance(exc, ConnectionFailed):
+            outcome = "connect_failed"
+            self._notify(ConnectGaveUp(self.gateway, exc, self.config.max_attempts))
+        elif isinstance(exc, LiveAccountRefused):
+            outcome = "live_account_refused"
+            self._notify(LiveAccountFound(self.gateway, tuple(exc.accounts)))
+        else:
+            outcome = self._outcome(type(exc), exc, exc.__traceback__, phase="connect")
+            if self.ib is not None:
+                self._disconnect("connect interrupted")
+        self._end(outcome)
 
     # -- 2. inside the block ----------------------------------------------------------
+    def _watch_block(self) -> None:
+        self._connected_at = self.clock()
+        event = getattr(self.ib, "disconnectedEvent", None)
+        if event is not None:
+            event.connect(self._on_disconnected)
+
     def _on_disconnected(self, *args: Any) -> None:
         if self._closing or self._lost:
             return
@@ -163,7 +182,7 @@ class IBKRSession:
             connected_s=None if connected_s is None else round(connected_s, 3),
             action="not reconnecting inside the block: orders may be in flight",
         )
-        self.notifier.notify(ConnectionLost(self.gateway, connected_s))
+        self._notify(ConnectionLost(self.gateway, connected_s))
 
     # -- 3. exit ----------------------------------------------------------------------
     def __exit__(
@@ -174,14 +193,22 @@ class IBKRSession:
     ) -> Literal[False]:
         self._signals.defer()
         try:
-            outcome = self._outcome(exc_type, exc, tb, phase="block")
-            self._disconnect("session end")
-            self._end(outcome)
+            self._close(exc_type, exc, tb)
         finally:
             self._signals.restore()
         if self._signals.deferred and exc is None:
             raise SystemExit(SIGTERM_EXIT_CODE)
         return False  # never swallow: the block's exception propagates unchanged
+
+    def _close(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        outcome = self._outcome(exc_type, exc, tb, phase="block")
+        self._disconnect("session end")
+        self._end(outcome)
 
     def _outcome(
         self,
@@ -197,9 +224,13 @@ class IBKRSession:
         if isinstance(exc, KeyboardInterrupt):
             self.log.warning("ibkr.session.interrupted", phase=phase)
             return "interrupted"
-        if isinstance(exc, SystemExit) and self._signals.received:
+        if isinstance(exc, SystemExit | asyncio.CancelledError) and self._signals.received:
+            # SIGTERM: SystemExit in the sync form, the session's task cancelled in the async one
             self.log.warning("ibkr.session.terminated", phase=phase, signal=self._signals.received)
             return "terminated"
+        if isinstance(exc, asyncio.CancelledError):
+            self.log.warning("ibkr.session.cancelled", phase=phase)
+            return "cancelled"
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             return "lost" if self._lost else "ok"
         self.log.error(
@@ -209,7 +240,7 @@ class IBKRSession:
             error=str(exc),
             exc_info=(exc_type, exc, tb),
         )
-        self.notifier.notify(
+        self._notify(
             BlockFailed(self.gateway, phase, exc_type.__name__, str(exc), self._connected_s())
         )
         return "error"
@@ -222,20 +253,41 @@ class IBKRSession:
 
     def _end(self, outcome: str) -> None:
         duration_s = self.clock() - self._started
-        self.notifier.notify(
+        self._notify(
             SessionEnded(self.gateway, outcome, duration_s, self._signals.received is not None)
         )
         connected_s = self._connected_s()
-        self.log.info(
+        end_line = functools.partial(
+            self.log.info,
             "ibkr.session.end",
             outcome=outcome,
             duration_s=round(duration_s, 3),
             connected_s=None if connected_s is None else round(connected_s, 3),
             connection_lost=self._lost,
         )
+        self._in_turn(end_line)  # the session's last line, after its alerts and pings
+
+    # -- the side channels ------------------------------------------------------------
+    def _notify(self, event: SessionEvent) -> None:
+        """Hand ``event`` to the notifier, in turn (async form: off the loop, awaited later)."""
+        self._in_turn(functools.partial(self.notifier.notify, event))
 
     def _connected_s(self) -> float | None:
         return None if self._connected_at is None else self.clock() - self._connected_at
+
+
+def _now(step: Callable[[], object]) -> object:
+    """The sync form's ``_in_turn``: side-channel steps run at once, in the caller's thread."""
+    return step()
+
+
+def _refuse_running_loop() -> None:
+    """The sync form runs the event loop itself: impossible while this thread's loop runs."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RunningEventLoopError(RUNNING_LOOP_MESSAGE)
 
 
 def ibkr_session(
@@ -249,7 +301,7 @@ def ibkr_session(
     alert: Alert | None = None,
     ib_factory: Callable[[], Any] | None = None,
     paper_only: bool = True,
-    sleep: Callable[[float], None] | None = None,
+    sleep: Callable[[float], object] | None = None,
     clock: Callable[[], float] | None = None,
     config: SessionConfig | None = None,
     env: Mapping[str, str] | None = None,
@@ -258,11 +310,22 @@ def ibkr_session(
 ) -> IBKRSession:
     """Connect (with retries), yield a connected and synced ``IB``, always disconnect.
 
+    Use it as ``with ibkr_session(...) as ib:`` in plain code, and as
+    ``async with ibkr_session(...) as ib:`` inside a running event loop (asyncio code,
+    Jupyter): the same attempts, bounds, logs, alerts and disconnect, without blocking
+    the loop. A sync ``with`` inside a running loop raises :class:`RunningEventLoopError`
+    before connecting or alerting. In the async form, SIGTERM ends the session with
+    outcome ``terminated`` and ``SystemExit(143)`` as in the sync form, and a cancelled
+    task (``task.cancel()``, ``asyncio.timeout``) disconnects, sends no alert and
+    re-raises the ``CancelledError``.
+
     ``None`` means "from the environment (``IBKR_*``), else the default"; with
     ``config`` the environment is not read. ``alert`` is any callable taking one
     ``str`` (default: Telegram from the environment). ``ib_factory``, ``sleep`` and
     ``clock`` exist for tests and special setups: a fresh ``ib_factory()`` instance is
-    used for every attempt. Raises :class:`ConnectionFailed` when every attempt failed
+    used for every attempt; ``clock()`` returns monotonic seconds; ``sleep(seconds)``
+    replaces the wait between attempts (for ``async with`` it may be an async function,
+    whose result is awaited). Raises :class:`ConnectionFailed` when every attempt failed
     (the block does not run) and :class:`LiveAccountRefused` when the gateway offers no
     paper account and ``paper_only`` is true and ``IBKR_ALLOW_LIVE`` is not set.
 

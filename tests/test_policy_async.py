@@ -112,10 +112,10 @@ def test_async_gave_up_line_and_error_name_the_last_failure() -> None:
     ft = AsyncFakeTime()
     with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
         run(connect_with_retries_async(
-            Script([F.REJECTED] * 5, ft).coro, policy=policy(), target=TARGET, clock=ft.clock,
-            sleep=ft.sleep_async,
+            Script([F.REJECTED] * 5, ft).coro, policy=policy(client_id_grace=1.0), target=TARGET,
+            clock=ft.clock, sleep=ft.sleep_async,
         ))  # fmt: skip
-    assert info.value.attempts == 3 and info.value.failure_class == "rejected"
+    assert info.value.attempts == 2 and info.value.failure_class == "rejected"
     assert isinstance(info.value.__cause__, TimeoutError)
     assert logs[-1]["event"] == "ibkr.connect.gave_up" and logs[-1]["reason"] == "fail_fast"
 

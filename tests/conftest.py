@@ -1,5 +1,9 @@
 """Shared fixtures: ``fake_gateway``, ``bot_api``... come from the package's public test kit."""
 
+import asyncio
+import warnings
+from collections.abc import Iterator
+
 import pytest
 
 pytest_plugins = ["ibkr_resilience.testing.pytest_plugin"]
@@ -17,3 +21,21 @@ def _isolated_state_home(
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
+
+
+@pytest.fixture(autouse=True)
+def _a_current_event_loop() -> Iterator[None]:
+    """Every test starts with a current, open event loop, as a fresh process has.
+
+    ``asyncio.run`` (the async-form tests) closes its loop and leaves the thread with
+    none; the client library's synchronous API (``IB().connect``) needs one.
+    """
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop()
+        except RuntimeError:
+            loop = None
+    if loop is None or loop.is_closed():
+        asyncio.set_event_loop(asyncio.new_event_loop())

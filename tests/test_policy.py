@@ -15,21 +15,17 @@ from ib_fakes import FakeIB
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConnectionFailed
-from ibkr_resilience._connect.attempt import (
-    AttemptFailed,
-    FailureClass,
-    _Progress,
-    blocking_connect,
-    bounded_connect,
-    classify,
-)
+from ibkr_resilience._connect.attempt import blocking_connect, bounded_connect
 from ibkr_resilience._connect.compat import IB
+from ibkr_resilience._connect.failures import AttemptFailed, FailureClass
 from ibkr_resilience._connect.policy import (
     MIN_ATTEMPT_WINDOW,
     RetryPolicy,
     Target,
     connect_with_retries,
 )
+from ibkr_resilience._connect.watch import Progress as _Progress
+from ibkr_resilience._connect.watch import classify
 from ibkr_resilience.testing import FakeTime
 
 F = FailureClass

@@ -20,12 +20,11 @@ from test_policy import policy
 
 from ibkr_resilience import ConnectionFailed, RunningEventLoopError
 from ibkr_resilience._connect.attempt import (
-    AttemptFailed,
-    FailureClass,
     bounded_connect,
     bounded_connect_async,
     disconnect_quietly,
 )
+from ibkr_resilience._connect.failures import AttemptFailed, FailureClass
 from ibkr_resilience._connect.policy import (
     Target,
     connect_with_retries,

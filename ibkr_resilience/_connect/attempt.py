@@ -40,206 +40,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
+import time
 from typing import Any
 
 import structlog
 
 from ..errors import RunningEventLoopError
-from .compat import ensure_event_loop, ib_insync
+from .compat import ensure_event_loop
+from .failures import AttemptFailed, FailureClass
+from .sync import track_sync
+from .watch import Progress, Watch, classify, client_of, snapshot
 
 log = structlog.get_logger("ibkr_resilience.connect")
-
-CLIENT_ID_IN_USE = 326
 
 RUNNING_LOOP_MESSAGE = (
     "an asyncio event loop is already running in this thread (asyncio code, Jupyter): "
     "use 'async with ibkr_session(...) as ib:' instead of 'with'"
 )
-
-
-class FailureClass(StrEnum):
-    REFUSED = "refused"
-    TIMEOUT = "timeout"
-    CLOSED = "closed"
-    NOT_LOGGED_IN = "not_logged_in"
-    REJECTED = "rejected"
-    INCOMPLETE_SYNC = "incomplete_sync"
-    ERROR = "error"
-
-
-class AttemptFailed(Exception):
-    """One attempt failed; carries the class that drives the retry schedule."""
-
-    def __init__(
-        self, failure_class: FailureClass, error: BaseException, detail: str | None = None
-    ) -> None:
-        super().__init__(f"{failure_class}: {type(error).__name__}: {error}")
-        self.failure_class = failure_class
-        self.error = error
-        self.detail = detail
-
-
-@dataclass
-class _Progress:
-    """How far the attempt got, latched as it happens (ib_insync resets its state)."""
-
-    handshake: bool = False
-    api_started: bool = False
-    signal: FailureClass | None = None
-    signal_error: BaseException | None = None
-    gateway_errors: list[str] = field(default_factory=list)
-    sync_timeouts: list[str] = field(default_factory=list)
-    frozen: bool = False
-
-    def phase_class(self, *, closed: bool) -> FailureClass:
-        if self.api_started:
-            return FailureClass.INCOMPLETE_SYNC
-        if self.handshake:
-            return FailureClass.REJECTED if closed else FailureClass.NOT_LOGGED_IN
-        return FailureClass.CLOSED if closed else FailureClass.TIMEOUT
-
-    def set_signal(self, failure_class: FailureClass, error: BaseException) -> None:
-        # Frozen once the attempt's outcome is decided: our own cleanup closes the
-        # socket too, and that close must not rewrite the reason.
-        if self.signal is None and not self.frozen:
-            self.signal = failure_class
-            self.signal_error = error
-
-
-def _client(ib: Any) -> Any:
-    return getattr(ib, "client", None)
-
-
-def _call_bool(obj: Any, name: str) -> bool:
-    method = getattr(obj, name, None)
-    if not callable(method):
-        return False
-    try:
-        return bool(method())
-    except Exception:
-        return False
-
-
-class _SyncTimeoutWatcher(logging.Handler):
-    """Notice ib_insync's "<request> request timed out" lines during the initial sync.
-
-    ib_insync only logs those and returns a half-synced session; seeing them turns the
-    attempt into an ``incomplete_sync`` failure even when ib_insync's own timer wins.
-    """
-
-    def __init__(self, progress: _Progress) -> None:
-        super().__init__(logging.ERROR)
-        self.progress = progress
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            message = record.getMessage()
-        except Exception:
-            return
-        if message.endswith("request timed out"):
-            self.progress.sync_timeouts.append(message)
-
-
-class _Watch:
-    """Subscribe to the events that tell how an attempt is going; undo on close."""
-
-    def __init__(self, ib: Any, progress: _Progress, wake: Callable[[], None]) -> None:
-        self.ib = ib
-        self.progress = progress
-        self.wake = wake
-        self._undo: list[Callable[[], None]] = []
-        client = _client(ib)
-        conn = getattr(client, "conn", None)
-        self._on(getattr(ib, "errorEvent", None), self._on_error)
-        self._on(getattr(client, "apiError", None), self._on_api_error)
-        self._on(getattr(client, "apiStart", None), self._on_api_start)
-        # Registered after the client's own handlers, so they see the client's
-        # state right after it processed the data / the close.
-        self._on(getattr(conn, "hasData", None), self._on_data)
-        self._on(getattr(conn, "disconnected", None), self._on_closed)
-        watcher = _SyncTimeoutWatcher(progress)
-        ib_logger = logging.getLogger("ib_insync.ib")
-        ib_logger.addHandler(watcher)
-        self._undo.append(lambda: ib_logger.removeHandler(watcher))
-
-    def _on(self, event: Any, handler: Callable[..., None]) -> None:
-        # Only real eventkit events: a MagicMock stand-in would accept anything.
-        if isinstance(event, ib_insync.Event):
-            event.connect(handler)
-            self._undo.append(lambda: event.disconnect(handler))
-
-    def close(self) -> None:
-        for undo in reversed(self._undo):
-            with contextlib.suppress(Exception):
-                undo()
-        self._undo.clear()
-
-    def _on_error(self, req_id: Any, code: Any, message: Any, *rest: Any) -> None:
-        self.progress.gateway_errors.append(f"{code}: {message}")
-        if code == CLIENT_ID_IN_USE:
-            self.progress.set_signal(
-                FailureClass.REJECTED, ConnectionError(f"Error 326: {message}")
-            )
-            self.wake()
-
-    def _on_api_error(self, message: Any) -> None:
-        text = str(message)
-        if text.startswith("API connection failed"):
-            return  # ib_insync's own report of the exception the task raises
-        client = _client(self.ib)
-        # Emitted from the client's socket-closed handler before it resets its state.
-        if "already in use" in text:
-            failure_class = FailureClass.REJECTED
-        elif _call_bool(client, "isReady"):
-            failure_class = FailureClass.INCOMPLETE_SYNC
-        elif _call_bool(client, "isConnected"):
-            failure_class = FailureClass.REJECTED
-        else:
-            failure_class = FailureClass.CLOSED
-        self.progress.set_signal(failure_class, ConnectionError(text))
-        self.wake()
-
-    def _on_api_start(self, *args: Any) -> None:
-        self.progress.handshake = True
-        self.progress.api_started = True
-
-    def _on_data(self, *args: Any) -> None:
-        if _call_bool(_client(self.ib), "isConnected"):
-            self.progress.handshake = True
-
-    def _on_closed(self, message: Any = "") -> None:
-        if self.progress.signal is None:
-            failure_class = self.progress.phase_class(closed=True)
-            what = {
-                FailureClass.CLOSED: "before the API handshake",
-                FailureClass.REJECTED: "during the API handshake",
-                FailureClass.INCOMPLETE_SYNC: "during the initial sync",
-            }.get(failure_class, "")
-            text = f"gateway closed the connection {what}".strip()
-            if message:
-                text += f": {message}"
-            self.progress.set_signal(failure_class, ConnectionError(text))
-        self.wake()
-
-
-def classify(error: BaseException, progress: _Progress | None = None) -> FailureClass:
-    """Map an attempt's exception (and what was seen during it) to a failure class."""
-    progress = progress or _Progress()
-    if isinstance(error, ConnectionRefusedError):
-        return FailureClass.REFUSED
-    if progress.signal is not None:
-        return progress.signal
-    if isinstance(error, TimeoutError):
-        return progress.phase_class(closed=False)
-    if isinstance(error, ConnectionError):
-        return progress.phase_class(closed=True)
-    if isinstance(error, OSError):
-        return FailureClass.REFUSED
-    return FailureClass.ERROR
 
 
 def disconnect_quietly(ib: Any, reason: str) -> None:
@@ -262,7 +79,7 @@ def disconnect_quietly(ib: Any, reason: str) -> None:
             error=str(exc),
         )
         # The socket may still be open: close it at the client level.
-        client = _client(ib)
+        client = client_of(ib)
         with contextlib.suppress(Exception):
             if client is not None:
                 client.disconnect()
@@ -279,17 +96,8 @@ def _settle() -> None:
         loop.run_until_complete(asyncio.sleep(0))
 
 
-def _snapshot(ib: Any, progress: _Progress) -> None:
-    client = _client(ib)
-    if _call_bool(client, "isConnected"):
-        progress.handshake = True
-    if _call_bool(client, "isReady"):
-        progress.handshake = True
-        progress.api_started = True
-
-
 def _fail(
-    ib: Any, failure_class: FailureClass, error: BaseException, progress: _Progress
+    ib: Any, failure_class: FailureClass, error: BaseException, progress: Progress
 ) -> AttemptFailed:
     disconnect_quietly(ib, reason="failed attempt")
     details = progress.gateway_errors + progress.sync_timeouts
@@ -298,15 +106,16 @@ def _fail(
 
 async def _bounded(
     ib: Any,
-    host: str,
-    port: int,
-    client_id: int,
+    target: tuple[str, int, int, bool],
     timeout: float,
-    progress: _Progress,
+    progress: Progress,
     wake: asyncio.Future[None],
 ) -> asyncio.Future[Any]:
+    host, port, client_id, readonly = target
+    # ``readonly`` only when asked: an ``ib_factory`` stand-in need not know the keyword.
+    extra = {"readonly": True} if readonly else {}
     task: asyncio.Future[Any] = asyncio.ensure_future(
-        ib.connectAsync(host, port, clientId=client_id, timeout=timeout)
+        ib.connectAsync(host, port, clientId=client_id, timeout=timeout, **extra)
     )
     try:
         # Armed now, before the task's first step: fires before ib_insync's timers.
@@ -317,24 +126,36 @@ async def _bounded(
         raise
     progress.frozen = True
     if not task.done():
-        _snapshot(ib, progress)  # before ib_insync's cleanup resets the client state
+        snapshot(ib, progress)  # before ib_insync's cleanup resets the client state
         task.cancel()
         await asyncio.wait({task}, timeout=1.0)
     return task
 
 
-async def _attempt(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:
+async def _attempt(
+    ib: Any, host: str, port: int, client_id: int, timeout: float, readonly: bool = False
+) -> None:
     """The one attempt, both forms: bounded, watched and classified, in the running loop."""
-    progress = _Progress()
-    wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    started = time.monotonic()
+    progress = Progress()
+    loop = asyncio.get_running_loop()
+    wake: asyncio.Future[None] = loop.create_future()
+    online = asyncio.Event()
 
     def on_signal() -> None:
         if not wake.done():
             wake.set_result(None)
 
-    watch = _Watch(ib, progress, on_signal)
+    watch = Watch(ib, progress, on_signal, online.set)
+    track_sync(ib, progress, timeout)
     try:
-        task = await _bounded(ib, host, port, client_id, timeout, progress, wake)
+        task = await _bounded(ib, (host, port, client_id, readonly), timeout, progress, wake)
+        if task.done() and not task.cancelled() and task.exception() is None and progress.offline:
+            # Connected, but IB's servers are unreachable (TWS 1100): wait for 1101/1102
+            # inside this attempt's bound; no order may go out before.
+            left = timeout - (time.monotonic() - started)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(online.wait(), max(0.0, left))
     except BaseException:
         # Cancelled, Ctrl-C or SIGTERM while waiting: stop watching and free the socket.
         watch.close()
@@ -350,8 +171,10 @@ async def _attempt(ib: Any, host: str, port: int, client_id: int, timeout: float
             FailureClass.TIMEOUT: "no API handshake",
             FailureClass.NOT_LOGGED_IN: "API did not start (gateway not logged in?)",
             FailureClass.INCOMPLETE_SYNC: "initial sync did not finish",
+            FailureClass.IB_OFFLINE: "IB's servers unreachable (TWS 1100) during the sync",
         }[failure_class]
-        error = TimeoutError(f"{phase} within {timeout:g} s")
+        missing = _unanswered(progress)
+        error = TimeoutError(f"{phase} within {timeout:g} s{missing}")
         raise _fail(ib, failure_class, error, progress)
     exc = task.exception()
     if exc is not None:
@@ -359,9 +182,31 @@ async def _attempt(ib: Any, host: str, port: int, client_id: int, timeout: float
     if progress.sync_timeouts:
         error = TimeoutError("initial sync incomplete: " + "; ".join(progress.sync_timeouts))
         raise _fail(ib, FailureClass.INCOMPLETE_SYNC, error, progress)
+    if progress.offline:
+        error = ConnectionError(
+            "connected, but the gateway reports IB's servers unreachable (TWS 1100) "
+            f"and did not report them back (1101/1102) within {timeout:g} s"
+        )
+        raise _fail(ib, FailureClass.IB_OFFLINE, error, progress)
+    if progress.unanswered_optional:
+        log.warning(
+            "ibkr.connect.sync_partial",
+            host=host,
+            port=port,
+            client_id=client_id,
+            unanswered=list(progress.unanswered_optional),
+            action="connected: these requests are optional (not used by this package)",
+        )
 
 
-def bounded_connect(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:
+def _unanswered(progress: Progress) -> str:
+    names = progress.unanswered
+    return f"; no answer to: {', '.join(names)}" if names else ""
+
+
+def bounded_connect(
+    ib: Any, host: str, port: int, client_id: int, timeout: float, readonly: bool = False
+) -> None:
     """Connect ``ib`` within ``timeout`` seconds, all phases included, or raise AttemptFailed.
 
     Runs the attempt on ib_insync's loop (``run_until_complete``); raises
@@ -371,7 +216,7 @@ def bounded_connect(ib: Any, host: str, port: int, client_id: int, timeout: floa
     loop = ensure_event_loop()  # the loop ib_insync uses (its util.getLoop)
     if loop.is_running():
         raise RunningEventLoopError(RUNNING_LOOP_MESSAGE)
-    runner = loop.create_task(_attempt(ib, host, port, client_id, timeout))
+    runner = loop.create_task(_attempt(ib, host, port, client_id, timeout, readonly))
     try:
         loop.run_until_complete(runner)
     except BaseException:
@@ -386,7 +231,7 @@ def bounded_connect(ib: Any, host: str, port: int, client_id: int, timeout: floa
 
 
 async def bounded_connect_async(
-    ib: Any, host: str, port: int, client_id: int, timeout: float
+    ib: Any, host: str, port: int, client_id: int, timeout: float, readonly: bool = False
 ) -> None:
     """:func:`bounded_connect` awaited in the running event loop (``ib.connectAsync``).
 
@@ -394,7 +239,7 @@ async def bounded_connect_async(
     :class:`AttemptFailed`. A cancellation stops the attempt, disconnects ``ib`` and
     propagates.
     """
-    await _attempt(ib, host, port, client_id, timeout)
+    await _attempt(ib, host, port, client_id, timeout, readonly)
 
 
 def blocking_connect(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:
@@ -403,8 +248,8 @@ def blocking_connect(ib: Any, host: str, port: int, client_id: int, timeout: flo
     No hard bound beyond ib_insync's own (the legacy contract fixes the call), but the
     same watching and classification, so its failures are logged with the same classes.
     """
-    progress = _Progress()
-    watch = _Watch(ib, progress, lambda: None)
+    progress = Progress()
+    watch = Watch(ib, progress, lambda: None)
     try:
         ib.connect(host, port, clientId=client_id, timeout=timeout)
     except Exception as exc:

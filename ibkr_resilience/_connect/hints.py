@@ -7,7 +7,7 @@ the alert at 7 a.m. fixes it there.
 
 from __future__ import annotations
 
-from .attempt import FailureClass
+from .failures import FailureClass
 
 _HINTS: dict[str, str] = {
     FailureClass.REJECTED: (
@@ -34,7 +34,17 @@ _HINTS: dict[str, str] = {
         "is the gateway hung?"
     ),
     FailureClass.INCOMPLETE_SYNC: (
-        "the gateway started the API but did not answer the initial sync"
+        "the gateway started the API but did not answer the initial sync (the error "
+        "names the requests that got no answer)"
+    ),
+    FailureClass.READ_ONLY: (
+        "the gateway is in Read-Only API mode (TWS error 321): untick 'Read-Only API' "
+        "in Configure > API > Settings (IBC: ReadOnlyApi=no), or connect jobs that only "
+        "read with ibkr_session(..., readonly=True)"
+    ),
+    FailureClass.IB_OFFLINE: (
+        "the gateway is up but has lost its connection to IB's servers (TWS 1100; IB "
+        "resets them nightly): wait for 1101/1102, or check the gateway's internet link"
     ),
 }
 

@@ -43,7 +43,7 @@ import backoff
 import structlog
 
 from ..errors import ConnectionFailed
-from .attempt import AttemptFailed, FailureClass
+from .failures import AttemptFailed, FailureClass
 from .hints import hint_for
 
 log = structlog.get_logger("ibkr_resilience.connect")
@@ -64,6 +64,9 @@ SHORT_INTERVAL_CLASSES = frozenset(
   still holds the ids of sessions it has not torn down, for a few seconds; then the same
   id works. Retried only during ``client_id_grace``, then given up (``fail_fast``): a
   process that really holds the id will not let go by itself."""
+
+GIVE_UP_AT_ONCE = frozenset({FailureClass.READ_ONLY})
+"""Classes a retry cannot fix: a gateway setting someone has to change (TWS 321)."""
 
 MIN_ATTEMPT_WINDOW = 0.1
 """An attempt gets at least this long; the budget is not spent on shorter ones."""
@@ -137,8 +140,12 @@ class _Run(Generic[T]):
         return remaining is not None and remaining < MIN_ATTEMPT_WINDOW
 
     def give_up(self, failure: Exception) -> bool:
-        """backoff's ``giveup`` predicate: the budget, or error 326 past its grace period."""
+        """backoff's ``giveup`` predicate: the budget, a setting retrying cannot change
+        (Read-Only API), or error 326 past its grace period."""
         if self.budget_exhausted(failure):
+            return True
+        failure_class = getattr(failure, "failure_class", None)
+        if not self.policy.fixed_delay and failure_class in GIVE_UP_AT_ONCE:
             return True
         return (
             not self.policy.fixed_delay

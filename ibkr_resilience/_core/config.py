@@ -95,6 +95,8 @@ class SessionConfig:
     """Seconds during which error 326 (client id in use) is retried, inside ``max_time``."""
     alert_timeout: float = DEFAULT_ALERT_TIMEOUT
     paper_only: bool = True
+    readonly: bool = False
+    """Skip the order requests of the initial sync (``IB.connect(readonly=True)``)."""
     allow_live: bool = False
     telegram_token: str | None = field(default=None, repr=False)
     telegram_chat_id: str | None = None
@@ -184,6 +186,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("client_id_grace", "IBKR_CLIENT_ID_GRACE", "non_negative"),
     _Spec("alert_timeout", "IBKR_ALERT_TIMEOUT", "positive"),
     _Spec("paper_only", None, "bool"),
+    _Spec("readonly", None, "bool"),
     _Spec("allow_live", "IBKR_ALLOW_LIVE", "bool"),
     _Spec("telegram_token", "IFDS_TELEGRAM_BOT_TOKEN", "telegram_token", optional=True),
     _Spec("telegram_chat_id", "IFDS_TELEGRAM_CHAT_ID", "chat_id", optional=True),

@@ -113,7 +113,9 @@ class AsyncSessionForm(ABC):
         async def attempt(number: int, timeout: float) -> Any:
             ib = self.ib_factory()
             cfg = self.config
-            await bounded_connect_async(ib, cfg.host, cfg.port, cfg.client_id, timeout)
+            await bounded_connect_async(
+                ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly
+            )
             return ib
 
         sleep = _awaiting(self.sleep) if self.sleep is not None else None

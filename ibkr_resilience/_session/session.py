@@ -52,6 +52,7 @@ from .._notify.events import (
 from .._notify.notifier import Notifier
 from ..errors import ConnectionFailed, LiveAccountRefused, RunningEventLoopError
 from .aio import AsyncSessionForm
+from .connectivity import Connectivity
 from .signals import SIGTERM_EXIT_CODE, SignalGuard
 
 log = structlog.get_logger("ibkr_resilience.session")
@@ -85,12 +86,19 @@ class IBKRSession(AsyncSessionForm):
         self.target = Target(config.host, config.port, config.client_id, config.timeout)
         self.log = log.bind(host=config.host, port=config.port, client_id=config.client_id)
         self.ib: Any = None
+        self.connectivity: Connectivity | None = None
         self._signals = SignalGuard()
         self._in_turn: Callable[[Callable[[], object]], object] = _now
         self._started = 0.0
         self._connected_at: float | None = None
         self._closing = False
         self._lost = False
+
+    @property
+    def ib_connected(self) -> bool | None:
+        """Whether the gateway reaches IB's servers (False between TWS 1100 and 1101/1102);
+        ``None`` before the session connected."""
+        return None if self.connectivity is None else self.connectivity.ib_connected
 
     # -- 1. enter ---------------------------------------------------------------------
     def __enter__(self) -> Any:
@@ -116,7 +124,8 @@ class IBKRSession(AsyncSessionForm):
     def _connect(self) -> Any:
         def attempt(number: int, timeout: float) -> Any:
             ib = self.ib_factory()
-            bounded_connect(ib, self.config.host, self.config.port, self.config.client_id, timeout)
+            cfg = self.config
+            bounded_connect(ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly)
             return ib
 
         return connect_with_retries(attempt, sleep=self.sleep, **self._schedule())
@@ -168,6 +177,7 @@ class IBKRSession(AsyncSessionForm):
     # -- 2. inside the block ----------------------------------------------------------
     def _watch_block(self) -> None:
         self._connected_at = self.clock()
+        self.connectivity = Connectivity(self.ib, self.log)
         event = getattr(self.ib, "disconnectedEvent", None)
         if event is not None:
             event.connect(self._on_disconnected)
@@ -249,6 +259,8 @@ class IBKRSession(AsyncSessionForm):
         self._closing = True
         with contextlib.suppress(Exception):
             self.ib.disconnectedEvent.disconnect(self._on_disconnected)
+        if self.connectivity is not None:
+            self.connectivity.close()
         disconnect_quietly(self.ib, reason=reason)
 
     def _end(self, outcome: str) -> None:
@@ -301,6 +313,7 @@ def ibkr_session(
     alert: Alert | None = None,
     ib_factory: Callable[[], Any] | None = None,
     paper_only: bool = True,
+    readonly: bool = False,
     sleep: Callable[[float], object] | None = None,
     clock: Callable[[], float] | None = None,
     config: SessionConfig | None = None,
@@ -329,6 +342,10 @@ def ibkr_session(
     (the block does not run) and :class:`LiveAccountRefused` when the gateway offers no
     paper account and ``paper_only`` is true and ``IBKR_ALLOW_LIVE`` is not set.
 
+    ``readonly=True`` connects like ``IB.connect(readonly=True)``: the order requests of
+    the initial sync (open and completed orders) are not sent, so a job that only reads
+    works against a gateway with "Read-Only API" ticked (TWS error 321 on order requests).
+
     ``dedup`` de-duplicates connection-failure alerts across runs (``docs/alerts.md``):
     ``None`` turns it on when ``IBKR_ALERT_STATE_FILE`` is set or the default alert is
     Telegram, ``True``/``False`` force it. ``healthcheck`` pings ``IBKR_HEALTHCHECK_URL``
@@ -342,6 +359,7 @@ def ibkr_session(
         "timeout": timeout,
         "max_attempts": max_attempts,
         "max_time": max_time,
+        "readonly": readonly or None,
     }
     if config is not None:
         # Turning the guard off takes an explicit False, from either place.

@@ -43,15 +43,14 @@ import contextlib
 import time
 from typing import Any
 
-import structlog
-
+from .._core.log import get_logger
 from ..errors import RunningEventLoopError
 from .compat import ensure_event_loop
 from .failures import AttemptFailed, FailureClass
 from .sync import track_sync
 from .watch import Progress, Watch, classify, client_of, snapshot
 
-log = structlog.get_logger("ibkr_resilience.connect")
+log = get_logger("ibkr_resilience.connect")
 
 RUNNING_LOOP_MESSAGE = (
     "an asyncio event loop is already running in this thread (asyncio code, Jupyter): "

@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import backoff
-import structlog
 
+from .._core.log import get_logger
 from ..errors import ConnectionFailed
 from .failures import AttemptFailed, FailureClass
 from .hints import hint_for
 
-log = structlog.get_logger("ibkr_resilience.connect")
+log = get_logger("ibkr_resilience.connect")
 
 T = TypeVar("T")
 
@@ -219,7 +219,10 @@ class _Run(Generic[T]):
         )
 
     def _log_failure(self, failure: AttemptFailed, next_delay: float | None) -> None:
-        self.log.warning(
+        # A failure that is retried is routine (a gateway restart gives dozens): INFO.
+        # The last one is a WARNING, and ``ibkr.connect.gave_up`` the ERROR to alert on.
+        emit = self.log.info if next_delay is not None else self.log.warning
+        emit(
             "ibkr.connect.failed",
             attempt=self.attempts,
             max_attempts=self.policy.max_attempts,

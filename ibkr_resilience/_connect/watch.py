@@ -9,6 +9,7 @@ and latches them in a :class:`Progress`, from which :func:`classify` names the c
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,6 +93,26 @@ class SyncTimeoutWatcher(logging.Handler):
             self.progress.sync_timeouts.append(message)
 
 
+CLIENT_LOGGERS = ("ib_insync.client", "ib_insync.wrapper", "ib_insync.ib")
+
+
+class ExpectedDuringAttempt(logging.Filter):
+    """The client library's ERROR records during a connect attempt, re-levelled to INFO.
+
+    A refused or closed connection, or a transient 326, is routine during a gateway
+    restart and the session retries it; ib_insync still logs each at ERROR ("API
+    connection failed", "Peer closed connection", "Error 326"). The attempt's own lines
+    say what happened and ``ibkr.connect.gave_up`` is the one ERROR when it really
+    failed, so these are kept, marked ``expected``, at INFO.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.expected = "during a connect attempt: the session reports the outcome"
+        return True
+
+
 class Watch:
     """Subscribe to the events that tell how an attempt is going; undo on close."""
 
@@ -120,6 +141,11 @@ class Watch:
         ib_logger = logging.getLogger("ib_insync.ib")
         ib_logger.addHandler(watcher)
         self._undo.append(lambda: ib_logger.removeHandler(watcher))
+        quiet = ExpectedDuringAttempt()
+        for name in CLIENT_LOGGERS:
+            client_logger = logging.getLogger(name)
+            client_logger.addFilter(quiet)
+            self._undo.append(functools.partial(client_logger.removeFilter, quiet))
 
     def _on(self, event: Any, handler: Callable[..., None]) -> None:
         # Only real eventkit events: a MagicMock stand-in would accept anything.

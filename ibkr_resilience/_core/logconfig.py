@@ -26,6 +26,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import Processor
 
 from ..errors import ConfigError
+from . import twslevels
 from .config import check_setting, env_value
 from .identity import script_name
 from .redact import redact_secrets, register_secret, scrub
@@ -160,6 +161,7 @@ def configure_logging(
         setattr(to_file, _HANDLER_MARK, True)
         root.addHandler(to_file)
     root.setLevel(lvl)
+    twslevels.install()
     return run
 
 

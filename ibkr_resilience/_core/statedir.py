@@ -20,9 +20,9 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-import structlog
+from .log import get_logger
 
-log = structlog.get_logger("ibkr_resilience.state")
+log = get_logger("ibkr_resilience.state")
 
 
 class UnusableStateFile(OSError):

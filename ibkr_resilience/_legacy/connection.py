@@ -32,6 +32,7 @@ from .._core.config import (
     PAPER_PORT,
     env_value,
 )
+from .._core.log import get_logger
 from .._core.logconfig import configure_logging
 from .._notify.delivery import deliver_alert
 from .._notify.events import ConnectGaveUp, Gateway
@@ -39,7 +40,7 @@ from .._notify.telegram import TelegramAlert
 from .._notify.texts import gave_up_text
 from ..errors import ConnectionFailed, LiveAccountRefused
 
-log = structlog.get_logger("ibkr_resilience.legacy")
+log = get_logger("ibkr_resilience.legacy")
 
 __all__ = [
     "DEFAULT_CLIENT_ID",

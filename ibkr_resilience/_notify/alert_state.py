@@ -25,13 +25,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from .._core.log import get_logger
 from .._core.redact import scrub
 from .._core.statedir import fsync_dir, open_regular, read_small_file, state_dir
 from .._core.timefmt import iso_utc
 
-log = structlog.get_logger("ibkr_resilience.alerts")
+log = get_logger("ibkr_resilience.alerts")
 
 STATE_VERSION = 1
 MAX_STATE_BYTES = 1024 * 1024

@@ -35,8 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-import structlog
-
+from .._core.log import get_logger
 from .._core.timefmt import iso_utc
 from .alert_state import (
     AlertStateStore,
@@ -45,7 +44,7 @@ from .alert_state import (
     StateUnavailable,
 )
 
-log = structlog.get_logger("ibkr_resilience.alerts")
+log = get_logger("ibkr_resilience.alerts")
 
 Send = Callable[[str], str]
 """Deliver a text, return the outcome (``deliver_alert``'s ``sent``/``failed``/...)."""

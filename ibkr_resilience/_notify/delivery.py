@@ -10,12 +10,11 @@ from __future__ import annotations
 import contextlib
 from typing import Literal, Protocol
 
-import structlog
-
+from .._core.log import get_logger
 from .._core.redact import scrub
 from .bounded import run_bounded
 
-log = structlog.get_logger("ibkr_resilience.alerts")
+log = get_logger("ibkr_resilience.alerts")
 
 AlertOutcome = Literal["sent", "failed", "timed_out", "disabled"]
 

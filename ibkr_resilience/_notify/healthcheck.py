@@ -19,14 +19,13 @@ import time
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import structlog
-
 from .._core.config import check_setting
+from .._core.log import get_logger
 from .._core.redact import register_secret, scrub
 from .bounded import run_bounded
 from .http import HttpPost, PooledPost
 
-log = structlog.get_logger("ibkr_resilience.healthcheck")
+log = get_logger("ibkr_resilience.healthcheck")
 
 PingKind = Literal["start", "success", "fail"]
 PingOutcome = Literal["sent", "failed", "timed_out"]

@@ -20,11 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import structlog
-
+from .._core.log import get_logger
 from .._core.statedir import UnusableStateFile, fsync_dir, read_small_file
 
-log = structlog.get_logger("ibkr_resilience.metrics")
+log = get_logger("ibkr_resilience.metrics")
 
 PREFIX = "ibkr_job"
 _LAST_SUCCESS = re.compile(

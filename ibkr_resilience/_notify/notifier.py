@@ -23,9 +23,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from .._core.config import SessionConfig
+from .._core.log import get_logger
 from .alert_state import FailureKey, default_state_path
 from .dedup import AlertDeduplicator
 from .delivery import Alert, AlertOutcome, deliver_alert
@@ -51,7 +50,7 @@ from .texts import (
     recovered_text,
 )
 
-log = structlog.get_logger("ibkr_resilience.session")
+log = get_logger("ibkr_resilience.session")
 
 LOCK_GRACE_S = 2.0
 """A run waits for the de-dup lock this much longer than another run may hold it."""

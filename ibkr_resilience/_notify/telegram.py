@@ -14,14 +14,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
-
 from .._core.config import DEFAULT_ALERT_TIMEOUT, DEFAULT_TELEGRAM_API_URL, check_setting, env_value
+from .._core.log import get_logger
 from .._core.redact import register_secret, scrub
 from .delivery import Alert
 from .http import HttpPost, HttpResponse, requests_post
 
-log = structlog.get_logger("ibkr_resilience.alerts")
+log = get_logger("ibkr_resilience.alerts")
 
 TELEGRAM_MAX_CHARS = 4096
 _TRUNCATION_MARK = "\n[truncated]"

@@ -18,9 +18,9 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import structlog
+from .._core.log import get_logger
 
-log = structlog.get_logger("ibkr_resilience.session")
+log = get_logger("ibkr_resilience.session")
 
 LOST = frozenset({1100, 2110})
 RESTORED = {1101: "data lost: re-request market data", 1102: "data maintained"}

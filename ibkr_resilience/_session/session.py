@@ -30,13 +30,12 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
-import structlog
-
 from .._connect.accounts import describe_ib, has_paper_account, managed_accounts
 from .._connect.attempt import RUNNING_LOOP_MESSAGE, bounded_connect, disconnect_quietly
 from .._connect.compat import IB
 from .._connect.policy import RetryPolicy, Target, connect_with_retries
 from .._core.config import DEFAULT_CLIENT_ID, SessionConfig
+from .._core.log import get_logger
 from .._notify.delivery import Alert
 from .._notify.events import (
     BlockFailed,
@@ -55,7 +54,7 @@ from .aio import AsyncSessionForm
 from .connectivity import Connectivity
 from .signals import SIGTERM_EXIT_CODE, SignalGuard
 
-log = structlog.get_logger("ibkr_resilience.session")
+log = get_logger("ibkr_resilience.session")
 
 __all__ = ["SIGTERM_EXIT_CODE", "IBKRSession", "ibkr_session"]
 

@@ -20,9 +20,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from datetime import date
 from typing import Any
 
-import structlog
-
 from ..._core.config import SessionConfig
+from ..._core.log import get_logger
 from .close_cancel import Canceller
 from .close_orders import ClosingOrders
 from .close_records import CloseParams, CloseRecorder
@@ -42,7 +41,7 @@ from .plan_rows import SYMBOL_RE
 
 __all__ = ["CLIENT_ID", "SCRIPT", "Closer", "close_ref", "main", "parse_symbols", "trading_date"]
 
-log = structlog.get_logger("ibkr_resilience.close")
+log = get_logger("ibkr_resilience.close")
 
 SCRIPT = "close_positions.py"
 CLIENT_ID = 11

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from ..._core.config import SessionConfig
+from ..._core.log import get_logger
 from ..._notify.telegram import DisabledAlert
 from ..._session.session import ibkr_session
 from ...errors import ConnectionFailed
@@ -23,7 +22,7 @@ from .close_records import CloseRecorder
 from .journal import CANCEL_FAILED, CANCELLED
 from .orders import live_open_orders, order_key, wait_for_update, wait_until
 
-log = structlog.get_logger("ibkr_resilience.close")
+log = get_logger("ibkr_resilience.close")
 
 
 class Canceller:

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-import structlog
-
+from ..._core.log import get_logger
 from .close_scope import close_ref
 from .journal import CANCELLED, DRY_RUN, Journal
 from .kit import Outcome, RunState
 from .orders import contract_fields
 
-log = structlog.get_logger("ibkr_resilience.close")
+log = get_logger("ibkr_resilience.close")
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,10 @@ from datetime import UTC, date, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import structlog
-
+from ..._core.log import get_logger
 from .orders import live_open_orders, order_key
 
-log = structlog.get_logger("ibkr_resilience.close")
+log = get_logger("ibkr_resilience.close")
 
 EXCHANGE_TIMEZONE = "America/New_York"
 

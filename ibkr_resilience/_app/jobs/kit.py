@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import structlog
-
 from ..._core.config import (
     DEFAULT_ACK_TIMEOUT,
     DEFAULT_CLIENT_ID,
@@ -29,6 +27,7 @@ from ..._core.config import (
     SessionConfig,
     check_setting,
 )
+from ..._core.log import get_logger
 from ..._core.logconfig import configure_logging
 from ..._session.session import ibkr_session
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
@@ -44,7 +43,7 @@ from .journal import (
 )
 from .plan import PlanError
 
-log = structlog.get_logger("ibkr_resilience.script")
+log = get_logger("ibkr_resilience.script")
 
 PROBLEM_EVENTS = frozenset({REJECTED, UNCONFIRMED, CANCEL_FAILED, NOT_PLACED})
 """Outcomes that make a run exit 3 (see :data:`.exits.EXIT_CODES_HELP`)."""

@@ -19,9 +19,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
-import structlog
-
 from ..._core.config import SessionConfig, env_value
+from ..._core.log import get_logger
 from .exits import journal_if_cut_short
 from .journal import DRY_RUN, REJECTED, SKIPPED, UNCONFIRMED, Journal
 from .kit import (
@@ -36,7 +35,7 @@ from .kit import (
 from .orders import acknowledgement, paper_account, qualify
 from .plan import Plan, PlannedOrder, load_plan
 
-log = structlog.get_logger("ibkr_resilience.submit")
+log = get_logger("ibkr_resilience.submit")
 
 SCRIPT = "submit_orders.py"
 CLIENT_ID = 10

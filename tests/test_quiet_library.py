@@ -94,7 +94,7 @@ def test_a_restart_with_a_log_file_leaves_a_handful_of_stderr_lines_and_no_error
 
         deadline_ok = _wait(refused_twice, 30)
         fake_gateway.up()
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert deadline_ok and proc.returncode == 0, err

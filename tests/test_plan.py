@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import re
@@ -12,6 +13,7 @@ import pytest
 
 from ibkr_resilience._app.jobs.plan import (
     MAX_ORDER_REF_LEN,
+    Limits,
     Plan,
     PlanError,
     PlannedOrder,
@@ -416,3 +418,43 @@ def test_load_plan_accepts_str_paths(tmp_path: Path) -> None:
     src = REPO / "docs" / "examples" / "plan.csv"
     shutil.copy(src, tmp_path / "plan.csv")
     assert load_plan(str(tmp_path / "plan.csv")).plan_id == load_plan(src).plan_id
+
+
+# -- hostile numbers, huge cells and the fat-finger guard --------------------------------------
+PRICED_HEADER = "symbol,side,quantity,order_type,limit_price\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("AAPL,BUY,1e400,MKT,", "quantity '1e400' is out of range"),
+        ("AAPL,BUY,10,LMT,1e-400", "limit_price '1e-400' is out of range"),
+        ("AAPL,BUY,10,LMT,1e400", "limit_price '1e400' is out of range"),
+    ],
+)
+def test_numbers_that_overflow_or_underflow_are_errors(row: str, message: str) -> None:
+    with pytest.raises(PlanError) as info:
+        parse_plan(PRICED_HEADER + row + "\n")
+    assert message in str(info.value)
+
+
+def test_a_cell_over_the_csv_field_limit_is_one_clear_error() -> None:
+    huge = "A" * (csv.field_size_limit() + 10)
+    with pytest.raises(PlanError) as info:
+        parse_plan(PRICED_HEADER + f'"{huge}",BUY,1,MKT,\n')
+    assert str(info.value).startswith("invalid order plan plan: not readable as CSV: field larger")
+    assert huge not in str(info.value)
+
+
+def test_the_fat_finger_guard_names_the_row_and_the_setting() -> None:
+    text = PRICED_HEADER + "AAPL,BUY,100,LMT,150\nAAPL,BUY,20000,MKT,\nMSFT,BUY,5000,LMT,400\n"
+    with pytest.raises(PlanError) as info:
+        parse_plan(text)
+    problems = info.value.problems
+    assert problems == [
+        "line 3: quantity 20000 is over the per-order limit of 10000 shares "
+        "(IBKR_MAX_ORDER_QUANTITY)",
+        "line 4: notional 5000 x 400 = 2,000,000 is over the per-order limit of 1,000,000 "
+        "(IBKR_MAX_ORDER_NOTIONAL)",
+    ]
+    assert len(parse_plan(text, limits=Limits(50_000, 5_000_000.0))) == 3

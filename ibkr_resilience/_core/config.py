@@ -31,6 +31,10 @@ GATEWAY_LIVE_PORT = 4001
 DEFAULT_CLIENT_ID = 10
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+DEFAULT_MAX_ORDER_QUANTITY = 10_000
+"""Shares per plan row; no ordinary paper plan comes near it."""
+DEFAULT_MAX_ORDER_NOTIONAL = 1_000_000.0
+"""Currency units per priced plan row (quantity x limit or stop price)."""
 DEFAULT_ALERT_TIMEOUT = 5.0
 """Seconds any one alert or healthcheck ping may take, DNS included."""
 DEFAULT_ALERT_REPEAT_INTERVAL = 1800.0
@@ -48,6 +52,7 @@ _Kind = Literal[
     "count",
     "positive",
     "non_negative",
+    "amount",
     "bool",
     "log_format",
     "log_level",
@@ -153,6 +158,10 @@ class JobSettings:
     """Seconds to wait for the gateway to confirm each order or cancel (> 0)."""
     journal: str | None = None
     """``$IBKR_JOURNAL`` as written; ``None``: the default path (see docs/order-plan.md)."""
+    max_order_quantity: int = DEFAULT_MAX_ORDER_QUANTITY
+    """Fat-finger guard: the most shares one plan row may order."""
+    max_order_notional: float = DEFAULT_MAX_ORDER_NOTIONAL
+    """Fat-finger guard: the most one priced row may be worth (quantity x limit/stop price)."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)
@@ -202,6 +211,8 @@ _SPECS: tuple[_Spec, ...] = (
     # "text", not "path": kept as written (the journal expands "~"), so that an error
     # quotes the crontab's value.
     _Spec("journal", "IBKR_JOURNAL", "text", optional=True, owner="job"),
+    _Spec("max_order_quantity", "IBKR_MAX_ORDER_QUANTITY", "count", owner="job"),
+    _Spec("max_order_notional", "IBKR_MAX_ORDER_NOTIONAL", "amount", owner="job"),
 )
 _SESSION_SPECS = tuple(spec for spec in _SPECS if spec.owner == "session")
 _JOB_SPECS = tuple(spec for spec in _SPECS if spec.owner == "job")
@@ -360,6 +371,7 @@ _VALIDATORS: dict[str, tuple[Callable[[object], Any], str]] = {
     "count": (_integer(1, 10**9), "an integer >= 1"),
     "positive": (_seconds(zero_ok=False), "a finite number of seconds > 0"),
     "non_negative": (_seconds(zero_ok=True), "a finite number of seconds >= 0"),
+    "amount": (_seconds(zero_ok=False), "a finite amount > 0"),
     "bool": (_boolean, "one of 1/0, true/false, yes/no, on/off"),
     "log_format": (_one_of(LOG_FORMATS, str.lower), "json or console"),
     "log_level": (_one_of(LOG_LEVELS, str.upper), "one of " + ", ".join(LOG_LEVELS)),

@@ -28,6 +28,7 @@ from .plan_rows import (
     SEC_TYPES,
     SIDES,
     TIFS,
+    Limits,
     PlanError,
     parse_rows,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "SIDES",
     "TIFS",
     "ContractKey",
+    "Limits",
     "Plan",
     "PlanError",
     "PlannedOrder",
@@ -83,8 +85,10 @@ class Plan:
         return {ref: o for o in self.orders for ref in o.order_refs}
 
 
-def load_plan(path: str | os.PathLike[str]) -> Plan:
-    """Read and validate a plan file; raise :class:`PlanError` on any problem."""
+def load_plan(path: str | os.PathLike[str], limits: Limits | None = None) -> Plan:
+    """Read and validate a plan file; raise :class:`PlanError` on any problem.
+
+    ``limits`` is the fat-finger guard (default: :class:`Limits`' documented values)."""
     p = Path(path)
     try:
         data = p.read_bytes()
@@ -97,13 +101,15 @@ def load_plan(path: str | os.PathLike[str]) -> Plan:
             f"order plan {p} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
             f"{exc.start}); save it as CSV UTF-8"
         ) from None
-    return parse_plan(text, name=p.stem, source=str(p))
+    return parse_plan(text, name=p.stem, source=str(p), limits=limits)
 
 
-def parse_plan(text: str, *, name: str = "plan", source: str | None = None) -> Plan:
+def parse_plan(
+    text: str, *, name: str = "plan", source: str | None = None, limits: Limits | None = None
+) -> Plan:
     """Validate plan text; ``name`` seeds the plan id (``load_plan`` passes the stem)."""
     src = source or name
-    orders = parse_rows(text, src)
+    orders = parse_rows(text, src, limits)
     plan_id = _plan_id(name, orders)
     return Plan(src, plan_id, tuple(dataclasses.replace(o, plan_id=plan_id) for o in orders))
 

@@ -12,7 +12,9 @@ import csv
 import difflib
 import io
 import itertools
+import math
 import re
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -35,6 +37,15 @@ OPTIONAL_COLUMNS = (
     "currency",
 )
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
+
+@dataclass(frozen=True)
+class Limits:
+    """The fat-finger guard: the most one row may order (shares) and be worth (quantity x
+    limit or stop price, in the contract's currency); over it is a validation error."""
+
+    max_quantity: int = 10_000
+    max_notional: float = 1_000_000.0
+
 
 SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9 ./-]{0,11}")
 """A ticker symbol as IB writes it (``AAPL``, ``BRK B``), upper case; also ``--symbols``."""
@@ -69,9 +80,16 @@ class PlanError(ValueError):
         super().__init__(summary + details)
 
 
-def parse_rows(text: str, src: str) -> list[PlannedOrder]:
+def parse_rows(text: str, src: str, limits: Limits | None = None) -> list[PlannedOrder]:
     """The validated rows of plan text (``plan_id`` still empty); ``src`` names the plan
     in the error. Raises :class:`PlanError` listing every problem of every row."""
+    try:
+        return _parse_rows(text, src, limits or Limits())
+    except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+        raise PlanError(f"invalid order plan {src}: not readable as CSV: {exc}") from None
+
+
+def _parse_rows(text: str, src: str, limits: Limits) -> list[PlannedOrder]:
     problems: list[tuple[int, str]] = []
     rows = csv.reader(io.StringIO(text, newline=""))
     header, header_line = _read_header(rows)
@@ -92,7 +110,7 @@ def parse_rows(text: str, src: str) -> list[PlannedOrder]:
         if first != line:
             row.fail(f"duplicate id {row_id!r} (first used on line {first})")
         order = _parse_row(row, row_id)
-        if order is not None:
+        if order is not None and _within(row, order, limits):
             orders.append(order)
     if not data_rows:
         problems.append((header_line, "the plan has a header but no orders"))
@@ -188,6 +206,9 @@ class _Row:
             self.fail(f"{col} {raw!r} is not a number")
         elif value <= 0:
             self.fail(f"{col} {raw!r} must be greater than zero")
+        elif not math.isfinite(float(value)) or float(value) == 0:
+            # 1e400 is a finite Decimal but an infinite float; 1e-400 a zero one.
+            self.fail(f"{col} {raw!r} is out of range")
         else:
             return value
         return None
@@ -224,6 +245,24 @@ def _parse_row(row: _Row, row_id: str) -> PlannedOrder | None:
         "", row_id, row.line, symbol, side, int(qty), order_type, tif,
         lmt, stp, tp, sl, exchange=exchange, currency=currency,
     )  # fmt: skip
+
+
+def _within(row: _Row, order: PlannedOrder, limits: Limits) -> bool:
+    """The fat-finger guard; reports the row and the setting that raises the limit."""
+    if order.quantity > limits.max_quantity:
+        row.fail(
+            f"quantity {order.quantity} is over the per-order limit of {limits.max_quantity} "
+            "shares (IBKR_MAX_ORDER_QUANTITY)"
+        )
+        return False
+    price = order.limit_price or order.stop_price
+    if price is not None and order.quantity * price > limits.max_notional:
+        row.fail(
+            f"notional {order.quantity} x {price:g} = {order.quantity * price:,.0f} is over "
+            f"the per-order limit of {limits.max_notional:,.0f} (IBKR_MAX_ORDER_NOTIONAL)"
+        )
+        return False
+    return True
 
 
 def _check_prices(row: _Row, order_type: str, tif: str) -> None:

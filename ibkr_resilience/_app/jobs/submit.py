@@ -34,6 +34,7 @@ from .kit import (
 )
 from .orders import acknowledgement, paper_account, qualify
 from .plan import Plan, PlannedOrder, load_plan
+from .plan_rows import Limits
 
 log = get_logger("ibkr_resilience.submit")
 
@@ -60,7 +61,9 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
 
 def _run(run: ScriptRun) -> None:
     args = run.args
-    plan = load_plan(args.plan)  # the whole plan is checked before anything else happens
+    settings = run.settings
+    limits = Limits(settings.max_order_quantity, settings.max_order_notional)
+    plan = load_plan(args.plan, limits)  # the whole plan is checked before anything happens
 
     def start(journal: Journal, config: SessionConfig) -> Callable[[Any], None]:
         mode = " (dry run: nothing is placed)" if args.dry_run else ""

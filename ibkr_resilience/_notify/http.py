@@ -58,30 +58,16 @@ class HttpPost(Protocol):
     ) -> HttpResponse: ...
 
 
-def requests_post(
-    url: str,
-    *,
-    timeout: float,
-    json: Mapping[str, Any] | None = None,
-    data: bytes | None = None,
-    params: Mapping[str, str] | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> HttpResponse:
-    """The default :class:`HttpPost`, on ``requests`` (connect and read ``timeout`` each)."""
-    import requests  # deferred: only a run that sends something pays for the import
+class RequestsPost:
+    """The default :class:`HttpPost`, on ``requests`` (connect and read ``timeout`` each).
 
-    return _send(requests.post, url, timeout, json, data, params, headers)
-
-
-class PooledPost:
-    """An :class:`HttpPost` that keeps its connection open between calls.
-
-    A session's healthcheck sends two pings to one host (``/start``, then the outcome):
-    the second reuses the first one's TCP (and TLS) connection instead of paying the
-    handshakes again.
+    ``pooled=False`` calls ``requests.post`` (looked up at call time); ``pooled=True``
+    keeps one ``requests.Session``, so a session's two healthcheck pings to one host
+    (``/start``, then the outcome) share a TCP (and TLS) connection.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pooled: bool = False) -> None:
+        self.pooled = pooled
         self._session: Any = None
         self._lock = threading.Lock()
 
@@ -95,13 +81,24 @@ class PooledPost:
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> HttpResponse:
-        import requests  # deferred, as in requests_post
+        import requests  # deferred: only a run that sends something pays for the import
 
-        with self._lock:
-            if self._session is None:
-                self._session = requests.Session()
-            session = self._session
-        return _send(session.post, url, timeout, json, data, params, headers)
+        post: Any = requests.post
+        if self.pooled:
+            with self._lock:
+                if self._session is None:
+                    self._session = requests.Session()
+                post = self._session.post
+        return _send(post, url, timeout, json, data, params, headers)
+
+
+requests_post: HttpPost = RequestsPost()
+"""One request, one connection: what the alerts use."""
+
+
+def PooledPost() -> RequestsPost:
+    """A :class:`RequestsPost` that keeps its connection between calls."""
+    return RequestsPost(pooled=True)
 
 
 def _send(

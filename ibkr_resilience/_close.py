@@ -58,6 +58,7 @@ from ._scriptkit import (
     session_config,
     trade_error,
     trade_outcome,
+    unconfirmed_message,
     wait_for_acks,
     wait_for_update,
     wait_until,
@@ -387,7 +388,7 @@ class Closer:
             event, message = REJECTED, trade_error(trade) or "cancelled by the gateway"
         elif outcome == "pending":
             event = UNCONFIRMED
-            message = f"no acknowledgement within {self.timeout:g} s: check TWS"
+            message = unconfirmed_message(ib, self.timeout)
         else:
             event, message = SUBMITTED, ""
         self._record_close(pos, event, trade=trade, message=message)

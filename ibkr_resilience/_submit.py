@@ -44,6 +44,7 @@ from ._scriptkit import (
     session_config,
     trade_error,
     trade_outcome,
+    unconfirmed_message,
     wait_for_acks,
 )
 from ._session import SIGTERM_EXIT_CODE, ibkr_session
@@ -214,7 +215,7 @@ class Submitter:
             )
         elif "pending" in outcomes:
             event = UNCONFIRMED
-            message = f"no acknowledgement within {self.timeout:g} s: check TWS"
+            message = unconfirmed_message(ib, self.timeout)
         else:
             event, message = SUBMITTED, ""
         self._record(row, event, trades=trades, message=message)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ibkr_resilience import _close, _submit
+from ibkr_resilience import _close, _scriptkit, _submit
 from ibkr_resilience._close import close_ref, trading_date
 from ibkr_resilience._ibcompat import IB, ib_insync
 from ibkr_resilience._journal import read_journal
@@ -177,15 +177,51 @@ def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
 
     dropper = threading.Thread(target=drop_when_held)
     dropper.start()
-    started = time.monotonic()
     try:
         assert submit(gw, tmp_path, env=script_env(tmp_path, IBKR_ACK_TIMEOUT="20")) == 1
     finally:
         dropper.join()
-    assert time.monotonic() - started < 5  # the loss ended the wait, not the deadline
+    ended = time.monotonic()
+    [dropped] = [e for e in gw.events("sim.connection.close") if e["reason"] == "dropped by test"]
+    assert ended - dropped["at"] < 3  # the loss ended the wait, not the 20 s deadline
     assert len(gw.messages("placeOrder")) == 2
-    assert [r["event"] for r in journal(tmp_path)] == ["order.submitted", "order.unconfirmed"]
+    records = journal(tmp_path)
+    assert [r["event"] for r in records] == ["order.submitted", "order.unconfirmed"]
+    assert "connection was lost before the gateway confirmed" in records[1]["message"]
     assert "lost the gateway" in capsys.readouterr().err
+
+
+def test_the_ack_wait_ends_cleanly_when_the_gateway_is_lost(fake_gateway: FakeGateway) -> None:
+    """``wait_for_acks`` returns (the order still pending) when the socket drops, and
+    raises nothing, on every Python (3.12's ``asyncio.wait_for`` let the drop escape as
+    ``ConnectionError`` through ``ib_insync.util.run``)."""
+    gw = fake_gateway
+    gw.hold_orders(after=0)
+    ib = IB()
+    ib.connect("127.0.0.1", gw.port, clientId=10, timeout=5)
+    try:
+        trade = ib.placeOrder(ib_insync.Stock("AAPL", "SMART", "USD"),
+                              ib_insync.LimitOrder("BUY", 1, 100.0))  # fmt: skip
+
+        def drop_when_held() -> None:
+            if gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=10):
+                gw.drop_connections()
+
+        dropper = threading.Thread(target=drop_when_held)
+        dropper.start()
+        try:
+            _scriptkit.wait_for_acks(ib, [trade], 20)
+        finally:
+            dropper.join()
+        ended = time.monotonic()
+        assert gw.events("sim.order_held")  # the drop came while the order was unanswered
+        [dropped] = gw.events("sim.connection.close")
+        assert ended - dropped["at"] < 3  # ended by the loss, not by the 20 s deadline
+        assert not ib.isConnected()
+        assert _scriptkit.trade_outcome(trade) == "pending"
+        assert "connection was lost" in _scriptkit.unconfirmed_message(ib, 20)
+    finally:
+        ib.disconnect()
 
 
 BAD_PLAN = """\

@@ -355,10 +355,17 @@ class FakeGateway:
             return True
 
     def connection_count(self) -> int:
-        return len(self._conns)
+        """Connections not yet closed. One being closed counts until its socket is closed
+        and its ``sim.connection.close`` is recorded: both change together, so a test that
+        saw the count reach 0 also sees every close event."""
+        with self._cond:
+            return len(self._conns)
 
     def connected_client_ids(self) -> list[int]:
-        return sorted(c.client_id for c in list(self._conns.values()) if c.client_id is not None)
+        """The client ids of the open connections (not of one being closed)."""
+        with self._cond:
+            conns = list(self._conns.values())
+        return sorted(c.client_id for c in conns if c.client_id is not None and not c.closed)
 
     def _record(self, conn: _Conn, fields: list[str], name: str) -> None:
         client_id = conn.client_id
@@ -391,6 +398,9 @@ class FakeGateway:
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self._listening.set()
+        # Recorded before this loop can accept anything: every sim.connection.open on
+        # this listener comes after it (tests measure reconnect lag from it).
+        self._record_event("sim.listening", port=self._port)
 
     async def _close_listener(self) -> None:
         server, self._server = self._server, None
@@ -429,16 +439,23 @@ class FakeGateway:
         if conn.closed:
             return
         conn.closed = True
-        self._conns.pop(conn.id, None)
         current = asyncio.current_task()
         for task in conn.tasks:
             if task is not current:
                 task.cancel()
         conn.writer.close()
-        with contextlib.suppress(Exception):
-            await conn.writer.wait_closed()
-        self._record_event("sim.connection.close", conn=conn.id, client_id=conn.client_id,
-                           reason=reason)  # fmt: skip
+        try:
+            await asyncio.wait_for(conn.writer.wait_closed(), 2.0)
+        except TimeoutError:  # a peer that reads nothing: do not wait for the flush
+            conn.writer.transport.abort()
+            with contextlib.suppress(Exception):
+                await conn.writer.wait_closed()
+        except Exception:
+            pass
+        with self._cond:  # out of the count exactly when the close is on record
+            self._conns.pop(conn.id, None)
+            self._record_event("sim.connection.close", conn=conn.id, client_id=conn.client_id,
+                               reason=reason)  # fmt: skip
         log.info("sim.connection.close",
                  extra={"conn": conn.id, "client_id": conn.client_id, "reason": reason})
 
@@ -450,8 +467,9 @@ class FakeGateway:
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
         conn = _Conn(next(self._conn_ids), reader, writer, loop.time())
-        self._conns[conn.id] = conn
-        self._record_event("sim.connection.open", conn=conn.id, peer=conn.peer)
+        with self._cond:
+            self._conns[conn.id] = conn
+            self._record_event("sim.connection.open", conn=conn.id, peer=conn.peer)
         log.info("sim.connection.open", extra={"conn": conn.id, "peer": conn.peer})
         sc = self._scenario
         if sc.name == "close_on_accept":
@@ -601,7 +619,8 @@ class FakeGateway:
             return
         holder = next(
             (c for c in self._conns.values()
-             if c is not conn and c.client_id == client_id and c.api_started),
+             if c is not conn and c.client_id == client_id and c.api_started
+             and not c.closed),
             None,
         )  # fmt: skip
         forced = sc == "client_id_in_use" and self._client_id_in_use in (None, client_id)
@@ -821,7 +840,7 @@ class FakeGateway:
     def _cancel(self, order: SimOrder) -> None:
         order.status = "Cancelled"
         owner = next((c for c in self._conns.values() if c.client_id == order.client_id
-                      and c.api_started), None)  # fmt: skip
+                      and c.api_started and not c.closed), None)  # fmt: skip
         if owner is not None:
             self._send(owner, m.order_status(order))
             self._send(owner, m.error(order.order_id, 202, "Order Canceled - reason:"))

@@ -221,6 +221,7 @@ def test_close_on_accept_times_out(fake_gateway: FakeGateway) -> None:
     # ib_insync does not notice the close before the handshake: it waits out the timeout.
     assert isinstance(exc, TimeoutError)
     assert 0.45 <= took < 1.0
+    assert fake_gateway.wait_for(lambda: bool(fake_gateway.events("sim.connection.close")), 5)
     assert fake_gateway.events("sim.connection.close")[0]["reason"] == "close_on_accept"
 
 

@@ -165,8 +165,8 @@ def test_20_concurrent_sessions_with_distinct_client_ids(log_buffer: io.StringIO
                         with session(gw, client_id, alerts) as ib:
                             assert ib.reqCurrentTime() is not None
                             mine = client_socket(ib)
-                            barrier.wait(10)  # all connected now
-                            barrier.wait(10)  # the main thread has looked
+                            barrier.wait(60)  # all connected now
+                            barrier.wait(60)  # the main thread has looked
                         assert mine not in open_fds().values()  # before the loop closes
                     except BaseException as exc:
                         errors.append(exc)
@@ -178,11 +178,13 @@ def test_20_concurrent_sessions_with_distinct_client_ids(log_buffer: io.StringIO
                 started = time.monotonic()
                 for worker in workers:
                     worker.start()
-                barrier.wait(20)
+                # The deadlines are hard stops (20 connects share two cores with whatever
+                # else runs); the test asserts what the gateway saw, not how fast.
+                barrier.wait(60)
                 connected = gw.connected_client_ids()
-                barrier.wait(10)
+                barrier.wait(60)
                 for worker in workers:
-                    worker.join(10)
+                    worker.join(60)
                 rounds.append(time.monotonic() - started)
                 assert errors == []
                 assert connected == client_ids  # 20 sessions at once, each with its id

@@ -275,7 +275,7 @@ def test_mid_session_drop_is_logged_alerted_and_not_reconnected(
     with session(fake_gateway, alert=alerts) as ib:
         fake_gateway.drop_connections()
         with pytest.raises(ConnectionError):
-            ib.sleep(2)  # the next IB call raises
+            ib.sleep(10)  # the next IB call raises (at once: the drop ends the sleep)
         with pytest.raises(ConnectionError):
             ib.reqCurrentTime()
         assert not ib.isConnected()

@@ -287,7 +287,7 @@ def test_drop_after_cuts_the_session(fake_gateway: FakeGateway) -> None:
     start = time.monotonic()
     # The drop interrupts whatever the client is waiting on with ConnectionError.
     with pytest.raises(ConnectionError, match="Socket disconnect"):
-        ib.sleep(2)
+        ib.sleep(10)  # a hard stop: the drop ends it
     assert dropped and dropped[0] - start < 0.5
     assert not ib.isConnected()
     with pytest.raises(ConnectionError):
@@ -304,7 +304,7 @@ def test_restart_then_reconnect_keeps_open_orders(fake_gateway: FakeGateway) -> 
     restarted_at = time.monotonic()
     fake_gateway.restart(1)
     with pytest.raises(ConnectionError):  # the restart cuts the session
-        ib.sleep(2)
+        ib.sleep(10)  # a hard stop: the cut ends it
     assert not ib.isConnected()
     refused = 0
     while True:

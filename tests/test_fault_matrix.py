@@ -485,7 +485,8 @@ def test_exception_in_block(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path
 )  # fmt: skip
 def test_signal_in_block(row: str, signum: int, outcome: str, event: str, reason: str,
                          fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
-                         running: Callable[..., Running]) -> None:  # fmt: skip
+                         running: Callable[..., Running],
+                         ctrl_c_reaches_children: None) -> None:  # fmt: skip
     """Stopped while the 1st order waits for its acknowledgement: the documented exit
     code, no alert (stopped on purpose), the order journaled unconfirmed, disconnected."""
     gw = fake_gateway

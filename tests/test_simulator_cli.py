@@ -42,11 +42,23 @@ def _lines(stream: object) -> tuple[queue.Queue[str], threading.Thread]:
     return q, pumper
 
 
-def test_cli_serves_positions_logs_json_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def test_cli_serves_positions_logs_json_and_stops_on_ctrl_c(
+    tmp_path: Path, ctrl_c_reaches_children: None
+) -> None:
     positions = tmp_path / "positions.csv"
     positions.write_text("symbol,quantity,avg_cost\nAAPL,100,150\nMSFT,-5,400\n")
     proc = _spawn("--port", "0", "--accounts", "DU7654321", "--positions", str(positions))
     err, pumper = _lines(proc.stderr)
+    try:
+        _serve_and_stop(proc, err, pumper)
+    finally:
+        if proc.poll() is None:  # a failed test must not leave a gateway running
+            proc.kill()
+            proc.wait()
+
+
+def _serve_and_stop(proc: subprocess.Popen[str], err: queue.Queue[str],
+                    pumper: threading.Thread) -> None:  # fmt: skip
     try:
         port = None
         seen: list[str] = []

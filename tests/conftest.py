@@ -1,6 +1,7 @@
 """Shared fixtures: ``fake_gateway``, ``bot_api``... come from the package's public test kit."""
 
 import asyncio
+import signal
 import warnings
 from collections.abc import Iterator
 
@@ -39,3 +40,23 @@ def _a_current_event_loop() -> Iterator[None]:
             loop = None
     if loop is None or loop.is_closed():
         asyncio.set_event_loop(asyncio.new_event_loop())
+
+
+@pytest.fixture
+def ctrl_c_reaches_children() -> Iterator[None]:
+    """Children started by the test get SIGINT's default disposition (Ctrl-C works).
+
+    A process started in the background by a shell without job control (``cmd &`` in a
+    script, some CI runners) inherits SIGINT *ignored*; Python then installs no
+    KeyboardInterrupt handler, and so neither do the children it starts: a test that
+    sends SIGINT to one would wait for nothing. A handler in this process becomes the
+    default disposition in a child at ``exec``, so install Python's own for the test.
+    """
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -617,7 +617,7 @@ _CHILD = textwrap.dedent(
             f.write(text.splitlines()[0] + "\\n")
 
     open(out + "." + str(os.getpid()) + ".ready", "w").close()
-    for _ in range(2000):
+    for _ in range(12000):  # at most ~60 s: a hard stop, the parent says go
         if os.path.exists(go):
             break
         time.sleep(0.005)
@@ -633,6 +633,22 @@ _CHILD = textwrap.dedent(
 )
 
 
+def _has_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (its ``/proc/<pid>/fd`` links)."""
+    fd_dir, target = Path(f"/proc/{pid}/fd"), os.path.realpath(path)
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(fd_dir / name) == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def test_concurrent_runs_send_one_alert_and_lose_no_update(tmp_path: Path) -> None:
     state, out, go = tmp_path / "state.json", tmp_path / "alerts.txt", tmp_path / "go"
     n = 4
@@ -644,19 +660,26 @@ def test_concurrent_runs_send_one_alert_and_lose_no_update(tmp_path: Path) -> No
         )
         for _ in range(n)
     ]
-    # Hold the lock while all children start, so that they all meet at it.
-    held = AlertStateStore(state).begin()
+    # Hold the lock while all children start, so that they all meet at it: release it
+    # only once every child has opened the lock file (it then polls for the lock), not
+    # after a pause that a loaded machine can outlast.
+    store = AlertStateStore(state)
+    held = store.begin()
     try:
-        for _ in range(1000):
-            if len(list(tmp_path.glob("alerts.txt.*.ready"))) == n:
-                break
+        deadline = time.monotonic() + 60  # hard stops: n interpreters start on a busy machine
+        while len(list(tmp_path.glob("alerts.txt.*.ready"))) < n:
+            assert all(c.poll() is None for c in children), "a child ended early"
+            assert time.monotonic() < deadline, "the children never got ready"
             time.sleep(0.005)
         go.touch()
-        time.sleep(0.2)
+        while not all(_has_open(c.pid, store.lock_path) for c in children):
+            assert all(c.poll() is None for c in children), "a child ended early"
+            assert time.monotonic() < deadline, "the children never reached the lock"
+            time.sleep(0.005)
     finally:
         held.close()
     for child in children:
-        _, err = child.communicate(timeout=30)
+        _, err = child.communicate(timeout=60)
         assert child.returncode == 0, err.decode()
     assert out.read_text().splitlines() == ["IBKR CONNECTION FAILED"]
     [entry] = parse_state(state.read_text()).values()

@@ -13,6 +13,10 @@ that its text names the failure), and the log events (the JSON lines of
 Rows are independent: each has its own alert de-dup state file, log file, journal and
 gateway. Nothing sleeps to hide a race: waits are on gateway events, on the Bot API's
 requests, or poll a log file another process writes (short sleep, hard deadline).
+Nothing depends on how fast the job's interpreter starts or how loaded the machine is:
+a row that acts on the job waits for the job's own log line first, and every time bound
+is measured between recorded events (the job's log timestamps and fields, the gateway's
+and the Bot API's records), never from when the test started the process.
 """
 
 from __future__ import annotations
@@ -131,7 +135,6 @@ class Run:
     code: int
     stdout: str
     stderr: str
-    elapsed: float
     log: list[dict[str, Any]]
     log_text: str
 
@@ -161,6 +164,15 @@ class Run:
     def human_stderr(self) -> list[str]:
         return [line for line in self.stderr.splitlines() if not line.startswith("{")]
 
+    def at(self, name: str) -> float:
+        """When the job logged its one ``name`` line (epoch seconds, the job's clock)."""
+        return logged_at(self.one(name))
+
+
+def logged_at(record: dict[str, Any]) -> float:
+    """A log line's ``timestamp`` (ISO 8601, UTC) as epoch seconds, like ``time.time()``."""
+    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+
 
 def read_log(path: Path) -> tuple[list[dict[str, Any]], str]:
     if not path.exists():
@@ -169,13 +181,11 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], str]:
     return parse_json_lines(text), text  # skips a line being written right now (polling)
 
 
-def run_job(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 30) -> Run:
-    started = time.monotonic()
+def run_job(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Run:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
                             timeout=timeout)  # fmt: skip
-    elapsed = time.monotonic() - started
     log, text = read_log(Path(env["IBKR_LOG_FILE"]))
-    return Run(result.returncode, result.stdout, result.stderr, elapsed, log, text)
+    return Run(result.returncode, result.stdout, result.stderr, log, text)
 
 
 class Running:
@@ -188,31 +198,32 @@ class Running:
         self.err = cwd / "stderr.txt"
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
-        self.started = time.monotonic()
 
-    def wait_for_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float) -> None:
-        """Poll the job's log file (another process writes it) until a line matches."""
+    def wait_for_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60,
+                     count: int = 1) -> None:  # fmt: skip
+        """Poll the job's log file (another process writes it) until ``count`` lines match.
+
+        The deadline is a hard stop for a job that never gets there, generous enough for
+        an interpreter starting on a loaded machine: nothing is asserted about the wait.
+        """
         deadline = time.monotonic() + timeout
-        while not any(predicate(r) for r in read_log(self.log_file)[0]):
+        while sum(1 for r in read_log(self.log_file)[0] if predicate(r)) < count:
             assert self.proc.poll() is None, f"the job ended early: {self.err.read_text()}"
             assert time.monotonic() < deadline, "the job never got there"
             time.sleep(0.01)
 
-    def signal_and_wait(self, signum: int, timeout: float = 10) -> tuple[Run, float]:
-        sent = time.monotonic()
+    def signal_and_wait(self, signum: int, timeout: float = 30) -> tuple[Run, float]:
+        """Send ``signum``; return the run and when it was sent, on the clock of the job's
+        log timestamps (``time.time()``), so reaction times are measured up to the job's
+        own log line, not up to the end of its interpreter's teardown."""
+        sent = time.time()
         self.proc.send_signal(signum)
-        code = self.proc.wait(timeout)
-        took = time.monotonic() - sent
-        log, text = read_log(self.log_file)
-        run = Run(code, self.out.read_text(), self.err.read_text(),
-                  time.monotonic() - self.started, log, text)  # fmt: skip
-        return run, took
+        return self.wait(timeout), sent
 
-    def wait(self, timeout: float = 30) -> Run:
+    def wait(self, timeout: float = 60) -> Run:
         code = self.proc.wait(timeout)
         log, text = read_log(self.log_file)
-        return Run(code, self.out.read_text(), self.err.read_text(),
-                   time.monotonic() - self.started, log, text)  # fmt: skip
+        return Run(code, self.out.read_text(), self.err.read_text(), log, text)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -342,22 +353,36 @@ def test_connect_fault(row: str, fake_gateway: FakeGateway, bot_api: BotApi,
 
 
 # --------------------------------------------------------------------------- connects
-def test_restart(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
-    """Port closed for 1 s (the daily gateway restart): refused attempts every 0.5 s,
-    connected within one refused interval of the port opening, the plan placed."""
+REFUSED_BEFORE_UP = 2
+
+
+def test_restart(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
+                 running: Callable[..., Running]) -> None:  # fmt: skip
+    """The port is closed (the daily gateway restart) while the job has been refused
+    twice, then opens: refused attempts every 0.5 s, connected within one refused
+    interval of the port opening, the plan placed.
+
+    The port opens on the job's log, not on a timer: a timer started with the job would
+    race its interpreter start-up (on a loaded machine the port was open before the
+    first attempt). The budget is wide for the same reason: the test's reaction to the
+    second refusal is not what this row measures."""
     gw = fake_gateway
-    gw.restart(1.0)
-    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="5"),
+    gw.down()
+    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="60"),
                   tmp_path)  # fmt: skip
+    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", count=REFUSED_BEFORE_UP)
+    gw.up()
+    run = job.wait()
     assert run.code == EXPECTED["restart"][0], run.stderr
     assert "result: 5 submitted; exit 0" in run.stdout
     wire_alert(bot_api, EXPECTED["restart"][1])
     failed = run.events("ibkr.connect.failed")
-    assert len(failed) >= 2 and {f["failure_class"] for f in failed} == {"refused"}
+    assert len(failed) >= REFUSED_BEFORE_UP
+    assert {f["failure_class"] for f in failed} == {"refused"}
     assert all(f["next_delay_s"] == 0.5 for f in failed)
     success = run.one("ibkr.connect.success")
     assert success["attempt"] == len(failed) + 1 and success["accounts"] == ["DU1234567"]
-    reopened = gw.events("sim.restarted")[0]["at"]
+    [reopened] = [e["at"] for e in gw.events("sim.listening")][1:]  # [0]: the gateway's start
     first_open = min(e["at"] for e in gw.events("sim.connection.open"))
     assert 0 <= first_open - reopened < 0.5 + 0.25  # at most one refused interval late
     assert run.one("ibkr.session.end")["outcome"] == "ok"
@@ -369,13 +394,13 @@ def test_restart(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> 
 
 
 SLOW_S = 0.2
-SLOW_T = 1.0
+SLOW_T = 1.5  # 0.7 s above the 4 x S the gateway adds: scheduling on a loaded machine fits
 
 
 def test_slow_under_bound(fake_gateway: FakeGateway, bot_api: BotApi,
                           tmp_path: Path) -> None:  # fmt: skip
-    """Every reply 0.2 s late, bound 1 s: a connect is 4 sequential round trips
-    (handshake, API start, sync, executions), 0.8 s < 1 s, so the first attempt connects."""
+    """Every reply 0.2 s late, bound 1.5 s: a connect is 4 sequential round trips
+    (handshake, API start, sync, executions), 0.8 s < 1.5 s, so the first attempt connects."""
     gw = fake_gateway
     gw.slow(SLOW_S)
     env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_TIMEOUT=str(SLOW_T),
@@ -402,11 +427,15 @@ def test_drop_mid_session(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: 
     gw.hold_orders(after=1)
     job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"),
                   tmp_path)  # fmt: skip
-    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=15)
-    dropped = time.monotonic()
+    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
     gw.drop_connections()
     run = job.wait()
-    assert time.monotonic() - dropped < 3  # the loss ended the wait, not the 20 s deadline
+    # The loss ended the wait, not the 20 s deadline: the job noticed the drop, journaled
+    # the order as lost, and ended, all within 3 s on its own clock.
+    assert run.at("script.end") - run.at("ibkr.session.lost") < 3
+    journal = read_log(tmp_path / "journal.jsonl")[0]
+    [unconfirmed] = [r for r in journal if r["event"] == "order.unconfirmed"]
+    assert unconfirmed["message"].startswith("the connection was lost before the gateway")
     code, title = EXPECTED["drop_mid_session"]
     assert run.code == code, run.stderr
     assert any("lost the gateway" in line for line in run.human_stderr())
@@ -418,6 +447,7 @@ def test_drop_mid_session(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: 
     assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.unconfirmed": 1}
     run.assert_in_order("ibkr.connect.success", "ibkr.session.lost", "ibkr.alert.sent",
                         "ibkr.session.end", "script.end")  # fmt: skip
+    assert run.events("ibkr.session.error") == []  # one drop, one alert (wire_alert)
     assert len(gw.events("sim.connection.open")) == 1  # no silent reconnect
 
 
@@ -452,18 +482,19 @@ def test_exception_in_block(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path
 )  # fmt: skip
 def test_signal_in_block(row: str, signum: int, outcome: str, event: str, reason: str,
                          fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
-                         running: Callable[..., Running]) -> None:  # fmt: skip
+                         running: Callable[..., Running],
+                         ctrl_c_reaches_children: None) -> None:  # fmt: skip
     """Stopped while the 1st order waits for its acknowledgement: the documented exit
     code, no alert (stopped on purpose), the order journaled unconfirmed, disconnected."""
     gw = fake_gateway
     gw.hold_orders(after=0)
     job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"),
                   tmp_path)  # fmt: skip
-    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=15)
-    run, took = job.signal_and_wait(signum)
+    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
+    run, sent = job.signal_and_wait(signum)
     code, title = EXPECTED[row]
     assert run.code == code, run.stderr
-    assert took < 2.0
+    assert run.at("ibkr.session.end") - sent < 2.0  # stopped, disconnected and logged
     assert f"submit_orders.py: error: {reason}" in run.human_stderr()
     assert "Traceback" not in run.stderr
     wire_alert(bot_api, title)
@@ -490,11 +521,11 @@ def test_sigterm_in_retry_wait(fake_gateway: FakeGateway, bot_api: BotApi, tmp_p
     gw.down()
     env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="30")
     job = running(job_cmd("pass", gw.port, str(REFUSED_WAIT)), env, tmp_path)
-    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", timeout=15)
-    run, took = job.signal_and_wait(signal.SIGTERM)
+    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed")
+    run, sent = job.signal_and_wait(signal.SIGTERM)
     code, title = EXPECTED["sigterm_in_retry_wait"]
     assert run.code == code, run.stderr
-    assert took < 1.5 < REFUSED_WAIT  # the wait was cut short
+    assert run.at("ibkr.session.end") - sent < 1.5 < REFUSED_WAIT  # the wait was cut short
     assert "Traceback" not in run.stderr
     wire_alert(bot_api, title)
     failed = run.one("ibkr.connect.failed")
@@ -566,12 +597,7 @@ def test_bot_429_retry_after(fake_gateway: FakeGateway, bot_api: BotApi,
 
 def _added_by_alert(run: Run) -> float:
     """Seconds between giving up and the end of the session: the alert path's cost."""
-
-    def at(name: str) -> float:
-        stamp = run.one(name)["timestamp"].replace("Z", "+00:00")
-        return datetime.fromisoformat(stamp).timestamp()
-
-    return at("ibkr.session.end") - at("ibkr.connect.gave_up")
+    return run.at("ibkr.session.end") - run.at("ibkr.connect.gave_up")
 
 
 def test_bot_hanging(fake_gateway: FakeGateway, black_hole: BlackHole,
@@ -585,7 +611,8 @@ def test_bot_hanging(fake_gateway: FakeGateway, black_hole: BlackHole,
     assert timed_out["timeout_s"] == ALERT_TIMEOUT
     assert ALERT_TIMEOUT * 1000 <= timed_out["elapsed_ms"] < (ALERT_TIMEOUT + 0.2) * 1000
     assert ALERT_TIMEOUT - 0.05 <= _added_by_alert(run) < ALERT_TIMEOUT + SLACK
-    assert run.elapsed < MAX_TIME + ALERT_TIMEOUT + 2.0  # + interpreter start-up
+    # The whole session (from entering the with-block): the budget plus the alert bound.
+    assert run.one("ibkr.session.end")["duration_s"] < MAX_TIME + ALERT_TIMEOUT + SLACK
     assert run.events("ibkr.alert.sent") == []
     assert run.one("ibkr.session.end")["outcome"] == "connect_failed"
     no_secret_leaked(run)

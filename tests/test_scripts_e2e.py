@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from ibkr_resilience._app.jobs import close as close_job
+from ibkr_resilience._app.jobs import orders as orders_module
 from ibkr_resilience._app.jobs import submit as submit_job
 from ibkr_resilience._app.jobs.close import close_ref, trading_date
 from ibkr_resilience._app.jobs.journal import read_journal
@@ -133,9 +134,10 @@ def test_sigterm_mid_run_then_rerun_places_every_order_once(tmp_path: Path) -> N
             proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=o, stderr=e,
                                     env=script_env(tmp_path, IBKR_ACK_TIMEOUT="30"))  # fmt: skip
             try:
-                assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=15)
+                # hard deadlines, the interpreter's start-up on a loaded machine included
+                assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
                 proc.send_signal(signal.SIGTERM)
-                assert proc.wait(timeout=10) == 143, err.read_text()
+                assert proc.wait(timeout=30) == 143, err.read_text()
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -178,15 +180,51 @@ def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
 
     dropper = threading.Thread(target=drop_when_held)
     dropper.start()
-    started = time.monotonic()
     try:
         assert submit(gw, tmp_path, env=script_env(tmp_path, IBKR_ACK_TIMEOUT="20")) == 1
     finally:
         dropper.join()
-    assert time.monotonic() - started < 5  # the loss ended the wait, not the deadline
+    ended = time.monotonic()
+    [dropped] = [e for e in gw.events("sim.connection.close") if e["reason"] == "dropped by test"]
+    assert ended - dropped["at"] < 3  # the loss ended the wait, not the 20 s deadline
     assert len(gw.messages("placeOrder")) == 2
-    assert [r["event"] for r in journal(tmp_path)] == ["order.submitted", "order.unconfirmed"]
+    records = journal(tmp_path)
+    assert [r["event"] for r in records] == ["order.submitted", "order.unconfirmed"]
+    assert "connection was lost before the gateway confirmed" in records[1]["message"]
     assert "lost the gateway" in capsys.readouterr().err
+
+
+def test_the_ack_wait_ends_cleanly_when_the_gateway_is_lost(fake_gateway: FakeGateway) -> None:
+    """``wait_for_acks`` returns (the order still pending) when the socket drops, and
+    raises nothing, on every Python (3.12's ``asyncio.wait_for`` let the drop escape as
+    ``ConnectionError`` through ``ib_insync.util.run``)."""
+    gw = fake_gateway
+    gw.hold_orders(after=0)
+    ib = IB()
+    ib.connect("127.0.0.1", gw.port, clientId=10, timeout=5)
+    try:
+        trade = ib.placeOrder(ib_insync.Stock("AAPL", "SMART", "USD"),
+                              ib_insync.LimitOrder("BUY", 1, 100.0))  # fmt: skip
+
+        def drop_when_held() -> None:
+            if gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=10):
+                gw.drop_connections()
+
+        dropper = threading.Thread(target=drop_when_held)
+        dropper.start()
+        try:
+            orders_module.wait_for_acks(ib, [trade], 20)
+        finally:
+            dropper.join()
+        ended = time.monotonic()
+        assert gw.events("sim.order_held")  # the drop came while the order was unanswered
+        [dropped] = gw.events("sim.connection.close")
+        assert ended - dropped["at"] < 3  # ended by the loss, not by the 20 s deadline
+        assert not ib.isConnected()
+        assert orders_module.trade_outcome(trade) == "pending"
+        assert "connection was lost" in orders_module.unconfirmed_message(ib, 20)
+    finally:
+        ib.disconnect()
 
 
 BAD_PLAN = """\
@@ -250,10 +288,15 @@ def test_live_account_exits_4_and_sends_nothing(
 
 def test_gateway_restarting_at_start_then_places_all(tmp_path: Path) -> None:
     with FakeGateway(scenario="restart:1") as gw:
-        started = time.monotonic()
         assert submit(gw, tmp_path) == 0
-        assert time.monotonic() - started < 4
+        done = time.monotonic()
         assert gw.events("sim.restarted")
+        # Measured from the port opening again (the gateway's record), not from the start
+        # of the run: connected within one refused interval, the plan placed soon after.
+        [reopened] = [e["at"] for e in gw.events("sim.listening")][1:]  # [0]: the start
+        first_open = min(e["at"] for e in gw.events("sim.connection.open"))
+        assert 0 <= first_open - reopened < 0.5 + 0.25
+        assert done - reopened < 3
         assert placed_refs(gw) == Counter(plan_refs())
 
 
@@ -435,7 +478,7 @@ def test_legacy_example_works_with_the_real_client(fake_gateway: FakeGateway,
     result = subprocess.run(
         [sys.executable, str(REPO / "docs" / "examples" / "legacy_connect.py"),
          str(fake_gateway.port)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30,
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "connected: account DU1234567, 1 positions" in result.stdout

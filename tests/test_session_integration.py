@@ -1,7 +1,10 @@
 """``ibkr_session`` against the simulated gateway: the real ib_insync client, real sockets.
 
 Each test asserts the outcome and its timing with short timeouts (0.5-1 s), and reads
-what the session logged through the real ``configure_logging`` JSON pipeline.
+what the session logged through the real ``configure_logging`` JSON pipeline. Where the
+test acts on a running session (opens the port, sends a signal), it waits for the
+session's own log line first; time bounds are measured between recorded events, not from
+when the test started a process.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,16 @@ def log_lines() -> Iterator[list[dict[str, Any]]]:
             self[:] = [json.loads(x) for x in buf.getvalue().splitlines() if x.strip()]
             return super().__iter__()
 
+        def snapshot(self) -> list[dict[str, Any]]:
+            """The lines so far, for another thread (a line being written is skipped)."""
+            lines = []
+            for x in buf.getvalue().splitlines():
+                try:
+                    lines.append(json.loads(x))
+                except ValueError:
+                    continue
+            return lines
+
     yield View()  # type: ignore[misc]
 
 
@@ -70,16 +85,25 @@ def session(gw: FakeGateway, **kw: Any) -> Any:
     return ibkr_session(kw.pop("client_id", 10), "127.0.0.1", gw.port, env=QUIET_ENV, **kw)
 
 
+def logged_at(record: dict[str, Any]) -> float:
+    """A log line's ``timestamp`` as epoch seconds (the clock of ``time.time()``)."""
+    return datetime.fromisoformat(record["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
 # --------------------------------------------------------------------------- point 3
+AT_ONCE_TIMEOUT = 5.0  # failures detected at once are asserted far under it, not near it
+
+
 @pytest.mark.parametrize(
-    "scenario, failure_class, per_attempt_max",
+    "scenario, failure_class, timeout, per_attempt_max",
     [
-        ("down", "refused", 0.2),
-        ("hang", "timeout", 0.75),
-        ("not_logged_in", "not_logged_in", 0.75),
-        ("client_id_in_use", "rejected", 0.2),  # detected at once, not after the timeout
-        ("stall_sync", "incomplete_sync", 0.75),  # one bound for the whole sync, not 2 x T
-        ("close_on_accept", "closed", 0.2),  # detected at once
+        ("down", "refused", AT_ONCE_TIMEOUT, 1.0),
+        ("hang", "timeout", 0.5, 0.75),
+        ("not_logged_in", "not_logged_in", 0.5, 0.75),
+        # detected at once, not after the timeout
+        ("client_id_in_use", "rejected", AT_ONCE_TIMEOUT, 1.0),
+        ("stall_sync", "incomplete_sync", 0.5, 0.75),  # one bound for the whole sync, not 2 x T
+        ("close_on_accept", "closed", AT_ONCE_TIMEOUT, 1.0),  # detected at once
     ],
 )
 def test_each_failure_is_classified_and_bounded(
@@ -87,6 +111,7 @@ def test_each_failure_is_classified_and_bounded(
     log_lines: list[dict[str, Any]],
     scenario: str,
     failure_class: str,
+    timeout: float,
     per_attempt_max: float,
 ) -> None:
     fake_gateway.set_scenario(scenario)
@@ -95,7 +120,7 @@ def test_each_failure_is_classified_and_bounded(
     start = time.monotonic()
     with (
         pytest.raises(ConnectionFailed) as info,
-        session(fake_gateway, timeout=0.5, max_attempts=2, alert=alerts),
+        session(fake_gateway, timeout=timeout, max_attempts=2, alert=alerts),
     ):
         ran = True
     took = time.monotonic() - start
@@ -128,20 +153,41 @@ def test_localhost_refused_is_classified_refused(log_lines: list[dict[str, Any]]
 
 
 # --------------------------------------------------------------------------- point 4
-@pytest.mark.parametrize("restart_s", [1.0, 3.0])
+def open_after_refusals(gw: FakeGateway, lines: Any, count: int) -> threading.Thread:
+    """Open the closed port once the session has logged ``count`` refused attempts."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60  # a hard stop; the session then gives up and fails
+        while time.monotonic() < deadline:
+            refused = [r for r in lines.snapshot() if r.get("event") == "ibkr.connect.failed"]
+            if len(refused) >= count:
+                gw.up()
+                return
+            time.sleep(0.01)  # polling a buffer the session's thread writes
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+# ~1 s and ~3 s of a closed port at the 0.5 s refused interval. The port opens on the
+# session's progress, not on a timer started before it: the two would race.
+@pytest.mark.parametrize("refusals", [2, 6])
 def test_recovers_within_one_second_of_the_port_opening(
-    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]], restart_s: float
+    fake_gateway: FakeGateway, log_lines: list[dict[str, Any]], refusals: int
 ) -> None:
-    fake_gateway.restart(restart_s)
-    with session(fake_gateway, timeout=1.0, max_attempts=100, max_time=restart_s + 10) as ib:
+    fake_gateway.down()
+    watcher = open_after_refusals(fake_gateway, log_lines, refusals)
+    with session(fake_gateway, timeout=1.0, max_attempts=100, max_time=60) as ib:
         ready = time.monotonic()
         assert ib.isConnected() and ib.managedAccounts() == ["DU1234567"]
-    reopened = fake_gateway.events("sim.restarted")[0]["at"]
+    watcher.join()
+    [reopened] = [e["at"] for e in fake_gateway.events("sim.listening")][1:]  # [0]: start
     lag = ready - reopened
     assert 0 <= lag < 1.0
     refused = [f for f in events(log_lines, "ibkr.connect.failed")
                if f["failure_class"] == "refused"]
-    assert len(refused) >= restart_s / 0.6  # short interval while the port is closed
+    assert len(refused) >= refusals  # short interval while the port is closed
     assert all(f["next_delay_s"] <= 0.5 for f in refused)
 
 
@@ -229,7 +275,7 @@ def test_mid_session_drop_is_logged_alerted_and_not_reconnected(
     with session(fake_gateway, alert=alerts) as ib:
         fake_gateway.drop_connections()
         with pytest.raises(ConnectionError):
-            ib.sleep(2)  # the next IB call raises
+            ib.sleep(10)  # the next IB call raises (at once: the drop ends the sleep)
         with pytest.raises(ConnectionError):
             ib.reqCurrentTime()
         assert not ib.isConnected()
@@ -281,6 +327,17 @@ def _log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
+def _log_so_far(path: Path) -> list[dict[str, Any]]:
+    """The lines another process has written so far (a line being written is skipped)."""
+    lines = []
+    for x in path.read_text().splitlines() if path.exists() else []:
+        try:
+            lines.append(json.loads(x))
+        except ValueError:
+            continue
+    return lines
+
+
 def test_sigterm_inside_the_block_disconnects_and_logs_the_end(
     fake_gateway: FakeGateway, tmp_path: Path
 ) -> None:
@@ -289,33 +346,35 @@ def test_sigterm_inside_the_block_disconnects_and_logs_the_end(
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         assert fake_gateway.connected_client_ids() == [10]
-        sent = time.monotonic()
+        sent = time.time()  # the clock of the script's log timestamps
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 143
-        took = time.monotonic() - sent
+        assert proc.wait(timeout=30) == 143
     finally:
         proc.kill()
         proc.wait()
-    assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 2)
+    assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 5)
     close = fake_gateway.events("sim.connection.close")[-1]
     assert close["reason"] == "client closed" and close["client_id"] == 10
-    assert took < 2.0
     end = [r for r in _log(log_file) if r["event"] == "ibkr.session.end"]
     assert end and end[0]["outcome"] == "terminated"
+    # Disconnected and logged soon after the signal (the interpreter's teardown after
+    # that is not the session's doing).
+    assert logged_at(end[0]) - sent < 2.0
 
 
 def test_sigterm_during_a_retry_wait_exits_143(fake_gateway: FakeGateway, tmp_path: Path) -> None:
     fake_gateway.down()
     proc, log_file = _run_script(fake_gateway.port, tmp_path)
     try:
-        # wait until the script has failed at least once (it is retrying)
-        deadline = time.monotonic() + 10
-        while not any(r["event"] == "ibkr.connect.failed"
-                      for r in (_log(log_file) if log_file.exists() else [])):
+        # wait until the script has failed at least once (it is retrying); the deadline
+        # is a hard stop that includes the interpreter's start-up on a loaded machine
+        deadline = time.monotonic() + 60
+        while not any(r["event"] == "ibkr.connect.failed" for r in _log_so_far(log_file)):
+            assert proc.poll() is None, proc.communicate()[1]
             assert time.monotonic() < deadline, "the script never tried to connect"
             time.sleep(0.05)  # polling a file another process writes
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 143
+        assert proc.wait(timeout=30) == 143
     finally:
         proc.kill()
         proc.wait()

@@ -340,6 +340,40 @@ def test_mid_session_drop_is_logged_and_alerted_never_reconnected() -> None:
     assert logs[-1]["outcome"] == "lost" and logs[-1]["connection_lost"] is True
 
 
+def test_the_drop_escaping_the_block_is_the_same_loss_not_a_second_alert() -> None:
+    """A request the drop failed raises ``ConnectionError`` out of the block (ib_insync's
+    "Socket disconnect"): the loss was already alerted, so no "SESSION FAILED" too."""
+    alert = RecordingAlert()
+    escaped = ConnectionError("Socket disconnect")
+    with (
+        capture_logs() as logs,
+        pytest.raises(ConnectionError) as info,
+        session(Factory("ok"), FakeTime(), alert=alert) as ib,
+    ):
+        ib.drop()
+        raise escaped
+    assert info.value is escaped  # re-raised unchanged
+    [text] = alert.texts
+    assert text.startswith("IBKR CONNECTION LOST")
+    assert "ibkr.session.error" not in names(logs)
+    [echo] = [e for e in logs if e["event"] == "ibkr.session.lost_error"]
+    assert (echo["phase"], echo["error_type"]) == ("block", "ConnectionError")
+    assert logs[-1]["event"] == "ibkr.session.end" and logs[-1]["outcome"] == "lost"
+
+
+def test_a_connection_error_without_a_loss_is_a_failed_block() -> None:
+    alert = RecordingAlert()
+    with (
+        capture_logs() as logs,
+        pytest.raises(ConnectionError),
+        session(Factory("ok"), FakeTime(), alert=alert),
+    ):
+        raise ConnectionError("the price feed is down")  # not the gateway: still connected
+    [text] = alert.texts
+    assert text.startswith("IBKR SESSION FAILED")
+    assert logs[-1]["outcome"] == "error"
+
+
 def test_our_own_disconnect_is_not_a_loss() -> None:
     alert = RecordingAlert()
     with capture_logs() as logs, session(Factory("ok"), FakeTime(), alert=alert):

@@ -7,6 +7,7 @@ timeouts are short (0.5-1 s) so that the whole file runs in seconds.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import struct
@@ -221,6 +222,7 @@ def test_close_on_accept_times_out(fake_gateway: FakeGateway) -> None:
     # ib_insync does not notice the close before the handshake: it waits out the timeout.
     assert isinstance(exc, TimeoutError)
     assert 0.45 <= took < 1.0
+    assert fake_gateway.wait_for(lambda: bool(fake_gateway.events("sim.connection.close")), 5)
     assert fake_gateway.events("sim.connection.close")[0]["reason"] == "close_on_accept"
 
 
@@ -286,7 +288,7 @@ def test_drop_after_cuts_the_session(fake_gateway: FakeGateway) -> None:
     start = time.monotonic()
     # The drop interrupts whatever the client is waiting on with ConnectionError.
     with pytest.raises(ConnectionError, match="Socket disconnect"):
-        ib.sleep(2)
+        ib.sleep(10)  # a hard stop: the drop ends it
     assert dropped and dropped[0] - start < 0.5
     assert not ib.isConnected()
     with pytest.raises(ConnectionError):
@@ -303,7 +305,7 @@ def test_restart_then_reconnect_keeps_open_orders(fake_gateway: FakeGateway) -> 
     restarted_at = time.monotonic()
     fake_gateway.restart(1)
     with pytest.raises(ConnectionError):  # the restart cuts the session
-        ib.sleep(2)
+        ib.sleep(10)  # a hard stop: the cut ends it
     assert not ib.isConnected()
     refused = 0
     while True:
@@ -340,6 +342,7 @@ def test_two_hundred_cycles_leak_nothing(fake_gateway: FakeGateway) -> None:
     IB().connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=2).disconnect()
     assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 2)
     IB().run(asyncio.sleep(0))  # let the client loop finish closing its transport
+    gc.collect()  # earlier tests' garbage (files, pipes) must not be in the baseline
     fds, threads = _open_fds(), threading.active_count()
     for _ in range(200):
         ib = IB()

@@ -29,27 +29,41 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def _lines(stream: object) -> queue.Queue[str]:
+def _lines(stream: object) -> tuple[queue.Queue[str], threading.Thread]:
+    """Lines of ``stream`` as they come; the thread ends at the end of the stream."""
     q: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
         for line in stream:  # type: ignore[attr-defined]
             q.put(line)
 
-    threading.Thread(target=pump, daemon=True).start()
-    return q
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    return q, pumper
 
 
-def test_cli_serves_positions_logs_json_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def test_cli_serves_positions_logs_json_and_stops_on_ctrl_c(
+    tmp_path: Path, ctrl_c_reaches_children: None
+) -> None:
     positions = tmp_path / "positions.csv"
     positions.write_text("symbol,quantity,avg_cost\nAAPL,100,150\nMSFT,-5,400\n")
     proc = _spawn("--port", "0", "--accounts", "DU7654321", "--positions", str(positions))
-    err = _lines(proc.stderr)
+    err, pumper = _lines(proc.stderr)
+    try:
+        _serve_and_stop(proc, err, pumper)
+    finally:
+        if proc.poll() is None:  # a failed test must not leave a gateway running
+            proc.kill()
+            proc.wait()
+
+
+def _serve_and_stop(proc: subprocess.Popen[str], err: queue.Queue[str],
+                    pumper: threading.Thread) -> None:  # fmt: skip
     try:
         port = None
         seen: list[str] = []
         while port is None:
-            line = err.get(timeout=10)
+            line = err.get(timeout=60)  # a hard stop: start-up on a loaded machine
             seen.append(line)
             match = re.search(r"simulated IB Gateway on 127\.0\.0\.1:(\d+)", line)
             if match:
@@ -63,9 +77,11 @@ def test_cli_serves_positions_logs_json_and_stops_on_ctrl_c(tmp_path: Path) -> N
             ib.disconnect()
     finally:
         proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=10)
+        rc = proc.wait(timeout=30)
     assert rc == 0
-    rest = [line for line in iter(lambda: _drain(err), None)]
+    pumper.join(30)  # the end of stderr, not a quiet second, says everything was read
+    assert not pumper.is_alive()
+    rest = _drain(err)
     records = [json.loads(line) for line in seen + rest if line.startswith("{")]
     events = [r["event"] for r in records]
     assert "sim.started" in events and "sim.connection.open" in events
@@ -76,11 +92,11 @@ def test_cli_serves_positions_logs_json_and_stops_on_ctrl_c(tmp_path: Path) -> N
     assert all(r["timestamp"].endswith("Z") and "level" in r for r in records)
 
 
-def _drain(q: queue.Queue[str]) -> str | None:
-    try:
-        return q.get(timeout=1)
-    except queue.Empty:
-        return None
+def _drain(q: queue.Queue[str]) -> list[str]:
+    lines = []
+    while not q.empty():
+        lines.append(q.get_nowait())
+    return lines
 
 
 @pytest.mark.parametrize(
@@ -95,7 +111,7 @@ def _drain(q: queue.Queue[str]) -> str | None:
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
     proc = _spawn("--port", "0", *args)
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
@@ -106,6 +122,6 @@ def test_cli_bad_positions_row_names_the_row(tmp_path: Path) -> None:
     positions = tmp_path / "p.csv"
     positions.write_text("symbol,quantity\nAAPL,ten\n")
     proc = _spawn("--port", "0", "--positions", str(positions))
-    _, err = proc.communicate(timeout=20)
+    _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert f"{positions}:2:" in err and "Traceback" not in err

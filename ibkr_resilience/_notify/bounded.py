@@ -24,21 +24,30 @@ def run_bounded(call: Callable[[], object], timeout: float, name: str) -> Bounde
     ``requests`` timeouts do not cover DNS resolution, and a daemon thread (unlike a
     ``ThreadPoolExecutor`` worker) is not joined at interpreter exit, so a hung call can
     delay neither the job nor its exit. Nothing ``call`` raises propagates.
+
+    Timed out means the call had not ended ``timeout`` seconds after the start, judged
+    by when it ended, not by when this thread got the CPU back: a call cut by its own
+    timer just after the deadline (``requests``' read timeout on a silent server) is a
+    time-out whether or not a loaded machine woke this thread before that.
     """
     box: dict[str, object] = {}
+    ended = threading.Event()
 
     def run() -> None:
         try:
             box["value"] = call()
         except BaseException as exc:
             box["error"] = exc
+        box["ended_at"] = time.monotonic()
+        ended.set()
 
     started = time.monotonic()
     worker = threading.Thread(target=run, name=name, daemon=True)
     worker.start()
-    worker.join(timeout)
+    finished = ended.wait(timeout)
     elapsed_ms = round((time.monotonic() - started) * 1000, 1)
-    if worker.is_alive():
+    ended_at = box.get("ended_at")
+    if not finished or not isinstance(ended_at, float) or ended_at - started > timeout:
         return Bounded(timed_out=True, elapsed_ms=elapsed_ms)
     error = box.get("error")
     return Bounded(

@@ -242,6 +242,17 @@ class IBKRSession(AsyncSessionForm):
             return "cancelled"
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             return "lost" if self._lost else "ok"
+        if self._lost and isinstance(exc, ConnectionError):
+            # The drop was logged and alerted when it happened (_on_disconnected); a
+            # request it failed ("Socket disconnect", "Not connected") is its echo.
+            self.log.warning(
+                "ibkr.session.lost_error",
+                phase=phase,
+                error_type=exc_type.__name__,
+                error=str(exc),
+                action="not alerted again: the loss was reported when it happened",
+            )
+            return "lost"
         self.log.error(
             "ibkr.session.error",
             phase=phase,

@@ -95,7 +95,8 @@ class Dispatcher:
             return
         holder = next(
             (c for c in self._server.connections()
-             if c is not conn and c.client_id == client_id and c.api_started),
+             if c is not conn and c.client_id == client_id and c.api_started
+             and not c.closed),
             None,
         )  # fmt: skip
         if holder is not None:

@@ -322,7 +322,12 @@ class FakeGateway:
         return len(self._server.connections())
 
     def connected_client_ids(self) -> list[int]:
-        return sorted(c.client_id for c in self._server.connections() if c.client_id is not None)
+        """The client ids of the open connections (not of one being closed)."""
+        return sorted(
+            c.client_id
+            for c in self._server.connections()
+            if c.client_id is not None and not c.closed
+        )
 
     # ------------------------------------------------------------------ plumbing
     def _call(self, coro: Coroutine[Any, Any, T], timeout: float = 10.0) -> T:

@@ -97,8 +97,15 @@ def acknowledgement(ib: Any, trades: Sequence[Any], timeout: float) -> tuple[str
         error = next((trade_error(t) for t in trades if trade_error(t)), "")
         return REJECTED, error or "cancelled by the gateway"
     if "pending" in outcomes:
-        return UNCONFIRMED, f"no acknowledgement within {timeout:g} s: check TWS"
+        return UNCONFIRMED, unconfirmed_message(ib, timeout)
     return SUBMITTED, ""
+
+
+def unconfirmed_message(ib: Any, timeout: float) -> str:
+    """Why an order placed is journaled unconfirmed: the deadline, or the lost session."""
+    if not ib.isConnected():
+        return "the connection was lost before the gateway confirmed it: check TWS"
+    return f"no acknowledgement within {timeout:g} s: check TWS"
 
 
 def wait_for_acks(ib: Any, trades: Sequence[Any], timeout: float) -> None:
@@ -114,6 +121,13 @@ def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
     messages), so it returns as soon as the deciding message is processed. The handler
     is attached *before* the loop runs: ``IB.waitOnUpdate`` attaches it one loop step
     late and misses a reply that is already waiting in the socket.
+
+    A lost gateway ends the wait through ``disconnectedEvent``: it returns ``done()``
+    (false unless the update came first) and never raises, on every Python. So the loop
+    is run directly, not through ``ib_insync.util.run``: that cancels what it runs when
+    the socket drops (``globalErrorEvent``) and re-raises the drop as ``ConnectionError``;
+    Python 3.11's ``asyncio.wait_for`` hid that by returning the woken future's result,
+    3.12's (built on ``asyncio.timeout``) lets the ``ConnectionError`` escape.
     """
     loop = ensure_event_loop()  # the loop ib_insync runs on
     deadline = time.monotonic() + timeout
@@ -130,9 +144,8 @@ def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
         ib.updateEvent += wake
         ib.disconnectedEvent += wake  # a lost gateway ends the wait at once
         try:
-            ib_insync.util.run(asyncio.wait_for(woken, remaining))
-        except TimeoutError:
-            pass
+            # asyncio.wait neither raises on its timeout nor cancels ``woken``.
+            loop.run_until_complete(asyncio.wait({woken}, timeout=remaining))
         finally:
             ib.updateEvent -= wake
             ib.disconnectedEvent -= wake

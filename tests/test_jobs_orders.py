@@ -59,7 +59,8 @@ def test_acknowledgement_of_a_group_of_orders() -> None:
     assert acknowledgement(None, [trade("Inactive")], 5) == (
         "order.rejected", "cancelled by the gateway",
     )  # fmt: skip
-    assert acknowledgement(None, [ok, trade("PendingSubmit")], 2.5) == (
+    connected = SimpleNamespace(isConnected=lambda: True)
+    assert acknowledgement(connected, [ok, trade("PendingSubmit")], 2.5) == (
         "order.unconfirmed", "no acknowledgement within 2.5 s: check TWS",
     )  # fmt: skip
 

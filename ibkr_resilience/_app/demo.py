@@ -67,6 +67,8 @@ def run_demo(
     script_env.update(
         IBKR_LOG_FILE=str(log_file),
         IBKR_LOG_FORMAT=environ.get("IBKR_LOG_FORMAT", "console"),
+        # The demo is watched, not mailed: show every attempt on the console too.
+        IBKR_LOG_STDERR_LEVEL="INFO",
         IBKR_CONNECT_TIMEOUT="2",
         IBKR_CONNECT_MAX_TIME=str(restart_s + 20),
     )

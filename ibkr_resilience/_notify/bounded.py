@@ -18,7 +18,13 @@ class Bounded:
     elapsed_ms: float = 0.0
 
 
-def run_bounded(call: Callable[[], object], timeout: float, name: str) -> Bounded:
+def run_bounded(
+    call: Callable[[], object],
+    timeout: float,
+    name: str,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Bounded:
     """Run ``call()`` in a daemon thread and wait at most ``timeout`` seconds for it.
 
     ``requests`` timeouts do not cover DNS resolution, and a daemon thread (unlike a
@@ -28,7 +34,8 @@ def run_bounded(call: Callable[[], object], timeout: float, name: str) -> Bounde
     Timed out means the call had not ended ``timeout`` seconds after the start, judged
     by when it ended, not by when this thread got the CPU back: a call cut by its own
     timer just after the deadline (``requests``' read timeout on a silent server) is a
-    time-out whether or not a loaded machine woke this thread before that.
+    time-out whether or not a loaded machine woke this thread before that. ``clock``
+    (monotonic seconds) is read at the start, when the call ends, and on return.
     """
     box: dict[str, object] = {}
     ended = threading.Event()
@@ -38,14 +45,14 @@ def run_bounded(call: Callable[[], object], timeout: float, name: str) -> Bounde
             box["value"] = call()
         except BaseException as exc:
             box["error"] = exc
-        box["ended_at"] = time.monotonic()
+        box["ended_at"] = clock()
         ended.set()
 
-    started = time.monotonic()
+    started = clock()
     worker = threading.Thread(target=run, name=name, daemon=True)
     worker.start()
     finished = ended.wait(timeout)
-    elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+    elapsed_ms = round((clock() - started) * 1000, 1)
     ended_at = box.get("ended_at")
     if not finished or not isinstance(ended_at, float) or ended_at - started > timeout:
         return Bounded(timed_out=True, elapsed_ms=elapsed_ms)

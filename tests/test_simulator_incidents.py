@@ -300,8 +300,13 @@ def test_new_order_id_at_or_below_a_reported_one_is_a_duplicate(
         ok.order.lmtPrice = 101.0
         ib.placeOrder(ok.contract, ok.order)  # a modification: same id, no 103
         assert gw.wait_for(lambda: len(gw.messages("placeOrder")) == 3, 2)
-        assert wait_until(ib, lambda: [o.lmt_price for o in gw.state.order_list()
-                                       if o.order_id == ok.order.orderId] == [101.0])
+        assert wait_until(
+            ib,
+            lambda: (
+                [o.lmt_price for o in gw.state.order_list() if o.order_id == ok.order.orderId]
+                == [101.0]
+            ),
+        )
         assert all(e.errorCode != 103 for e in ok.log)
     finally:
         ib.disconnect()

@@ -25,6 +25,8 @@ def open_order(symbol: str, order_id: int, ref: str = "", account: str = "DU1") 
 class Gateway:
     def __init__(self, positions: list[Any], orders: list[Any]) -> None:
         self.positions, self.orders = positions, orders
+        self.next_ids: list[int] = []
+        self.client = SimpleNamespace(updateReqId=self.next_ids.append)
 
     def reqPositions(self) -> list[Any]:
         return self.positions

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from ibkr_resilience.simulator import FakeGateway
+from ibkr_resilience.simulator import FakeGateway, SimOrder
 from ibkr_resilience.testing import BlackHole, BotApi, closed_port_url, parse_json_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +88,12 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "bot_refused": (1, None),
     "bot_unresolvable": (1, None),
     "alert_state_file_unusable": (1, "IBKR CONNECTION FAILED"),
+    "read_only_mid_run": (5, "IBKR SESSION FAILED"),
+    "ib_outage_restored": (0, None),
+    "ib_outage_never_clears": (1, "IBKR SESSION FAILED"),
+    "silent_gateway": (1, "IBKR SESSION FAILED"),
+    "order_notices": (0, None),
+    "order_id_rule": (0, None),
 }
 
 
@@ -665,6 +671,154 @@ def test_alert_state_file_unusable(fake_gateway: FakeGateway, bot_api: BotApi,
                         "ibkr.alert.sent", "ibkr.session.end")  # fmt: skip
 
 
+# --------------------------------------------------------------------------- real gateways
+def journal_records(tmp_path: Path) -> list[dict[str, Any]]:
+    return parse_json_lines((tmp_path / "journal.jsonl").read_text())
+
+
+def order_ids_sent(gw: FakeGateway) -> list[int]:
+    return [r.request.order_id for r in gw.messages("placeOrder")]
+
+
+def test_read_only_mid_run(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """The gateway turns Read-Only after the first order: the 2nd gets 321, is journaled
+    rejected with the code, nothing more is sent, exit 5, the alert says what to untick."""
+    gw = fake_gateway
+    gw.read_only(after_orders=1)
+    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    code, title = EXPECTED["read_only_mid_run"]
+    assert run.code == code, run.stderr
+    assert run.elapsed < 3 + 2 * SLACK + 3  # no ack deadline waited (start-up ~1-2 s)
+    assert len(gw.messages("placeOrder")) == 2  # the 321 stopped the run
+    wire_alert(bot_api, title, "ReadOnlyApiError", "error 321", "Read-Only API",
+               "ReadOnlyApi=no")  # fmt: skip
+    rejected = [r for r in journal_records(tmp_path) if r["event"] == "order.rejected"]
+    assert len(rejected) == 1 and rejected[0]["message"].startswith("error 321:"), rejected
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.rejected": 1}
+    assert any("Read-Only API" in line for line in run.human_stderr())
+    gateway_closed_cleanly(gw)
+
+
+def _outage_in_flight(gw: FakeGateway, job: Running) -> int:
+    """Hold the 2nd order, then start an IB outage (1100) while it waits for its ack;
+    return how many orders had reached the gateway when the job saw the 1100."""
+    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=15)
+    gw.set_scenario("ib_offline:3600")
+    job.wait_for_log(lambda r: r.get("event") == "gateway.connectivity" and r.get("code") == 1100,
+                     timeout=10)  # fmt: skip
+    gw.release_orders()  # the held order now meets the outage: held again, unanswered
+    return len(gw.messages("placeOrder"))
+
+
+def test_ib_outage_restored(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
+                            running: Callable[..., Running]) -> None:  # fmt: skip
+    """1100 while the 2nd order waits: nothing more is sent until 1102; then the held
+    order is acknowledged and the run carries on (exit 0); the journal has both changes."""
+    gw = fake_gateway
+    gw.hold_orders(after=1)
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="30")
+    job = running(submit_cmd(gw), env, tmp_path)
+    sent_at_1100 = _outage_in_flight(gw, job)
+    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 2, timeout=5)
+    assert len(gw.messages("placeOrder")) == sent_at_1100 == 2  # nothing sent during 1100
+    gw.normal()  # 1102, and the held order is served
+    restored_at = gw.events("sim.ib_restored")[0]["at"]
+    run = job.wait()
+    code, title = EXPECTED["ib_outage_restored"]
+    assert run.code == code, run.stderr
+    wire_alert(bot_api, title)
+    later = [r for r in gw.messages("placeOrder")][2:]
+    assert len(later) == 5 and all(r.at > restored_at for r in later)  # 3 rows, 1 bracket
+    changes = [(r["event"], r.get("code")) for r in journal_records(tmp_path)
+               if r["event"] == "gateway.connectivity"]  # fmt: skip
+    assert changes == [("gateway.connectivity", 1100), ("gateway.connectivity", 1102)]
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 5, "gateway.connectivity": 2}
+    assert "error 1100" in run.stdout and "error 1102" in run.stdout  # the summary
+    gateway_closed_cleanly(gw)
+
+
+def test_ib_outage_never_clears(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
+                                running: Callable[..., Running]) -> None:  # fmt: skip
+    """1100 that does not clear within IBKR_OUTAGE_WAIT: exit 1, the alert names 1100,
+    the order in flight journaled unconfirmed, nothing sent after the 1100."""
+    gw = fake_gateway
+    gw.hold_orders(after=1)
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="1")
+    job = running(submit_cmd(gw), env, tmp_path)
+    sent_at_1100 = _outage_in_flight(gw, job)
+    seen = time.monotonic()
+    run = job.wait()
+    took = time.monotonic() - seen
+    code, title = EXPECTED["ib_outage_never_clears"]
+    assert run.code == code, run.stderr
+    assert took < 1 + 3 * SLACK + 2  # the outage wait, then out (not the 20 s ack deadline)
+    assert len(gw.messages("placeOrder")) == sent_at_1100 == 2
+    wire_alert(bot_api, title, "IbOutageError", "error 1100", "IBKR_OUTAGE_WAIT")
+    assert run.one("script.end")["outcomes"] == {
+        "order.submitted": 1, "order.unconfirmed": 1, "gateway.connectivity": 1,
+    }  # fmt: skip
+    assert any("error 1100" in line for line in run.human_stderr())
+    gateway_closed_cleanly(gw)
+
+
+def test_silent_gateway(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """The gateway goes silent on the 2nd order (socket open, no FIN): after the ack
+    deadline the liveness probe gets no answer either; exit 1, alert, nothing more sent."""
+    gw = fake_gateway
+    gw.silent(after_orders=1)
+    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    code, title = EXPECTED["silent_gateway"]
+    assert run.code == code, run.stderr
+    silent_at = gw.events("sim.silent")[0]["at"]
+    assert len(gw.messages("placeOrder")) == 2  # nothing fed into the silent socket
+    # after the 2nd order (on which it went silent) only the liveness probe
+    assert [r.name for r in gw.messages() if r.at > silent_at] == ["reqCurrentTime"]
+    assert run.elapsed < 3 + 2 + 3 + 2 * SLACK  # ack deadline + probe + start-up
+    wire_alert(bot_api, title, "GatewayNotAnsweringError", "stopped answering")
+    unconfirmed = [r for r in journal_records(tmp_path) if r["event"] == "order.unconfirmed"]
+    assert len(unconfirmed) == 1 and "stopped answering" in unconfirmed[0]["message"]
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.unconfirmed": 1}
+
+
+def test_order_notices(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """Every order gets 10349 first (ib_insync marks it Cancelled), then is accepted: all
+    rows journaled submitted, exit 0, no alert, within the normal time."""
+    gw = fake_gateway
+    gw.order_notices(10349)
+    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    code, title = EXPECTED["order_notices"]
+    assert run.code == code, run.stderr
+    assert run.elapsed < 3 + 2 * SLACK  # no ack deadline waited
+    wire_alert(bot_api, title)
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 5}
+    events = {r["event"] for r in journal_records(tmp_path)}
+    assert events == {"order.submitted"}
+    assert len(gw.messages("placeOrder")) == 7
+    gateway_closed_cleanly(gw)
+
+
+def test_order_id_rule(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """Another client's open order has id 100 while this client's id sequence starts at
+    1: after reqAllOpenOrders every new id is above 100, so no 103."""
+    gw = fake_gateway
+    gw.state.add_order(SimOrder(
+        order_id=100, perm_id=gw.state.new_perm_id(), client_id=0, account="DU1234567",
+        symbol="IBM", sec_type="STK", exchange="SMART", currency="USD", con_id=8314,
+        action="BUY", quantity=1, order_type="LMT", lmt_price=100.0, aux_price=None,
+        tif="DAY", order_ref="manual", parent_id=0, transmit=True, status="Submitted",
+    ))  # fmt: skip
+    gw.state.next_order_id = 1
+    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    code, title = EXPECTED["order_id_rule"]
+    assert run.code == code, run.stderr
+    wire_alert(bot_api, title)
+    ids = order_ids_sent(gw)
+    assert len(ids) == 7 and min(ids) > 100, ids
+    assert "error 103" not in run.log_text
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 5}
+    gateway_closed_cleanly(gw)
+
+
 # --------------------------------------------------------------------------- configuration
 # A bad value for every variable the package reads (docs/configuration.md, plus the
 # scripts' own in docs/scripts.md). IBKR_ALERT_STATE_FILE is the one exception: any path
@@ -692,6 +846,7 @@ BAD_VALUES: dict[str, str] = {
     "IBKR_JOURNAL": "/dev/null/journal.jsonl",
     "IBKR_MAX_ORDER_QUANTITY": "0",
     "IBKR_MAX_ORDER_NOTIONAL": "-1",
+    "IBKR_OUTAGE_WAIT": "-1",
 }
 FAIL_OPEN = {"IBKR_ALERT_STATE_FILE"}
 SECRET = {"IFDS_TELEGRAM_BOT_TOKEN", "IBKR_HEALTHCHECK_URL"}

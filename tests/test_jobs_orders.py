@@ -47,22 +47,59 @@ def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(orders, "wait_for_acks", lambda ib, trades, timeout: None)
 
 
+class Asked:
+    """A connected client whose ``reqAllOpenOrders`` runs ``then`` (the gateway's say)."""
+
+    def __init__(self, then: Any = None) -> None:
+        self.asked = 0
+        self.then = then
+        self.client = SimpleNamespace(updateReqId=lambda n: None)
+
+    def isConnected(self) -> bool:
+        return True
+
+    def reqAllOpenOrders(self) -> list[Any]:
+        self.asked += 1
+        if self.then is not None:
+            self.then()
+        return []
+
+
 @pytest.mark.usefixtures("no_wait")
 def test_acknowledgement_of_a_group_of_orders() -> None:
     """A bracket stands or falls as one: any rejection wins, then any pending leg."""
     ok = trade("Submitted")
-    assert acknowledgement(None, [ok, trade("PreSubmitted")], 5) == ("order.submitted", "")
+    ib = Asked()
+    assert acknowledgement(ib, [ok, trade("PreSubmitted")], 5) == ("order.submitted", "")
     rejected = trade("Cancelled", (201, "Order rejected"))
-    assert acknowledgement(None, [ok, trade("PendingSubmit"), rejected], 5) == (
+    assert acknowledgement(ib, [ok, trade("PendingSubmit"), rejected], 5) == (
         "order.rejected", "error 201: Order rejected",
     )  # fmt: skip
-    assert acknowledgement(None, [trade("Inactive")], 5) == (
+    assert ib.asked == 1  # a rejection is confirmed with the gateway first
+    assert acknowledgement(ib, [trade("Inactive")], 5) == (
         "order.rejected", "cancelled by the gateway",
     )  # fmt: skip
-    connected = SimpleNamespace(isConnected=lambda: True)
-    assert acknowledgement(connected, [ok, trade("PendingSubmit")], 2.5) == (
+    assert acknowledgement(ib, [ok, trade("PendingSubmit")], 2.5) == (
         "order.unconfirmed", "no acknowledgement within 2.5 s: check TWS",
     )  # fmt: skip
+
+
+@pytest.mark.usefixtures("no_wait")
+def test_informational_notices_are_not_rejections() -> None:
+    """10349 makes ib_insync mark an order Cancelled (ib_async #191): still pending; and
+    a client-side Cancelled that the gateway contradicts when asked is accepted."""
+    notice = trade("Cancelled", (10349, "Order TIF was set to DAY based on order preset."))
+    assert trade_outcome(notice) == "pending"
+    assert trade_error(notice) == ""
+    assert orders.is_informational(2109) and orders.is_informational(2150)
+    assert not orders.is_informational(201)
+    guessed = trade("Cancelled", (201, "Order rejected"))
+    ib = Asked(then=lambda: setattr(guessed.orderStatus, "status", "Submitted"))
+    assert acknowledgement(ib, [guessed], 5) == ("order.submitted", "")
+    read_only = trade("Cancelled", (321, "... The API interface is currently in Read-Only mode."))
+    ib = Asked()
+    assert acknowledgement(ib, [read_only], 5)[0] == "order.rejected"
+    assert ib.asked == 0  # a read-only gateway may refuse that request too
 
 
 def test_paper_account_prefers_a_paper_account() -> None:

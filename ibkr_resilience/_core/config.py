@@ -41,6 +41,8 @@ DEFAULT_ALERT_REPEAT_INTERVAL = 1800.0
 """Seconds between reminders while a connection failure persists (Alertmanager-style)."""
 DEFAULT_ACK_TIMEOUT = 10.0
 """Seconds the trading jobs wait for the gateway to confirm each order or cancel."""
+DEFAULT_OUTAGE_WAIT = 300.0
+"""Seconds the trading jobs wait for IB to come back after error 1100 (socket still up)."""
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
@@ -162,6 +164,8 @@ class JobSettings:
     """Fat-finger guard: the most shares one plan row may order."""
     max_order_notional: float = DEFAULT_MAX_ORDER_NOTIONAL
     """Fat-finger guard: the most one priced row may be worth (quantity x limit/stop price)."""
+    outage_wait: float = DEFAULT_OUTAGE_WAIT
+    """Seconds to wait for 1101/1102 after error 1100 before giving up (>= 0)."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)
@@ -213,6 +217,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("journal", "IBKR_JOURNAL", "text", optional=True, owner="job"),
     _Spec("max_order_quantity", "IBKR_MAX_ORDER_QUANTITY", "count", owner="job"),
     _Spec("max_order_notional", "IBKR_MAX_ORDER_NOTIONAL", "amount", owner="job"),
+    _Spec("outage_wait", "IBKR_OUTAGE_WAIT", "non_negative", owner="job"),
 )
 _SESSION_SPECS = tuple(spec for spec in _SPECS if spec.owner == "session")
 _JOB_SPECS = tuple(spec for spec in _SPECS if spec.owner == "job")

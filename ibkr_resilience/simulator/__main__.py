@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--scenario", default="normal", help="NAME or NAME:SECONDS (see below)")
     ap.add_argument("--accounts", default="DU1234567",
                     help="comma-separated managed accounts (paper ids start with D)")
+    ap.add_argument("--relay", action="store_true",
+                    help="put a socat-like relay in front (as ib-gateway-docker does): the port "
+                    "stays open while the gateway is down or restarting, and connections are "
+                    "then accepted and closed at once")
     ap.add_argument("--positions", metavar="CSV",
                     help="positions file: symbol,quantity[,avg_cost,account]")
     return ap
@@ -60,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--port: {args.port} is not a port number (0-65535)")
         positions = load_positions_csv(args.positions, accounts[0]) if args.positions else []
         gateway = FakeGateway(args.port, args.host, accounts=accounts, positions=positions,
-                              scenario=scenario)
+                              scenario=scenario, relay=args.relay)
     except (ValueError, OSError) as exc:
         print(f"simulator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

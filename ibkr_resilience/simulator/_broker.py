@@ -119,7 +119,7 @@ class Broker:
 
     def _open_orders(self, conn: Connection, client_id: int | None) -> None:
         for order in self.state.open_orders(client_id):
-            self._send(conn, m.open_order(order))
+            self._report(conn, order)
             self._send(conn, m.order_status(order))
         self._send(conn, m.open_order_end())
 
@@ -148,7 +148,11 @@ class Broker:
         assert conn.client_id is not None
         order_id = r.order_id
         existing = self.state.orders.get((conn.client_id, order_id))
-        if existing is not None and not existing.is_open and existing.transmit:
+        reused = existing is not None and not existing.is_open and existing.transmit
+        if reused or (existing is None and order_id <= conn.max_reported_order_id):
+            # TWS API docs, order submission: after reqAllOpenOrders, "subsequent orders
+            # placed by that client must have order IDs greater than the order IDs of all
+            # orders returned"; a new id at or below one reported here is a duplicate.
             self._send(conn, m.error(order_id, 103, "Duplicate order id"))
             return
         contract = self.state.contract_for(r.contract.symbol, r.contract.con_id)
@@ -212,13 +216,13 @@ class Broker:
         parent = self.state.orders.get((order.client_id, order.parent_id))
         waiting = parent is not None and parent.status != "Filled"
         order.status = "PreSubmitted" if waiting else "Submitted"
-        self._send(conn, m.open_order(order))
+        self._report(conn, order)
         self._send(conn, m.order_status(order))
         if order.order_type in IMMEDIATE_FILL_TYPES and not waiting:
             execution = self.state.fill(order, self._price(order.symbol, 0.0))
             self._send(conn, m.execution(-1, execution))
             self._send(conn, m.commission_report(execution))
-            self._send(conn, m.open_order(order))
+            self._report(conn, order)
             self._send(conn, m.order_status(order))
             self._stream_position(order.account, order.symbol)
             for child in list(self.state.orders.values()):
@@ -229,6 +233,11 @@ class Broker:
                     and child.transmit
                 ):
                     self._activate(conn, child)
+
+    def _report(self, conn: Connection, order: SimOrder) -> None:
+        """Send ``openOrder``; remember the id for the order-id rule (error 103)."""
+        conn.max_reported_order_id = max(conn.max_reported_order_id, order.order_id)
+        self._send(conn, m.open_order(order))
 
     def cancel_order(self, conn: Connection, r: c.CancelOrder) -> None:
         assert conn.client_id is not None

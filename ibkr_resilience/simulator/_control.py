@@ -16,7 +16,8 @@ from typing import Any
 
 from . import _messages as m
 from ._codec import Request
-from ._faults import Fault, FaultChain, fault_for
+from ._faults import Fault, FaultChain
+from ._incidents import fault_for
 from ._protocol import Field
 from ._recording import Recorder
 from ._scenarios import Scenario

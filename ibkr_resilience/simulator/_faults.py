@@ -364,26 +364,22 @@ class HoldOrders(Fault):
         return len(held)
 
 
-_BY_NAME: dict[str, Callable[[Scenario], Fault]] = {
+SCENARIO_FAULTS: dict[str, Callable[[Scenario], Fault]] = {
     "normal": lambda sc: Normal(),
     "down": lambda sc: Down(),
-    "restart": lambda sc: Restart(_seconds(sc)),
+    "restart": lambda sc: Restart(seconds_of(sc)),
     "hang": lambda sc: Hang(),
     "close_on_accept": lambda sc: CloseOnAccept(),
     "not_logged_in": lambda sc: NotLoggedIn(),
     "client_id_in_use": lambda sc: ClientIdInUse(),
     "stall_sync": lambda sc: StallSync(),
-    "slow": lambda sc: Slow(_seconds(sc)),
-    "drop_after": lambda sc: DropAfter(_seconds(sc)),
+    "slow": lambda sc: Slow(seconds_of(sc)),
+    "drop_after": lambda sc: DropAfter(seconds_of(sc)),
     "reject_orders": lambda sc: RejectOrders(),
 }
 
 
-def _seconds(sc: Scenario) -> float:
-    assert sc.seconds is not None  # Scenario checked it
+def seconds_of(sc: Scenario) -> float:
+    """The scenario's parameter (``Scenario`` checked that it has one)."""
+    assert sc.seconds is not None
     return sc.seconds
-
-
-def fault_for(scenario: Scenario) -> Fault:
-    """The fault that plays a named scenario (``SCENARIOS`` lists them)."""
-    return _BY_NAME[scenario.name](scenario)

@@ -22,7 +22,8 @@ from . import _protocol as p
 from ._broker import Broker
 from ._control import FaultHost
 from ._dispatch import Dispatcher
-from ._faults import ClientIdInUse, Fault, FaultChain, HoldOrders, fault_for
+from ._faults import ClientIdInUse, Fault, FaultChain, HoldOrders
+from ._incidents import ClientIdInUseFor, OrderNotices, ReadOnlyApi, fault_for
 from ._recording import DEFAULT_RECORD_LIMIT, Received, Recorder
 from ._scenarios import Scenario
 from ._server import Connection, Server
@@ -40,7 +41,9 @@ class FakeGateway:
     Use it as a context manager (``with FakeGateway() as gw: ... gw.port``) or start
     and stop it explicitly. Port 0 picks a free port; ``.port`` tells which one.
     ``record_limit`` bounds the recorded messages and the recorded events (each; the
-    oldest are forgotten first).
+    oldest are forgotten first). ``relay=True`` puts a socat relay in front (the
+    ib-gateway-docker setup): the port stays open while the gateway is ``down`` or
+    restarting, and every connection is then accepted and closed at once.
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class FakeGateway:
         partial_message_timeout: float = 5.0,
         cash: float = 1_000_000.0,
         record_limit: int = DEFAULT_RECORD_LIMIT,
+        relay: bool = False,
     ) -> None:
         self.host = host
         self.state = GatewayState(accounts, contracts, positions)
@@ -68,6 +72,7 @@ class FakeGateway:
             partial_message_timeout=partial_message_timeout, recorder=self._recorder,
             faults=self._faults, on_message=self._on_message,
         )  # fmt: skip
+        self._server.relay = relay
         self._broker = Broker(self.state, self._server, self._faults, cash)
         self._dispatcher = Dispatcher(self._server, self._broker, self._faults, self._recorder)
         self._host = FaultHost(self._faults, self._server, self._recorder,
@@ -231,6 +236,40 @@ class FakeGateway:
 
     def reject_orders(self) -> None:
         self.set_scenario(Scenario("reject_orders"))
+
+    @property
+    def relay(self) -> bool:
+        return self._server.relay
+
+    # Incidents of real gateways (see _incidents.py for the sources).
+    def relay_restart(self, seconds: float) -> None:
+        self.set_scenario(Scenario("relay_restart", float(seconds)))
+
+    def client_id_in_use_for(self, seconds: float, client_id: int | None = None) -> None:
+        """Error 326 for ``client_id`` (every id when None) during the next ``seconds``."""
+        sc = Scenario("client_id_in_use_for", float(seconds))
+        self._call(self._host.set_scenario(sc, ClientIdInUseFor(float(seconds), client_id)))
+
+    def no_completed_orders(self) -> None:
+        self.set_scenario(Scenario("no_completed_orders"))
+
+    def read_only(self, after_orders: int = 0) -> None:
+        """Read-Only API (error 321 on order requests), after serving ``after_orders``."""
+        self._call(self._host.set_scenario(Scenario("read_only"), ReadOnlyApi(after_orders)))
+
+    def ib_offline(self, seconds: float) -> None:
+        self.set_scenario(Scenario("ib_offline", float(seconds)))
+
+    def silent(self, after_orders: int = 0) -> None:
+        """Stop answering now, or after serving ``after_orders`` more orders."""
+        if after_orders:
+            self.set_scenario(Scenario("silent_after_orders", float(after_orders)))
+        else:
+            self.set_scenario(Scenario("silent"))
+
+    def order_notices(self, code: int = 10349, text: str | None = None) -> None:
+        """Each order gets the informational error ``code`` first, then is accepted."""
+        self._call(self._host.set_scenario(Scenario("order_notices"), OrderNotices(code, text)))
 
     def hold_orders(self, after: int = 0) -> None:
         """Answer ``after`` more ``placeOrder`` messages, then hold the following ones.

@@ -37,6 +37,32 @@ SCENARIOS: dict[str, tuple[bool, str]] = {
     "slow": (True, "every reply delayed by SECONDS"),
     "drop_after": (True, "serves, then cuts each connection SECONDS after it was accepted"),
     "reject_orders": (False, "answers placeOrder with error 201 (order rejected)"),
+    # Incidents of real gateways (simulator/_incidents.py):
+    "relay_restart": (
+        True,
+        "a socat relay in front of a restarting gateway: every connection accepted and "
+        "closed at once, before any handshake byte, for SECONDS; then normal service",
+    ),
+    "client_id_in_use_for": (
+        True,
+        "error 326 on startApi for the first SECONDS (after a restart), then the id works",
+    ),
+    "no_completed_orders": (False, "the completed-orders request (msg 99) is never answered"),
+    "read_only": (
+        False,
+        "Read-Only API: order requests (open orders, placeOrder, cancelOrder) get error 321",
+    ),
+    "ib_offline": (
+        True,
+        "socket up, IB unreachable: 1100 pushed, orders held, after SECONDS 1102 and the "
+        "held orders served",
+    ),
+    "silent": (False, "the socket stays open, nothing is answered (frozen gateway, NAT drop)"),
+    "silent_after_orders": (True, "answers SECONDS (a count N) orders, then goes silent"),
+    "order_notices": (
+        False,
+        "each order gets informational error 10349 first, then is accepted",
+    ),
 }
 
 

@@ -22,11 +22,13 @@ from typing import Any
 
 from . import _messages as m
 from . import _protocol as p
-from ._faults import Close, Drop, FaultChain
+from ._faults import Close, Drop, FaultChain, Proceed
 from ._protocol import Field, ProtocolError
 from ._recording import Recorder
 
 log = logging.getLogger("ibkr_resilience.simulator")
+
+RELAY_DOWN = "relay: gateway behind unreachable"
 
 MessageHandler = Callable[["Connection", list[str]], Awaitable[None]]
 
@@ -54,6 +56,7 @@ class Connection:
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.client_id: int | None = None
         self.api_started = False
+        self.max_reported_order_id = 0  # highest order id an openOrder told this client
         self.positions_subscribed = False
         self.account_subscribed = ""  # account whose updates this connection streams
         self.outbox: asyncio.Queue[tuple[float, bytes | None]] = asyncio.Queue()
@@ -91,15 +94,22 @@ class Server:
         self._serving: set[asyncio.Task[Any]] = set()
         self._conn_ids = itertools.count(1)
         self.listening = threading.Event()
+        self.relay = False
+        """A socat relay in front: the port stays open while the gateway is down or
+        restarting, and each connection is then accepted and closed at once."""
 
     # ------------------------------------------------------------------ listener
     def connections(self) -> list[Connection]:
         return list(self._conns.values())
 
     async def sync_listener(self) -> None:
-        """Open or close the port as the faults want it."""
+        """Open or close the port as the faults want it (a relay keeps it open and cuts
+        the connections instead, as socat does when the gateway behind goes away)."""
         if self._faults.listening:
             await self.open_listener()
+        elif self.relay:
+            await self.open_listener()
+            await self.drop_all(RELAY_DOWN)
         else:
             await self.close_listener()
 
@@ -218,7 +228,9 @@ class Server:
         self._conns[conn.id] = conn
         self._recorder.event("sim.connection.open", conn=conn.id, peer=conn.peer)
         log.info("sim.connection.open", extra={"conn": conn.id, "peer": conn.peer})
-        answer = self._faults.on_accept(conn)
+        answer: Proceed | Close = self._faults.on_accept(conn)
+        if self.relay and not self._faults.listening:
+            answer = Close(RELAY_DOWN)
         if isinstance(answer, Close):
             await self.close(conn, answer.reason)
             return

@@ -26,6 +26,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2
     ORDERS_FAILED = 3
     LIVE_ACCOUNT = 4
+    READ_ONLY_API = 5
     INTERRUPTED = 130
     TERMINATED = SIGTERM_EXIT_CODE
 
@@ -34,22 +35,36 @@ EXIT_CODES_HELP = """\
 exit codes:
   0    success: every order accepted (or already placed; nothing to do)
   1    could not connect to the gateway (every attempt failed), or the connection was
-       lost / a request timed out during the run
+       lost / the gateway stopped answering / IB stayed unreachable (error 1100 past
+       IBKR_OUTAGE_WAIT) during the run
   2    bad input or configuration: arguments, environment, plan or journal (one line on
        stderr; nothing was sent)
   3    some orders were rejected, unconfirmed within the deadline, or not placed
        (see the summary and the journal)
   4    the gateway offers no paper account: live account refused, nothing was sent
+  5    the gateway's API is read-only (error 321 on an order): untick "Read-Only API"
+       (IBC: ReadOnlyApi=no); the refused order is journaled, no further order was sent
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM); the order in flight is journaled as order.unconfirmed
 
 environment: IBKR_HOST, IBKR_PORT, IBKR_CONNECT_* (see docs/configuration.md),
-IBKR_ACK_TIMEOUT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE. Options override them.
+IBKR_ACK_TIMEOUT, IBKR_OUTAGE_WAIT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE. Options override them.
 Details: docs/scripts.md.
 """
 
 LOST_GATEWAY = "lost the gateway during the run"
 """How the summary starts when the connection went away mid-run (exit 1)."""
+
+
+class RunStopped(Exception):
+    """The job stopped itself because the gateway cannot take orders now (read-only
+    API, an IB outage that does not clear, a gateway that stopped answering).
+
+    Raised out of the session's block, so the session logs and alerts it with its text
+    (which names the cause and what to do); ``code`` is the run's exit code.
+    """
+
+    code: ExitCode = ExitCode.CONNECT_FAILED
 
 
 @dataclass(frozen=True)
@@ -76,6 +91,8 @@ def how_stopped(exc: BaseException) -> Stop | None:
     """
     if isinstance(exc, KeyboardInterrupt):
         return Stop(ExitCode.INTERRUPTED, "interrupted (Ctrl-C)")
+    if isinstance(exc, RunStopped):
+        return Stop(exc.code, str(exc))
     if isinstance(exc, SystemExit) and exc.code == SIGTERM_EXIT_CODE:
         return Stop(ExitCode.TERMINATED, "terminated (SIGTERM)")
     if isinstance(exc, ConnectionError | TimeoutError):

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from ..._connect.accounts import is_paper_account, managed_accounts
 from ..._connect.compat import ensure_event_loop, ib_insync
+from ..._connect.failures import is_read_only_error
 from ...errors import LiveAccountRefused
 from .journal import REJECTED, SUBMITTED, UNCONFIRMED
 
@@ -24,7 +25,25 @@ ACCEPTED_STATUSES = frozenset({"Submitted", "PreSubmitted", "Filled"})
 REJECTED_STATUSES = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
 """The gateway refused or dropped the order (ib_insync marks an order error Cancelled)."""
 
+INFORMATIONAL_CODES = frozenset({399, 404, 2109, 10167, 10349})
+"""Order-scoped "errors" that are notices: the order goes on and is acknowledged later.
+
+From IB's message codes (https://interactivebrokers.github.io/tws-api/message_codes.html):
+399 order warnings ("will not be placed at the exchange until ..."), 404 "shares held
+while securities are located", 2109 "Outside Regular Trading Hours is ignored ...
+PlaceOrder is now being processed", 10167 delayed market data, 10349 "Order TIF was set
+to DAY based on order preset" (newer gateways). 2100-2199 are notices too
+(:func:`is_informational`). ib_insync 0.9.86 marks an order Cancelled on 10349 (its
+warning list predates it; ib_async #191, #217), so a Cancelled status caused by one of
+these is not a rejection: the order's own status messages decide.
+"""
+
 _Key = TypeVar("_Key", bound=tuple[str, ...])
+
+
+def is_informational(code: int) -> bool:
+    """An order message that informs and does not refuse (:data:`INFORMATIONAL_CODES`)."""
+    return code in INFORMATIONAL_CODES or 2100 <= code <= 2199
 
 
 def paper_account(ib: Any) -> str:
@@ -66,20 +85,37 @@ def qualify(ib: Any, contracts: Mapping[_Key, Any]) -> dict[_Key, str]:
     return failures
 
 
+def trade_errors(trade: Any) -> list[tuple[int, str]]:
+    """Every ``(code, message)`` the gateway sent about an order, oldest first."""
+    return [
+        (entry.errorCode, entry.message)
+        for entry in getattr(trade, "log", [])
+        if getattr(entry, "errorCode", 0)
+    ]
+
+
 def trade_error(trade: Any) -> str:
-    """The gateway's last error for an order (``"error 201: ..."``), or ``""``."""
-    for entry in reversed(getattr(trade, "log", [])):
-        if getattr(entry, "errorCode", 0):
-            return f"error {entry.errorCode}: {entry.message}"
+    """The gateway's last refusal for an order (``"error 201: ..."``), or ``""``
+    (informational notices are not refusals)."""
+    for code, message in reversed(trade_errors(trade)):
+        if not is_informational(code):
+            return f"error {code}: {message}"
     return ""
 
 
 def trade_outcome(trade: Any) -> str:
-    """``accepted``, ``rejected`` or ``pending`` by the rules in docs/scripts.md."""
+    """``accepted``, ``rejected`` or ``pending`` by the rules in docs/scripts.md.
+
+    A Cancelled status whose latest error is informational (10349 ...) is the client
+    library's guess, not the gateway's answer: still pending.
+    """
     status = trade.orderStatus.status
     if status in ACCEPTED_STATUSES:
         return "accepted"
     if status in REJECTED_STATUSES:
+        errors = trade_errors(trade)
+        if errors and is_informational(errors[-1][0]):
+            return "pending"
         return "rejected"
     return "pending"
 
@@ -92,7 +128,22 @@ def acknowledgement(ib: Any, trades: Sequence[Any], timeout: float) -> tuple[str
     ``order.unconfirmed`` if any is still unacknowledged, else ``order.submitted``.
     """
     wait_for_acks(ib, trades, timeout)
+    return classify(ib, trades, timeout)
+
+
+def classify(ib: Any, trades: Sequence[Any], timeout: float) -> tuple[str, str]:
+    """The journal event and message for ``trades`` as they stand (see
+    :func:`acknowledgement`). A rejection is confirmed with the gateway first: its own
+    statuses are asked for again (``reqAllOpenOrders``), because the client library marks
+    an order Cancelled on any order error; a Read-Only refusal (321) is not asked about,
+    since a read-only gateway may refuse that request too."""
     outcomes = [trade_outcome(t) for t in trades]
+    read_only = any(
+        is_read_only_error(code, message) for t in trades for code, message in trade_errors(t)
+    )
+    if "rejected" in outcomes and not read_only and ib.isConnected():
+        respect_reported_ids(ib, ib.reqAllOpenOrders())
+        outcomes = [trade_outcome(t) for t in trades]
     if "rejected" in outcomes:
         error = next((trade_error(t) for t in trades if trade_error(t)), "")
         return REJECTED, error or "cancelled by the gateway"
@@ -106,6 +157,22 @@ def unconfirmed_message(ib: Any, timeout: float) -> str:
     if not ib.isConnected():
         return "the connection was lost before the gateway confirmed it: check TWS"
     return f"no acknowledgement within {timeout:g} s: check TWS"
+
+
+def respect_reported_ids(ib: Any, trades: Sequence[Any]) -> list[Any]:
+    """Raise the client's next order id above every order id in ``trades`` (the answer
+    of ``reqAllOpenOrders``); return ``trades``.
+
+    TWS API docs, order submission: "if the function reqAllOpenOrders is used by a
+    client, subsequent orders placed by that client must have order IDs greater than
+    the order IDs of all orders returned", else error 103 "Duplicate order id". Lean's
+    IB brokerage does the same. ib_insync 0.9.86 happens to do it on each openOrder;
+    this does not rely on that.
+    """
+    top = max((t.order.orderId for t in trades), default=0)
+    if top > 0:
+        ib.client.updateReqId(top + 1)
+    return list(trades)
 
 
 def wait_for_acks(ib: Any, trades: Sequence[Any], timeout: float) -> None:
@@ -171,7 +238,7 @@ def live_open_orders(ib: Any, account: str) -> list[Any]:
     another client's order cancelled since our last request would still look open.
     """
     seen: dict[Any, Any] = {}
-    for trade in ib.reqAllOpenOrders():
+    for trade in respect_reported_ids(ib, ib.reqAllOpenOrders()):
         order = trade.order
         if order.account not in (account, ""):
             continue

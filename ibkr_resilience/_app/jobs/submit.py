@@ -19,9 +19,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
+from ..._connect.failures import is_read_only_error
 from ..._core.config import SessionConfig, env_value
 from ..._core.log import get_logger
-from .exits import journal_if_cut_short
+from .exits import RunStopped, journal_if_cut_short
+from .gateway_watch import (
+    READ_ONLY_HINT,
+    GatewayNotAnsweringError,
+    GatewayWatch,
+    ReadOnlyApiError,
+    gateway_answers,
+    probe_timeout,
+)
 from .journal import DRY_RUN, REJECTED, SKIPPED, UNCONFIRMED, Journal
 from .kit import (
     Outcome,
@@ -32,7 +41,15 @@ from .kit import (
     run_in_session,
     script_main,
 )
-from .orders import acknowledgement, paper_account, qualify
+from .orders import (
+    classify,
+    paper_account,
+    qualify,
+    respect_reported_ids,
+    trade_errors,
+    trade_outcome,
+    wait_for_update,
+)
 from .plan import Plan, PlannedOrder, load_plan
 from .plan_rows import Limits
 
@@ -74,7 +91,8 @@ def _run(run: ScriptRun) -> None:
         log.info("submit.start", plan=plan.source, plan_id=plan.plan_id, rows=len(plan),
                  dry_run=args.dry_run, journal=str(journal.path))  # fmt: skip
         return Submitter(plan, journal, run.state, timeout=run.ack_timeout,
-                         dry_run=args.dry_run).run  # fmt: skip
+                         dry_run=args.dry_run,
+                         outage_wait=run.settings.outage_wait).run  # fmt: skip
 
     run_in_session(run, SCRIPT, start)
 
@@ -98,7 +116,7 @@ def placed_refs(ib: Any, account: str) -> dict[str, Found]:
     answer was cut short.
     """
     found: dict[str, Found] = {}
-    for trade in [*ib.reqAllOpenOrders(), *ib.openTrades()]:
+    for trade in [*respect_reported_ids(ib, ib.reqAllOpenOrders()), *ib.openTrades()]:
         order = trade.order
         if order.orderRef and order.account in (account, ""):
             status = trade.orderStatus.status
@@ -123,14 +141,24 @@ class Submitter:
     timeout: float
     """Seconds to wait for each row's acknowledgement."""
     dry_run: bool
+    outage_wait: float = 300.0
+    """Seconds to wait for IB to come back after error 1100 (``IBKR_OUTAGE_WAIT``)."""
     account: str = field(default="", init=False)
     """The paper account traded, known once connected."""
+    watch: GatewayWatch | None = field(default=None, init=False)
 
     def run(self, ib: Any) -> None:
         """Check the plan against the account, then place each row not placed yet."""
         # Bound every blocking request: a gateway that stops answering mid-run must end
         # the run (exit 1), not hang it until the next cron slot.
         ib.RequestTimeout = self.timeout
+        self.watch = GatewayWatch(ib, self._record_connectivity, self.outage_wait)
+        try:
+            self._run(ib)
+        finally:
+            self.watch.close()
+
+    def _run(self, ib: Any) -> None:
         self.account = paper_account(ib)
         contracts = self.plan.contracts()
         failures = qualify(ib, contracts)
@@ -160,7 +188,10 @@ class Submitter:
             self._place(ib, row, contracts[row.contract_key], orders)
 
     def _place(self, ib: Any, row: PlannedOrder, contract: Any, orders: list[Any]) -> None:
+        assert self.watch is not None
+        self.watch.wait_out_outage()  # nothing is sent while error 1100 is in force
         trades: list[Any] = []
+        stop: RunStopped | None = None
 
         def cut_short(cause: str) -> None:
             message = (
@@ -176,8 +207,62 @@ class Submitter:
         with journal_if_cut_short(cut_short):
             for order in orders:
                 trades.append(ib.placeOrder(contract, order))
-            event, message = acknowledgement(ib, trades, self.timeout)
+            event, message = self._acknowledge(ib, trades)
+            stop = self._stop_after(ib, trades, event)
+            if isinstance(stop, GatewayNotAnsweringError):
+                message = str(stop)
             self._record(row, event, trades=trades, message=message)
+        if stop is not None:
+            raise stop
+
+    def _acknowledge(self, ib: Any, trades: list[Any]) -> tuple[str, str]:
+        """Wait for the acknowledgements; an IB outage (1100) starting meanwhile holds
+        them (IB acknowledges only once restored), so wait it out, then wait again."""
+        assert self.watch is not None
+        watch = self.watch
+
+        def settled() -> bool:
+            return all(trade_outcome(t) != "pending" for t in trades)
+
+        wait_for_update(ib, lambda: settled() or watch.in_outage, self.timeout)
+        if not settled() and watch.in_outage:
+            watch.wait_out_outage()
+            wait_for_update(ib, settled, self.timeout)
+        return classify(ib, trades, self.timeout)
+
+    def _stop_after(self, ib: Any, trades: list[Any], event: str) -> RunStopped | None:
+        """Whether this row's answer means no later order can succeed.
+
+        Read-Only API (error 321, TWS "API interface is currently in Read-Only mode"):
+        every order would be refused. No acknowledgement and no answer to the liveness
+        probe either: the gateway is silent (frozen, or a dead NAT path with no FIN),
+        and feeding it more orders would only pile up unconfirmed ones.
+        """
+        if event == REJECTED:
+            for t in trades:
+                for code, message in trade_errors(t):
+                    if is_read_only_error(code, message):
+                        return ReadOnlyApiError(
+                            f"the gateway's API is read-only (error {code}: "
+                            f"{message.strip()}): {READ_ONLY_HINT}; no further order was sent"
+                        )
+        if event == UNCONFIRMED and ib.isConnected():  # a closed socket is the session's
+            probe = probe_timeout(self.timeout)
+            if not gateway_answers(ib, probe):
+                return GatewayNotAnsweringError(
+                    f"the gateway stopped answering: no acknowledgement within "
+                    f"{self.timeout:g} s (IBKR_ACK_TIMEOUT) and no reply to reqCurrentTime "
+                    f"within {probe:g} s; the order may or may not have reached it, nothing "
+                    "more was sent: check TWS and the network path"
+                )
+        return None
+
+    def _record_connectivity(self, code: int, message: str) -> None:
+        """One journal line and one summary line per connectivity change (1100/1101/1102,
+        2110), so the record shows when IB was unreachable during the run."""
+        event = "gateway.connectivity"
+        self.journal.append(event, code=code, message=message, account=self.account)
+        self.state.outcomes.append(Outcome(event, f"error {code}: {message}", ""))
 
     def _record_skipped(self, row: PlannedOrder, found: dict[str, Found]) -> None:
         entry = found.get(row.order_ref) or next(iter(found.values()))

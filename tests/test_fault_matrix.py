@@ -688,7 +688,8 @@ def test_read_only_mid_run(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
     run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
     code, title = EXPECTED["read_only_mid_run"]
     assert run.code == code, run.stderr
-    assert run.elapsed < 3 + 2 * SLACK + 3  # no ack deadline waited (start-up ~1-2 s)
+    # The session's own duration: no ack deadline waited (interpreter start-up excluded).
+    assert run.one("ibkr.session.end")["duration_s"] < 3 + 2 * SLACK
     assert len(gw.messages("placeOrder")) == 2  # the 321 stopped the run
     wire_alert(bot_api, title, "ReadOnlyApiError", "error 321", "Read-Only API",
                "ReadOnlyApi=no")  # fmt: skip
@@ -773,7 +774,8 @@ def test_silent_gateway(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Pa
     assert len(gw.messages("placeOrder")) == 2  # nothing fed into the silent socket
     # after the 2nd order (on which it went silent) only the liveness probe
     assert [r.name for r in gw.messages() if r.at > silent_at] == ["reqCurrentTime"]
-    assert run.elapsed < 3 + 2 + 3 + 2 * SLACK  # ack deadline + probe + start-up
+    # The session's own duration: the ack deadline (3 s) plus the probe (2 s), no more.
+    assert run.one("ibkr.session.end")["duration_s"] < 3 + 2 + 2 * SLACK
     wire_alert(bot_api, title, "GatewayNotAnsweringError", "stopped answering")
     unconfirmed = [r for r in journal_records(tmp_path) if r["event"] == "order.unconfirmed"]
     assert len(unconfirmed) == 1 and "stopped answering" in unconfirmed[0]["message"]
@@ -788,7 +790,7 @@ def test_order_notices(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Pat
     run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
     code, title = EXPECTED["order_notices"]
     assert run.code == code, run.stderr
-    assert run.elapsed < 3 + 2 * SLACK  # no ack deadline waited
+    assert run.one("ibkr.session.end")["duration_s"] < 3  # no ack deadline (3 s) waited
     wire_alert(bot_api, title)
     assert run.one("script.end")["outcomes"] == {"order.submitted": 5}
     events = {r["event"] for r in journal_records(tmp_path)}

@@ -68,6 +68,7 @@ _CHAT_ID = re.compile(r"-?\d+|@[A-Za-z][A-Za-z0-9_]*")
 
 _Settings = TypeVar("_Settings", "SessionConfig", "JobSettings")
 
+_DEFAULT_REFUSED_INTERVAL = 0.5
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -90,7 +91,7 @@ class SessionConfig:
     max_time: float = 120.0
     retry_delay: float = 1.0
     max_retry_delay: float = 15.0
-    refused_retry_interval: float = 0.5
+    refused_retry_interval: float = _DEFAULT_REFUSED_INTERVAL
     client_id_grace: float = 30.0
     """Seconds during which error 326 (client id in use) is retried, inside ``max_time``."""
     alert_timeout: float = DEFAULT_ALERT_TIMEOUT
@@ -114,6 +115,10 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, _SESSION_SPECS)
+        if self.refused_retry_interval == _DEFAULT_REFUSED_INTERVAL > self.max_time:
+            # A budget shorter than the default interval (IBKR_CONNECT_MAX_TIME=0.3) is
+            # valid: retry a refused port within the budget, not after it.
+            object.__setattr__(self, "refused_retry_interval", self.max_time)
         if self.refused_retry_interval > self.max_time:
             raise ConfigError(
                 f"refused_retry_interval={self.refused_retry_interval!r}: expected a value "
@@ -153,6 +158,8 @@ class JobSettings:
     """Seconds to wait for the gateway to confirm each order or cancel (> 0)."""
     journal: str | None = None
     """``$IBKR_JOURNAL`` as written; ``None``: the default path (see docs/order-plan.md)."""
+    metrics_dir: str | None = None
+    """``$IBKR_METRICS_DIR``: node-exporter textfile directory; ``None``: no metrics."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)
@@ -202,6 +209,7 @@ _SPECS: tuple[_Spec, ...] = (
     # "text", not "path": kept as written (the journal expands "~"), so that an error
     # quotes the crontab's value.
     _Spec("journal", "IBKR_JOURNAL", "text", optional=True, owner="job"),
+    _Spec("metrics_dir", "IBKR_METRICS_DIR", "path", optional=True, owner="job"),
 )
 _SESSION_SPECS = tuple(spec for spec in _SPECS if spec.owner == "session")
 _JOB_SPECS = tuple(spec for spec in _SPECS if spec.owner == "job")

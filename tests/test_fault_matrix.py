@@ -664,7 +664,7 @@ BAD_VALUES: dict[str, str] = {
     "IBKR_ACK_TIMEOUT": "-3",
     "IBKR_JOURNAL": "/dev/null/journal.jsonl",
 }
-FAIL_OPEN = {"IBKR_ALERT_STATE_FILE"}
+FAIL_OPEN = {"IBKR_ALERT_STATE_FILE", "IBKR_METRICS_DIR"}  # a warning, the run goes on
 SECRET = {"IFDS_TELEGRAM_BOT_TOKEN", "IBKR_HEALTHCHECK_URL"}
 
 

@@ -120,3 +120,22 @@ def test_a_bad_setting_is_still_a_failed_run_in_the_metrics(tmp_path: Path) -> N
     assert got[("ibkr_job_last_exit_code", job)] == 2
     assert got[("ibkr_job_last_failed", (("failure_class", "bad_input"), *job))] == 1
     assert got[("ibkr_job_last_connect_attempts", job)] == 0
+
+
+def test_an_unusable_metrics_dir_is_a_warning_not_a_failed_run(tmp_path: Path) -> None:
+    """IBKR_METRICS_DIR fails open: the orders matter more than the metrics."""
+    missing = tmp_path / "no-such-dir"
+    with FakeGateway() as gw:
+        r = subprocess.run(
+            [sys.executable, str(SCRIPTS / "submit_orders.py"), "--plan", str(PLAN),
+             "--port", str(gw.port)],
+            capture_output=True, text=True, timeout=120,
+            env=env(tmp_path, IBKR_METRICS_DIR=str(missing)),
+        )
+        assert gw.messages("placeOrder")
+    assert r.returncode == 0, r.stdout + r.stderr
+    failed = [json.loads(line) for line in r.stderr.splitlines()
+              if '"ibkr.metrics.failed"' in line]
+    assert len(failed) == 1 and failed[0]["level"] == "warning"
+    assert failed[0]["path"] == str(missing / "ibkr_resilience_submit_orders.prom")
+    assert not missing.exists()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,88 @@ def test_check_does_not_ping_the_jobs_healthcheck(fake_gateway: FakeGateway) -> 
     hits = [request.path for request in server.requests]
     assert r.returncode == 0, r.stderr
     assert hits == []
+
+
+# --------------------------------------------------------------------- a quick pre-flight
+def _closed_port() -> int:
+    with FakeGateway() as gw:
+        return gw.port
+
+
+def test_check_on_a_closed_port_is_one_quick_quiet_line() -> None:
+    """The default is ONE bounded attempt: a refused port answers at once, so the whole
+    run (interpreter start included) ends well inside the 15 s per-attempt bound."""
+    started = time.monotonic()
+    r = run("check", "--port", str(_closed_port()))
+    elapsed = time.monotonic() - started
+    assert r.returncode == 1
+    assert r.stderr == ""
+    line, = r.stdout.splitlines()
+    assert line.startswith("FAIL refused: ") and "(1 attempt(s), " in line
+    assert elapsed < 15, elapsed
+
+
+def test_check_stays_quiet_whatever_the_jobs_log_settings(tmp_path: Path) -> None:
+    """A HEALTHCHECK every 30 s must not write into the job's log (IBKR_LOG_FILE)."""
+    log_file = tmp_path / "job.log"
+    r = run("check", "--port", str(_closed_port()), IBKR_LOG_FILE=str(log_file),
+            IBKR_LOG_STDERR_LEVEL="DEBUG")
+    assert r.returncode == 1 and r.stderr == ""
+    assert not log_file.exists()
+
+
+def test_check_verbose_puts_the_json_log_on_stderr() -> None:
+    r = run("check", "-v", "--port", str(_closed_port()))
+    assert r.returncode == 1
+    assert len(r.stdout.splitlines()) == 1
+    events = [json.loads(line)["event"] for line in r.stderr.splitlines()]
+    assert events.count("ibkr.connect.attempt") == 1
+    assert "ibkr.connect.gave_up" in events and events[-1] == "ibkr.session.end"
+
+
+def test_check_live_account_exits_4() -> None:
+    with FakeGateway(accounts=["U7654321"]) as gw:
+        r = run("check", "--port", str(gw.port))
+        assert gw.connected_client_ids() == []
+    assert r.returncode == 4 and r.stderr == ""
+    line, = r.stdout.splitlines()
+    assert line.startswith("FAIL live_account: accounts=U7654321")
+
+
+def test_check_live_account_allowed_is_ok_and_says_live() -> None:
+    with FakeGateway(accounts=["U7654321"]) as gw:
+        r = run("check", "--port", str(gw.port), IBKR_ALLOW_LIVE="1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " accounts=U7654321 LIVE connect_ms=" in r.stdout
+
+
+def test_check_wait_rides_out_a_restart() -> None:
+    """``--wait`` retries within its budget: the port is closed until the check's log
+    shows a refused attempt, then it opens and the same check connects."""
+    with FakeGateway() as gw:
+        gw.down()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ibkr_resilience", "check", "-v", "--wait", "60",
+             "--port", str(gw.port)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_LOG_FORMAT": "json"},
+        )
+        assert proc.stderr is not None
+        try:
+            for line in proc.stderr:
+                record = json.loads(line)
+                if record.get("failure_class") == "refused":
+                    break
+            gw.up()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.startswith(f"ok 127.0.0.1:{gw.port} ")
+
+
+@pytest.mark.parametrize("args", [["--wait", "-1"], ["--timeout", "0"], ["--wait", "soon"]])
+def test_check_bad_arguments_are_one_line_exit_2(args: list[str]) -> None:
+    r = run("check", *args)
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("ibkr-resilience check: error:")

@@ -200,3 +200,12 @@ def test_valid_telegram_settings_are_accepted() -> None:
             {"IFDS_TELEGRAM_BOT_TOKEN": " 123456:AA-b_c ", "IFDS_TELEGRAM_CHAT_ID": chat_id}
         )
         assert (cfg.telegram_token, cfg.telegram_chat_id) == ("123456:AA-b_c", chat_id)
+
+
+@pytest.mark.parametrize("value", ["0.3", "0.01", "1e-3"])
+def test_max_time_accepts_any_positive_budget(value: str) -> None:
+    """docs/configuration.md: IBKR_CONNECT_MAX_TIME is any number > 0; a budget below the
+    default refused interval shortens that interval instead of failing the job."""
+    cfg = SessionConfig.from_env({"IBKR_CONNECT_MAX_TIME": value})
+    assert cfg.max_time == float(value)
+    assert cfg.refused_retry_interval == float(value)

@@ -13,6 +13,7 @@ Retries, per-attempt timeout and the give-up alert come from ``IBKR_CONNECT_*`` 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from pathlib import Path
@@ -28,8 +29,25 @@ from scripts.paper_trading.lib.connection import (
 )
 
 
+def parse_port(argv: list[str]) -> int:
+    """The port argument; a mistake is one line on stderr and exit 2, never a traceback."""
+    ap = argparse.ArgumentParser(
+        prog="legacy_connect.py",
+        description="Connect the old way (connect/get_account/disconnect) and print what "
+        "the paper account holds. Exit 1 when every connect attempt failed.",
+    )
+    ap.add_argument("port", nargs="?", help="API port (default: $IBKR_PORT, else 7497)")
+    args = ap.parse_args(argv)
+    text = args.port if args.port is not None else os.environ.get("IBKR_PORT") or str(PAPER_PORT)
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        print(f"legacy_connect.py: error: port {text!r}: expected an integer 1-65535",
+              file=sys.stderr)
+        sys.exit(2)
+    return int(text)
+
+
 def main() -> None:
-    port = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ.get("IBKR_PORT") or PAPER_PORT)
+    port = parse_port(sys.argv[1:])
     ib = connect(client_id=10, port=port)
     try:
         account = get_account(ib)

@@ -1,7 +1,8 @@
 """``ibkr-resilience``: the ``check`` pre-flight and the offline ``demo``.
 
-``check`` is for cron pre-flights and container health checks: one line on stdout and
-exit 0/1, so a shell ``&&`` or a HEALTHCHECK can use it. ``demo`` is the main job on a
+``check`` is for cron pre-flights and container health checks: one bounded attempt (or
+retries within ``--wait``), one line on stdout and nothing else, exit 0/1/2/4, so a shell
+``&&`` or a HEALTHCHECK can use it. ``demo`` is the main job on a
 fresh machine: it runs the real scripts against the bundled simulated gateway while the
 gateway is restarting, with no network and no configuration.
 """
@@ -9,43 +10,62 @@ gateway is restarting, with no network and no configuration.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from .._connect.accounts import is_paper_account
-from .._core.config import GATEWAY_PAPER_PORT
+from .._core.config import GATEWAY_PAPER_PORT, check_setting
 from ..errors import ConfigError, ConnectionFailed, LiveAccountRefused
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_LIVE_ACCOUNT = 4
+"""The same codes as the trading scripts' table (docs/scripts.md): 4 is a live account."""
 CHECK_CLIENT_ID = 99
 """A client id of its own, so a pre-flight never collides with the trading scripts."""
+_NOT_FOR_CHECK = ("IBKR_LOG_FILE", "IBKR_LOG_STDERR_LEVEL")
+"""The job's log settings: a probe every 30 s (a HEALTHCHECK) must not fill the job's log."""
 
 
 def _no_alert(text: str) -> None:
     """A health check reports through its exit code; paging on every probe is noise."""
 
 
+def _quiet_logging(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """``-v``: the JSON log lines on stderr; else nowhere (stdout has the one line)."""
+    from .._core.logconfig import configure_logging
+
+    log_env = {k: v for k, v in env.items() if k not in _NOT_FOR_CHECK}
+    if args.verbose:
+        configure_logging(script="ibkr-resilience-check", env=log_env)
+    else:
+        # Configured all the same (unconfigured structlog would print to stdout), into
+        # a buffer nobody reads: a probe's few lines.
+        configure_logging(script="ibkr-resilience-check", env=log_env, stream=io.StringIO())
+
+
 def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .._connect.accounts import describe_ib
-    from .._core.logconfig import configure_logging
     from .._session.session import ibkr_session
 
     try:
-        configure_logging(script="ibkr-resilience-check", env=env)
+        _quiet_logging(args, env)
         start = time.monotonic()
         with ibkr_session(
             args.client_id,
             args.host,
             args.port,
             timeout=args.timeout,
-            max_attempts=1 if args.once else None,
-            paper_only=False,
+            # One bounded attempt unless --wait gives a budget to ride out a restart in.
+            max_attempts=None if args.wait else 1,
+            max_time=args.wait or None,
             alert=None if args.alert else _no_alert,
             # A probe is not the job: it must not ping the job's healthcheck, nor touch
             # the job's alert de-dup state unless it alerts itself.
@@ -65,9 +85,11 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             f"({exc.attempts} attempt(s), {exc.elapsed:.1f} s)"
         )
         return EXIT_FAILED
-    except LiveAccountRefused as exc:  # paper_only=False makes this unreachable; kept safe
-        print(f"FAIL live_account_refused: {exc}")
-        return EXIT_FAILED
+    except LiveAccountRefused as exc:
+        accounts = ",".join(exc.accounts) or "-"
+        print(f"FAIL live_account: accounts={accounts}, no paper account (IBKR_ALLOW_LIVE=1 "
+              "allows it)")  # fmt: skip
+        return EXIT_LIVE_ACCOUNT
     accounts = ",".join(info["accounts"]) or "-"
     paper = bool(info["accounts"]) and all(is_paper_account(a) for a in info["accounts"])
     print(
@@ -80,11 +102,44 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .demo import run_demo
 
+    if args.dir is not None:
+        # Checked before the gateway starts: an unwritable place is a user mistake
+        # (one line, exit 2), not a traceback halfway through the demo.
+        try:
+            args.dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=args.dir):
+                pass
+        except OSError as exc:
+            print(f"ibkr-resilience demo: error: --dir {str(args.dir)!r}: cannot write there "
+                  f"({exc.strerror or exc})", file=sys.stderr)  # fmt: skip
+            return EXIT_BAD_INPUT
     return int(run_demo(restart_s=args.restart, workdir=args.dir, env=env))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (and exit 2), as everywhere."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _seconds(*, zero_ok: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds (> 0, or >= 0 with ``zero_ok``)."""
+
+    def parse(text: str) -> float:
+        try:
+            return float(check_setting("max_retry_delay" if zero_ok else "timeout", text))
+        except ConfigError:
+            expected = ">= 0" if zero_ok else "> 0"
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number of seconds {expected}, not {text!r}"
+            ) from None
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="ibkr-resilience",
         description="Resilient IB Gateway sessions: offline demo and connection check.",
     )
@@ -98,18 +153,20 @@ def _parser() -> argparse.ArgumentParser:
         "then the connect as soon as the port opens), runs it again (nothing is placed "
         "twice), then close_positions. Needs no network and no configuration.",
     )
-    d.add_argument("--restart", type=float, default=4.0, metavar="SECONDS",
+    d.add_argument("--restart", type=_seconds(zero_ok=True), default=4.0, metavar="SECONDS",
                    help="how long the simulated gateway stays closed (default 4)")
     d.add_argument("--dir", type=Path, default=None,
                    help="where to write the journal and the JSON log (default: a new temp dir)")
 
     c = sub.add_parser(
         "check",
-        help="connect once with the configured settings; print one line; exit 0 or 1",
-        description="Connects with the settings from the environment (IBKR_HOST, IBKR_PORT, "
-        "IBKR_CONNECT_*), prints one line (ok, server version, accounts, connect time; or "
-        "the failure class and reason) and exits 0 (ok), 1 (could not connect) or 2 (bad "
-        "configuration). No alert is sent unless --alert is given.",
+        help="one bounded connect attempt; print one line; exit 0, 1, 2 or 4",
+        description="Connects once with the settings from the environment (IBKR_HOST, "
+        "IBKR_PORT, IBKR_CONNECT_TIMEOUT), prints one line on stdout (ok, server version, "
+        "accounts, connect time; or FAIL, the failure class and reason) and nothing else, "
+        "and exits 0 (ok), 1 (could not connect), 2 (bad configuration or arguments) or 4 "
+        "(the gateway offers no paper account and IBKR_ALLOW_LIVE is not set). For cron "
+        "pre-flights and container HEALTHCHECKs. No alert is sent unless --alert is given.",
     )
     c.add_argument("--host", default=None, help="gateway host (default IBKR_HOST or 127.0.0.1)")
     c.add_argument("--port", type=int, default=None,
@@ -117,11 +174,15 @@ def _parser() -> argparse.ArgumentParser:
                         f"{GATEWAY_PAPER_PORT})")
     c.add_argument("--client-id", type=int, default=CHECK_CLIENT_ID,
                    help=f"client id (default {CHECK_CLIENT_ID}, kept apart from the scripts')")
-    c.add_argument("--timeout", type=float, default=None,
-                   help="per-attempt bound in seconds (default IBKR_CONNECT_TIMEOUT or 15)")
-    c.add_argument("--once", action="store_true",
-                   help="a single attempt instead of the configured retries")
+    c.add_argument("--timeout", type=_seconds(zero_ok=False), default=None, metavar="SECONDS",
+                   help="per-attempt bound (default IBKR_CONNECT_TIMEOUT or 15)")
+    c.add_argument("--wait", type=_seconds(zero_ok=True), default=None, metavar="SECONDS",
+                   help="retry for up to this long (e.g. to ride out a gateway restart), "
+                        "each attempt still bounded by --timeout; default: one attempt")
+    c.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # the default now
     c.add_argument("--alert", action="store_true", help="send the alert if the check fails")
+    c.add_argument("-v", "--verbose", action="store_true",
+                   help="the JSON log lines of the attempt(s) on stderr")
     return ap
 
 

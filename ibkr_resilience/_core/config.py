@@ -75,6 +75,7 @@ _CHAT_ID = re.compile(r"-?\d+|@[A-Za-z][A-Za-z0-9_]*")
 
 _Settings = TypeVar("_Settings", "SessionConfig", "JobSettings")
 
+_DEFAULT_REFUSED_INTERVAL = 0.5
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -97,7 +98,7 @@ class SessionConfig:
     max_time: float = 120.0
     retry_delay: float = 1.0
     max_retry_delay: float = 15.0
-    refused_retry_interval: float = 0.5
+    refused_retry_interval: float = _DEFAULT_REFUSED_INTERVAL
     client_id_grace: float = 30.0
     """Seconds during which error 326 (client id in use) is retried, inside ``max_time``."""
     alert_timeout: float = DEFAULT_ALERT_TIMEOUT
@@ -121,6 +122,10 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, _SESSION_SPECS)
+        if self.refused_retry_interval == _DEFAULT_REFUSED_INTERVAL > self.max_time:
+            # A budget shorter than the default interval (IBKR_CONNECT_MAX_TIME=0.3) is
+            # valid: retry a refused port within the budget, not after it.
+            object.__setattr__(self, "refused_retry_interval", self.max_time)
         if self.refused_retry_interval > self.max_time:
             raise ConfigError(
                 f"refused_retry_interval={self.refused_retry_interval!r}: expected a value "
@@ -166,6 +171,8 @@ class JobSettings:
     """Fat-finger guard: the most one priced row may be worth (quantity x limit/stop price)."""
     outage_wait: float = DEFAULT_OUTAGE_WAIT
     """Seconds to wait for 1101/1102 after error 1100 before giving up (>= 0)."""
+    metrics_dir: str | None = None
+    """``$IBKR_METRICS_DIR``: node-exporter textfile directory; ``None``: no metrics."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)
@@ -218,6 +225,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("max_order_quantity", "IBKR_MAX_ORDER_QUANTITY", "count", owner="job"),
     _Spec("max_order_notional", "IBKR_MAX_ORDER_NOTIONAL", "amount", owner="job"),
     _Spec("outage_wait", "IBKR_OUTAGE_WAIT", "non_negative", owner="job"),
+    _Spec("metrics_dir", "IBKR_METRICS_DIR", "path", optional=True, owner="job"),
 )
 _SESSION_SPECS = tuple(spec for spec in _SPECS if spec.owner == "session")
 _JOB_SPECS = tuple(spec for spec in _SPECS if spec.owner == "job")

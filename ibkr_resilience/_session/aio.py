@@ -54,6 +54,7 @@ class AsyncSessionForm(ABC):
     ib: Any
     ib_factory: Callable[[], Any]
     sleep: Callable[[float], object] | None
+    connect_attempts: int
     _signals: SignalGuard
     _in_turn: Callable[[Step], object]
     """Runs a side-channel step (a notification, the end line) after the ones before it."""
@@ -111,6 +112,7 @@ class AsyncSessionForm(ABC):
 
     async def _connect_async(self) -> Any:
         async def attempt(number: int, timeout: float) -> Any:
+            self.connect_attempts = number
             ib = self.ib_factory()
             cfg = self.config
             await bounded_connect_async(

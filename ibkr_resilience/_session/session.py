@@ -92,6 +92,8 @@ class IBKRSession(AsyncSessionForm):
         self._connected_at: float | None = None
         self._closing = False
         self._lost = False
+        self.connect_attempts = 0
+        """Connect attempts made so far (the run's metrics report it)."""
 
     @property
     def ib_connected(self) -> bool | None:
@@ -122,6 +124,7 @@ class IBKRSession(AsyncSessionForm):
 
     def _connect(self) -> Any:
         def attempt(number: int, timeout: float) -> Any:
+            self.connect_attempts = number
             ib = self.ib_factory()
             cfg = self.config
             bounded_connect(ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly)

@@ -13,6 +13,7 @@ import argparse
 import os
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from .journal import (
     journal_path,
 )
 from .plan import PlanError
+from .run_metrics import write_run_metrics
 
 log = get_logger("ibkr_resilience.script")
 
@@ -148,7 +150,12 @@ def script_main(
         settings = JobSettings.from_env(environ, ack_timeout=args.ack_timeout)
         body(ScriptRun(args, environ, state, run_id, settings))
 
-    return run_script(state, setup_and_run)
+    code = int(ExitCode.CONNECT_FAILED)  # what Python exits with if a bug escapes
+    try:
+        code = run_script(state, setup_and_run)
+        return code
+    finally:
+        write_run_metrics(state, code, environ)
 
 
 @dataclass(frozen=True)
@@ -203,7 +210,8 @@ def run_in_session(
     with open_journal(run, script=script) as journal:
         run.state.footer = [f"journal: {journal.path}"]
         job = start(journal, config)
-        with ibkr_session(client_id=config.client_id, config=config) as ib:
+        run.state.session = ibkr_session(client_id=config.client_id, config=config)
+        with run.state.session as ib:
             job(ib)
 
 
@@ -240,6 +248,9 @@ class RunState:
     header: str = ""
     footer: list[str] = field(default_factory=list)
     lost: str = ""  # why the run stopped early because the gateway went away
+    started: float = field(default_factory=time.monotonic)
+    session: Any = None  # the run's ibkr_session (its connect attempts go to the metrics)
+    failure_class: str | None = None  # of the connect failure that ended the run
 
     def check_connected(self, ib: Any) -> bool:
         """Before each order: stop cleanly (exit 1) when the session lost the gateway.
@@ -277,6 +288,7 @@ def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | N
         code, reason = ExitCode.BAD_INPUT, str(exc)
     except ConnectionFailed as exc:
         code, reason = ExitCode.CONNECT_FAILED, f"could not connect: {exc}"
+        state.failure_class = exc.failure_class
     except LiveAccountRefused as exc:
         code, reason = ExitCode.LIVE_ACCOUNT, f"live account refused, nothing sent: {exc}"
     except BaseException as exc:  # Ctrl-C, SIGTERM, a lost gateway; the rest propagates

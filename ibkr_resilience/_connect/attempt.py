@@ -49,7 +49,7 @@ from typing import Any
 import structlog
 
 from ..errors import RunningEventLoopError
-from .compat import ensure_event_loop, ib_insync
+from .compat import IB_LOGGER, Event, ensure_event_loop
 
 log = structlog.get_logger("ibkr_resilience.connect")
 
@@ -162,13 +162,13 @@ class _Watch:
         self._on(getattr(conn, "hasData", None), self._on_data)
         self._on(getattr(conn, "disconnected", None), self._on_closed)
         watcher = _SyncTimeoutWatcher(progress)
-        ib_logger = logging.getLogger("ib_insync.ib")
+        ib_logger = logging.getLogger(IB_LOGGER)
         ib_logger.addHandler(watcher)
         self._undo.append(lambda: ib_logger.removeHandler(watcher))
 
     def _on(self, event: Any, handler: Callable[..., None]) -> None:
         # Only real eventkit events: a MagicMock stand-in would accept anything.
-        if isinstance(event, ib_insync.Event):
+        if isinstance(event, Event):
             event.connect(handler)
             self._undo.append(lambda: event.disconnect(handler))
 

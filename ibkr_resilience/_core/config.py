@@ -40,6 +40,8 @@ DEFAULT_ACK_TIMEOUT = 10.0
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
+CLIENT_LIBRARIES = ("ib_insync", "ib_async")
+"""The client libraries the package runs on, in the order it looks for them."""
 
 _Kind = Literal[
     "host",
@@ -58,6 +60,7 @@ _Kind = Literal[
     "secret",
     "telegram_token",
     "chat_id",
+    "client_library",
 ]
 
 # The shapes the Bot API accepts: a token is ``<bot id>:<secret>``, a chat is a numeric id
@@ -167,8 +170,9 @@ class _Spec:
     env: str | None
     kind: _Kind
     optional: bool = False
-    owner: Literal["session", "job"] = "session"
-    """Which settings class the field belongs to: ``SessionConfig`` or ``JobSettings``."""
+    owner: Literal["session", "job", "process"] = "session"
+    """Which settings class the field belongs to: ``SessionConfig`` or ``JobSettings``;
+    ``process``: neither, read once per process through :func:`env_value`."""
 
 
 _SPECS: tuple[_Spec, ...] = (
@@ -199,6 +203,8 @@ _SPECS: tuple[_Spec, ...] = (
     # "text", not "path": kept as written (the journal expands "~"), so that an error
     # quotes the crontab's value.
     _Spec("journal", "IBKR_JOURNAL", "text", optional=True, owner="job"),
+    # Read once, when the package is imported (_connect/compat.py): the client library.
+    _Spec("client_library", "IBKR_CLIENT_LIBRARY", "client_library", True, "process"),
 )
 _SESSION_SPECS = tuple(spec for spec in _SPECS if spec.owner == "session")
 _JOB_SPECS = tuple(spec for spec in _SPECS if spec.owner == "job")
@@ -374,6 +380,7 @@ _VALIDATORS: dict[str, tuple[Callable[[object], Any], str]] = {
     ),
     "text": (_text, "a non-empty string"),
     "secret": (_text, "a non-empty string"),
+    "client_library": (_one_of(CLIENT_LIBRARIES, str.lower), " or ".join(CLIENT_LIBRARIES)),
 }
 """Kind -> (parser, what the error message says was expected)."""
 

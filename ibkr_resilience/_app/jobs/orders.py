@@ -14,15 +14,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from ..._connect import compat
 from ..._connect.accounts import is_paper_account, managed_accounts
-from ..._connect.compat import ensure_event_loop, ib_insync
+from ..._connect.compat import ensure_event_loop, order_status
 from ...errors import LiveAccountRefused
 from .journal import REJECTED, SUBMITTED, UNCONFIRMED
 
 ACCEPTED_STATUSES = frozenset({"Submitted", "PreSubmitted", "Filled"})
 """The gateway took the order: it is working, waiting for its parent, or done."""
 REJECTED_STATUSES = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
-"""The gateway refused or dropped the order (ib_insync marks an order error Cancelled)."""
+"""The gateway refused or dropped the order (the client library marks an order error
+Cancelled; statuses are read through :func:`compat.order_status`)."""
 
 _Key = TypeVar("_Key", bound=tuple[str, ...])
 
@@ -55,7 +57,7 @@ def qualify(ib: Any, contracts: Mapping[_Key, Any]) -> dict[_Key, str]:
 
     ib.errorEvent += on_error
     try:
-        qualified = {id(c) for c in ib.qualifyContracts(*contracts.values())}
+        qualified = {id(c) for c in compat.qualified(ib.qualifyContracts(*contracts.values()))}
     finally:
         ib.errorEvent -= on_error
     failures: dict[_Key, str] = {}
@@ -68,15 +70,16 @@ def qualify(ib: Any, contracts: Mapping[_Key, Any]) -> dict[_Key, str]:
 
 def trade_error(trade: Any) -> str:
     """The gateway's last error for an order (``"error 201: ..."``), or ``""``."""
-    for entry in reversed(getattr(trade, "log", [])):
-        if getattr(entry, "errorCode", 0):
-            return f"error {entry.errorCode}: {entry.message}"
-    return ""
+    errors = compat.order_errors(trade)
+    if not errors:
+        return ""
+    code, message = errors[-1]
+    return f"error {code}: {message}"
 
 
 def trade_outcome(trade: Any) -> str:
     """``accepted``, ``rejected`` or ``pending`` by the rules in docs/scripts.md."""
-    status = trade.orderStatus.status
+    status = order_status(trade)
     if status in ACCEPTED_STATUSES:
         return "accepted"
     if status in REJECTED_STATUSES:
@@ -110,12 +113,12 @@ def wait_for_acks(ib: Any, trades: Sequence[Any], timeout: float) -> None:
 def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
     """Run the client's loop until ``done()`` holds or ``timeout``; return ``done()``.
 
-    Wakes on ib_insync's ``updateEvent`` (emitted after every batch of incoming
+    Wakes on the client's ``updateEvent`` (emitted after every batch of incoming
     messages), so it returns as soon as the deciding message is processed. The handler
     is attached *before* the loop runs: ``IB.waitOnUpdate`` attaches it one loop step
     late and misses a reply that is already waiting in the socket.
     """
-    loop = ensure_event_loop()  # the loop ib_insync runs on
+    loop = ensure_event_loop()  # the loop the client library runs on
     deadline = time.monotonic() + timeout
     while not done():
         remaining = deadline - time.monotonic()
@@ -130,7 +133,7 @@ def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
         ib.updateEvent += wake
         ib.disconnectedEvent += wake  # a lost gateway ends the wait at once
         try:
-            ib_insync.util.run(asyncio.wait_for(woken, remaining))
+            compat.run(asyncio.wait_for(woken, remaining))
         except TimeoutError:
             pass
         finally:
@@ -162,7 +165,7 @@ def live_open_orders(ib: Any, account: str) -> list[Any]:
         order = trade.order
         if order.account not in (account, ""):
             continue
-        if trade.orderStatus.status in ib_insync.OrderStatus.DoneStates:
+        if order_status(trade) in compat.DONE_STATES:
             continue
         seen[order_key(order)] = trade
     return list(seen.values())

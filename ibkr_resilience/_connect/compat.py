@@ -171,11 +171,6 @@ UNSET_DOUBLE: Final[float] = float(library.util.UNSET_DOUBLE)
 """TWS's "no value" for a price (``sys.float_info.max``)."""
 
 
-def run(awaitable: Any) -> Any:
-    """Run ``awaitable`` on the client library's loop (``util.run``) and return its result."""
-    return library.util.run(awaitable)
-
-
 # -- orders: read a trade the way ib_insync 0.9.86 leaves it -------------------------------
 DONE_STATES: Final = frozenset({"Filled", "Cancelled", "ApiCancelled"})
 """ib_insync's ``OrderStatus.DoneStates`` (ib_async adds ``Inactive``)."""
@@ -194,7 +189,8 @@ def _insync_warning(code: int) -> bool:
 
 def _ordinary(entry: Any) -> bool:
     """A log entry of an order status or request (not an error, not a fill)."""
-    return not getattr(entry, "errorCode", 0) and not str(entry.message).startswith("Fill")
+    message = str(getattr(entry, "message", ""))
+    return not getattr(entry, "errorCode", 0) and not message.startswith("Fill")
 
 
 def _status_through(entries: list[Any], status: str) -> str:
@@ -210,14 +206,18 @@ def _status_through(entries: list[Any], status: str) -> str:
     if index is None:
         return status
     entry = entries[index]
-    if entry.status != status or any(_ordinary(e) for e in entries[index + 1 :]):
+    if getattr(entry, "status", None) != status or any(_ordinary(e) for e in entries[index + 1 :]):
         return status  # set since by an ordinary message
     if entry.errorCode == _CANCELLED:
         # ib_async cancels at once, ib_insync at the orderStatus that follows (which
         # ib_async may not log, nothing having changed): the same end, only sooner.
         return status
     # Not in the log (an order restored at connect): it was live before the message.
-    before = _status_through(entries[:index], entries[index - 1].status) if index else "Submitted"
+    before = (
+        _status_through(entries[:index], getattr(entries[index - 1], "status", ""))
+        if index
+        else "Submitted"
+    )
     if _insync_warning(entry.errorCode):
         return before  # ib_insync only logs it
     if status == _VALIDATION_ERROR:
@@ -282,5 +282,4 @@ __all__ = [
     "order_errors",
     "order_status",
     "qualified",
-    "run",
 ]

@@ -133,7 +133,9 @@ def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
         ib.updateEvent += wake
         ib.disconnectedEvent += wake  # a lost gateway ends the wait at once
         try:
-            compat.run(asyncio.wait_for(woken, remaining))
+            # The loop itself, not the library's util.run: that one raises any client's
+            # socket loss (Python 3.12+), where the loss should just end the wait.
+            loop.run_until_complete(asyncio.wait_for(woken, remaining))
         except TimeoutError:
             pass
         finally:

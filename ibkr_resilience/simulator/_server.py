@@ -180,6 +180,10 @@ class Server:
         if conn.closed:
             return
         conn.closed = True
+        # Recorded before the connection leaves the table: a test thread that sees the
+        # connection count drop must find the close event too.
+        self._recorder.event("sim.connection.close", conn=conn.id, client_id=conn.client_id,
+                             reason=reason)  # fmt: skip
         self._conns.pop(conn.id, None)
         current = asyncio.current_task()
         for task in conn.tasks:
@@ -188,8 +192,6 @@ class Server:
         conn.writer.close()
         with contextlib.suppress(Exception):
             await conn.writer.wait_closed()
-        self._recorder.event("sim.connection.close", conn=conn.id, client_id=conn.client_id,
-                             reason=reason)  # fmt: skip
         log.info(
             "sim.connection.close",
             extra={"conn": conn.id, "client_id": conn.client_id, "reason": reason},

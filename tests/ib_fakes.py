@@ -1,4 +1,4 @@
-"""Small stand-ins for ``ib_insync.IB`` and for time, used by the unit tests.
+"""Small stand-ins for the client library's ``IB`` and for time, used by the unit tests.
 
 ``FakeIB`` has the real eventkit events the library watches (``errorEvent``,
 ``disconnectedEvent``, ``client.apiError``/``apiStart``, ``client.conn.hasData`` /
@@ -12,10 +12,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ibkr_resilience._connect.compat import ib_insync
+from ibkr_resilience._connect import compat
 from ibkr_resilience.testing import FakeTime
 
-Event = ib_insync.Event
+Event = compat.Event
 
 
 class FakeConn:

@@ -2,7 +2,7 @@
 
 Every row runs the job the way cron runs it: ``scripts/paper_trading/submit_orders.py``
 (or, where the row needs a block that does something specific, a five-line with-block
-script) as a **subprocess**, the real ib_insync client against the simulated gateway
+script) as a **subprocess**, the real client library against the simulated gateway
 (``FakeGateway``, in this process) on 127.0.0.1, and a real HTTP server on 127.0.0.1
 standing in for the Telegram Bot API (``IFDS_TELEGRAM_API_URL``). Each test asserts what
 its row states: the exit code, whether the alert went out (what the Bot API received, and
@@ -154,7 +154,7 @@ class Run:
 
     @property
     def names(self) -> list[str]:
-        """Our events in order (ib_insync's own lines left out)."""
+        """Our events in order (the client library's own lines left out)."""
         return [
             str(r["event"])
             for r in self.log
@@ -849,6 +849,7 @@ BAD_VALUES: dict[str, str] = {
     "IBKR_MAX_ORDER_QUANTITY": "0",
     "IBKR_MAX_ORDER_NOTIONAL": "-1",
     "IBKR_OUTAGE_WAIT": "-1",
+    "IBKR_CLIENT_LIBRARY": "ib_nonesuch",
 }
 FAIL_OPEN = {"IBKR_ALERT_STATE_FILE", "IBKR_METRICS_DIR"}  # a warning, the run goes on
 SECRET = {"IFDS_TELEGRAM_BOT_TOKEN", "IBKR_HEALTHCHECK_URL"}

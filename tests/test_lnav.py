@@ -1,6 +1,6 @@
 """lnav reads our JSON lines: ``docs/lnav/ibkr_resilience.json`` against a real log.
 
-The log comes from real sessions (the real ib_insync client against the simulated
+The log comes from real sessions (the real client library against the simulated
 gateway, written by ``configure_logging(format="json", file=...)``): one that gives up on a
 hanging gateway, one that gives up on a closed port, one that connects. lnav runs headless
 (``lnav -n -c ';SELECT ...'``) with the format installed by ``lnav -i`` into a throwaway
@@ -29,6 +29,7 @@ import pytest
 import structlog
 
 from ibkr_resilience import ConnectionFailed, configure_logging, ibkr_session
+from ibkr_resilience._connect.compat import LOGGER_PREFIX
 from ibkr_resilience.simulator import FakeGateway
 
 LNAV = shutil.which("lnav")
@@ -106,7 +107,7 @@ def real_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
         configure_logging(
             format="json",
-            level="DEBUG",  # ib_insync's wire lines too: every kind of line must parse
+            level="DEBUG",  # the client library's wire lines too: every kind of line must parse
             file=str(path),
             script="lnav_test.py",
             run_id=RUN_ID,
@@ -198,7 +199,7 @@ def test_every_line_is_parsed(
     lnav_home: Path, real_log: Path, records: list[dict[str, Any]]
 ) -> None:
     loggers = Counter(r["logger"] for r in records)
-    assert loggers["ib_insync.client"] > 0 and loggers["ibkr_resilience.connect"] > 0
+    assert loggers[f"{LOGGER_PREFIX}.client"] > 0 and loggers["ibkr_resilience.connect"] > 0
     [total], by_logger = query(
         lnav_home,
         real_log,

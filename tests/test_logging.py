@@ -1,4 +1,4 @@
-"""configure_logging: one JSON stream for ours and ib_insync's lines, secrets scrubbed."""
+"""configure_logging: one JSON stream for ours and the client library's lines, secrets scrubbed."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import structlog
 from freezegun import freeze_time
 
 from ibkr_resilience import ConfigError, configure_logging
+from ibkr_resilience._connect.compat import LOGGER_PREFIX
 from ibkr_resilience.testing import BotApi
 
 TOKEN = "987654321:AAHsecretTokenValue-abcdefghij_KLMN"
@@ -44,7 +45,7 @@ def test_json_lines_have_the_common_keys_and_run_context() -> None:
     out = io.StringIO()
     run_id = configure_logging(format="json", stream=out, script="submit_orders.py", env={})
     structlog.get_logger("ibkr_resilience.test").info("ibkr.connect.attempt", attempt=1, port=7497)
-    logging.getLogger("ib_insync.client").info(
+    logging.getLogger(f"{LOGGER_PREFIX}.client").info(
         "Connecting to %s:%s", "127.0.0.1", 7497, extra={"conn": 3, "peer": f"bot{TOKEN}"}
     )
     ours, foreign = lines(out)
@@ -55,7 +56,7 @@ def test_json_lines_have_the_common_keys_and_run_context() -> None:
         assert line["run_id"] == run_id and line["script"] == "submit_orders.py"
     assert ours["event"] == "ibkr.connect.attempt" and ours["logger"] == "ibkr_resilience.test"
     assert ours["attempt"] == 1 and ours["port"] == 7497
-    assert foreign["logger"] == "ib_insync.client"
+    assert foreign["logger"] == f"{LOGGER_PREFIX}.client"
     assert foreign["event"] == "Connecting to 127.0.0.1:7497"
     assert list(ours)[:4] == ["timestamp", "level", "logger", "event"]
 
@@ -83,7 +84,7 @@ def test_exceptions_are_structured_without_locals_and_redacted() -> None:
     try:
         post()
     except ConnectionError:
-        logging.getLogger("ib_insync.wrapper").exception("foreign failure")
+        logging.getLogger(f"{LOGGER_PREFIX}.wrapper").exception("foreign failure")
     text = out.getvalue()
     assert TOKEN not in text and TOKEN.split(":")[1] not in text
     ours, foreign = lines(out)
@@ -101,7 +102,7 @@ def test_one_processor_redacts_every_string() -> None:
     configure_logging(format="json", stream=out, env={"IFDS_TELEGRAM_BOT_TOKEN": custom})
     log = structlog.get_logger("t")
     log.info(f"event with bot{TOKEN}", nested={"url": [f"/bot{TOKEN}/x", ("a", custom)]})
-    logging.getLogger("ib_insync.client").error("foreign %s and %s", TOKEN, custom)
+    logging.getLogger(f"{LOGGER_PREFIX}.client").error("foreign %s and %s", TOKEN, custom)
     text = out.getvalue()
     assert TOKEN not in text and custom not in text
     assert text.count("[REDACTED]") >= 4
@@ -148,7 +149,7 @@ def test_calling_twice_does_not_duplicate_lines(tmp_path: Path) -> None:
     run_id = configure_logging(format="json", stream=second, run_id="fixed-run", env={})
     assert run_id == "fixed-run"
     structlog.get_logger("t").info("ibkr.once")
-    logging.getLogger("ib_insync.ib").warning("once too")
+    logging.getLogger(f"{LOGGER_PREFIX}.ib").warning("once too")
     assert first.getvalue() == ""
     assert [x["event"] for x in lines(second)] == ["ibkr.once", "once too"]
     marked = [h for h in logging.getLogger().handlers if getattr(h, "_ibkr_resilience_handler", 0)]
@@ -160,7 +161,7 @@ def test_log_file_appends_json_lines(tmp_path: Path) -> None:
     path.write_text('{"earlier": "line"}\n')
     configure_logging(format="console", stream=io.StringIO(), env={"IBKR_LOG_FILE": str(path)})
     structlog.get_logger("t").info("ibkr.to.file", token=f"bot{TOKEN}")
-    logging.getLogger("ib_insync.client").info("foreign to file")
+    logging.getLogger(f"{LOGGER_PREFIX}.client").info("foreign to file")
     configure_logging(format="json", stream=io.StringIO(), file=str(path), env={})
     structlog.get_logger("t").info("ibkr.second.run")
     rows = [json.loads(x) for x in path.read_text().splitlines()]
@@ -173,7 +174,7 @@ def test_level_filters_ours_and_foreign() -> None:
     out = io.StringIO()
     configure_logging(format="json", stream=out, env={"IBKR_LOG_LEVEL": "warning"})
     structlog.get_logger("t").info("ibkr.hidden")
-    logging.getLogger("ib_insync.client").info("hidden too")
+    logging.getLogger(f"{LOGGER_PREFIX}.client").info("hidden too")
     structlog.get_logger("t").warning("ibkr.shown")
     assert [x["event"] for x in lines(out)] == ["ibkr.shown"]
 
@@ -225,7 +226,7 @@ def test_a_record_formatted_by_another_handler_first_has_no_duplicate_message() 
     root = logging.getLogger()
     root.handlers.insert(0, other)  # formats the record before ours does
     try:
-        logging.getLogger("ib_insync.client").info("Connecting to %s", "127.0.0.1")
+        logging.getLogger(f"{LOGGER_PREFIX}.client").info("Connecting to %s", "127.0.0.1")
     finally:
         root.removeHandler(other)
     line = json.loads(buf.getvalue().splitlines()[-1])

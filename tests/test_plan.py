@@ -20,12 +20,12 @@ from ibkr_resilience._app.jobs.plan import (
     load_plan,
     parse_plan,
 )
-from ibkr_resilience._connect.compat import ib_insync
+from ibkr_resilience._connect import compat
 
 HEADER = "symbol,side,quantity,order_type,limit_price,stop_price,tif,take_profit,stop_loss"
 GOOD_ROW = "AAPL,BUY,10,MKT,,,DAY,,"
 REPO = Path(__file__).resolve().parents[1]
-UNSET = ib_insync.util.UNSET_DOUBLE
+UNSET = compat.UNSET_DOUBLE
 
 
 def write(tmp_path: Path, text: str, name: str = "plan.csv") -> Path:
@@ -336,17 +336,17 @@ def test_by_ref_maps_every_leg_to_its_row(tmp_path: Path) -> None:
 # --- orders and contracts --------------------------------------------------------------------
 
 
-def build(order: PlannedOrder, start: int = 100) -> list[ib_insync.Order]:
+def build(order: PlannedOrder, start: int = 100) -> list[compat.Order]:
     return order.build_orders(itertools.count(start).__next__, account="DU1234567")
 
 
 EXPECTED_ENTRY = {  # row id -> (class, orderType, lmtPrice, auxPrice)
-    "1": (ib_insync.MarketOrder, "MKT", UNSET, UNSET),
-    "m1": (ib_insync.LimitOrder, "LMT", 405.5, UNSET),
-    "3": (ib_insync.StopOrder, "STP", UNSET, 215.0),
-    "4": (ib_insync.StopLimitOrder, "STP LMT", 549.5, 550.0),
-    "5": (ib_insync.Order, "MOC", UNSET, UNSET),
-    "6": (ib_insync.Order, "LOC", 251.0, UNSET),
+    "1": (compat.MarketOrder, "MKT", UNSET, UNSET),
+    "m1": (compat.LimitOrder, "LMT", 405.5, UNSET),
+    "3": (compat.StopOrder, "STP", UNSET, 215.0),
+    "4": (compat.StopLimitOrder, "STP LMT", 549.5, 550.0),
+    "5": (compat.Order, "MOC", UNSET, UNSET),
+    "6": (compat.Order, "LOC", 251.0, UNSET),
 }
 
 
@@ -399,7 +399,7 @@ def test_contracts_are_stocks_one_per_distinct_key(tmp_path: Path) -> None:
         ("TSLA", "STK", "SMART", "USD"),
     ]
     ibm = contracts[("IBM", "STK", "NYSE", "USD")]
-    assert isinstance(ibm, ib_insync.Stock)
+    assert isinstance(ibm, compat.Stock)
     assert (ibm.symbol, ibm.secType, ibm.exchange, ibm.currency) == ("IBM", "STK", "NYSE", "USD")
     assert plan.orders[0].contract() is not plan.orders[0].contract()  # fresh each call
 

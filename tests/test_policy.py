@@ -140,7 +140,7 @@ def test_rejected_detail_keeps_the_gateway_error() -> None:
     assert "326" in failure.detail and "already in use" in str(failure.error)
 
 
-# -- the real ib_insync client against tiny raw gateways on 127.0.0.1 -----------------------
+# -- the real client library against tiny raw gateways on 127.0.0.1 ----------------------
 
 
 def _frame(*fields: str) -> bytes:

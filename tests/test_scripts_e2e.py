@@ -1,4 +1,4 @@
-"""submit_orders / close_positions end to end: real ib_insync client, real sockets.
+"""submit_orders / close_positions end to end: real client library, real sockets.
 
 The simulated gateway runs in this process (``FakeGateway``); the scripts run in-process
 through ``main()`` where an exit code is all that matters, and as subprocesses where a
@@ -29,7 +29,8 @@ from ibkr_resilience._app.jobs import submit as submit_job
 from ibkr_resilience._app.jobs.close import close_ref, trading_date
 from ibkr_resilience._app.jobs.journal import read_journal
 from ibkr_resilience._app.jobs.plan import load_plan
-from ibkr_resilience._connect.compat import IB, ib_insync
+from ibkr_resilience._connect import compat
+from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway, SimPosition
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,8 +204,8 @@ def test_the_ack_wait_ends_cleanly_when_the_gateway_is_lost(fake_gateway: FakeGa
     ib = IB()
     ib.connect("127.0.0.1", gw.port, clientId=10, timeout=5)
     try:
-        trade = ib.placeOrder(ib_insync.Stock("AAPL", "SMART", "USD"),
-                              ib_insync.LimitOrder("BUY", 1, 100.0))  # fmt: skip
+        trade = ib.placeOrder(compat.Stock("AAPL", "SMART", "USD"),
+                              compat.LimitOrder("BUY", 1, 100.0))  # fmt: skip
 
         def drop_when_held() -> None:
             if gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=10):
@@ -425,8 +426,8 @@ def test_close_refuses_a_symbol_whose_order_owner_is_connected(tmp_path: Path) -
         owner = IB()
         owner.connect("127.0.0.1", gw.port, clientId=10, timeout=2)
         try:
-            stop = ib_insync.StopOrder("SELL", 100, 140.0, orderRef="protect")
-            owner.placeOrder(ib_insync.Stock("AAPL", "SMART", "USD"), stop)
+            stop = compat.StopOrder("SELL", 100, 140.0, orderRef="protect")
+            owner.placeOrder(compat.Stock("AAPL", "SMART", "USD"), stop)
             assert gw.wait_for(lambda: len(open_orders(gw)) == 1, timeout=5)
             assert close(gw, tmp_path) == 3
         finally:
@@ -444,8 +445,8 @@ def test_close_global_cancel_handles_a_connected_owner(tmp_path: Path) -> None:
         owner = IB()
         owner.connect("127.0.0.1", gw.port, clientId=10, timeout=2)
         try:
-            stop = ib_insync.StopOrder("SELL", 100, 140.0, orderRef="protect")
-            owner.placeOrder(ib_insync.Stock("AAPL", "SMART", "USD"), stop)
+            stop = compat.StopOrder("SELL", 100, 140.0, orderRef="protect")
+            owner.placeOrder(compat.Stock("AAPL", "SMART", "USD"), stop)
             assert gw.wait_for(lambda: len(open_orders(gw)) == 1, timeout=5)
             assert close(gw, tmp_path, "--global-cancel") == 0
         finally:

@@ -1,4 +1,4 @@
-"""``async with ibkr_session()`` against the simulated gateway: the real ib_insync client.
+"""``async with ibkr_session()`` against the simulated gateway: the real client library.
 
 Every test runs its own event loop (``asyncio.run``) and waits for events (log records,
 gateway events, alerts) with hard deadlines, never for "enough time". Each one checks

@@ -1,4 +1,4 @@
-"""``ibkr_session`` against the simulated gateway: the real ib_insync client, real sockets.
+"""``ibkr_session`` against the simulated gateway: the real client library, real sockets.
 
 Each test asserts the outcome and its timing with short timeouts (0.5-1 s), and reads
 what the session logged through the real ``configure_logging`` JSON pipeline. Where the

@@ -2,7 +2,7 @@
 
 Users' faults here are incidents that real gateways produce (docs/simulator.md, "Your
 own faults"), each a few lines against the public hook API, driven by the real
-ib_insync client.
+client library (ib_insync or ib_async).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from ibkr_resilience._connect.compat import IB, ib_insync
+from ibkr_resilience._connect import compat
+from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import (
     DROP,
     PROCEED,
@@ -36,8 +37,8 @@ from ibkr_resilience.simulator import (
 from ibkr_resilience.simulator._codec import decode
 from ibkr_resilience.simulator._recording import Received, Recorder
 
-Stock = ib_insync.Stock
-LimitOrder = ib_insync.LimitOrder
+Stock = compat.Stock
+LimitOrder = compat.LimitOrder
 
 READ_ONLY_TEXT = (
     "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode."
@@ -45,7 +46,7 @@ READ_ONLY_TEXT = (
 
 
 def wait_until(ib: IB, predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    """Run ib_insync's loop until ``predicate()`` holds (no fixed sleeps)."""
+    """Run the client's loop until ``predicate()`` holds (no fixed sleeps)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -174,7 +175,7 @@ def test_read_only_api_refuses_orders_with_321(fake_gateway: FakeGateway) -> Non
     try:
         assert 0.45 <= time.monotonic() - start < 1.0  # no end marker for reqOpenOrders
         trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"), LimitOrder("BUY", 1, 100.0))
-        assert wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
+        assert wait_until(ib, lambda: compat.order_status(trade) == "Cancelled")
         assert trade.log[-1].errorCode == 321
         assert fake_gateway.state.order_list() == []
         fake_gateway.remove_fault(fault)
@@ -216,9 +217,9 @@ def test_outage_pushes_1100_holds_orders_then_restores(fake_gateway: FakeGateway
         assert wait_until(ib, lambda: codes == [1100])
         trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"), LimitOrder("BUY", 1, 100.0))
         assert fake_gateway.wait_for(lambda: bool(fake_gateway.messages("placeOrder")), 2)
-        assert trade.orderStatus.status == "PendingSubmit"
+        assert compat.order_status(trade) == "PendingSubmit"
         fake_gateway.remove_fault(outage)
-        assert wait_until(ib, lambda: trade.orderStatus.status == "Submitted")
+        assert wait_until(ib, lambda: compat.order_status(trade) == "Submitted")
         assert codes == [1100, 1102]
     finally:
         ib.disconnect()
@@ -233,7 +234,7 @@ def test_informational_order_error_then_acceptance(fake_gateway: FakeGateway) ->
         trade = ib.placeOrder(Stock("AAPL", "SMART", "USD"), LimitOrder("BUY", 1, 100.0))
         cancelled: list[object] = []
         trade.cancelledEvent += cancelled.append
-        assert wait_until(ib, lambda: trade.orderStatus.status == "Submitted")
+        assert wait_until(ib, lambda: compat.order_status(trade) == "Submitted")
         assert [(e.status, e.errorCode) for e in trade.log] == [
             ("PendingSubmit", 0),
             ("Cancelled", 10349),

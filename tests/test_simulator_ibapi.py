@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from ibkr_resilience._connect.compat import IB, ib_insync
+from ibkr_resilience._connect import compat
+from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import SERVER_VERSION, FakeGateway, SimPosition
 
 ibapi_client = pytest.importorskip("ibapi.client", reason="ibapi-stable is not installed")
@@ -77,14 +78,14 @@ class Recorder(ibapi_wrapper.EWrapper):  # type: ignore[misc, name-defined]
 
 
 def _seed_orders(port: int) -> None:
-    """Place one filled and one resting order with ib_insync, so the sync has content."""
+    """Place one filled and one resting order with the client library, so the sync has content."""
     ib = IB().connect("127.0.0.1", port, clientId=10, timeout=2)
     try:
-        c = ib_insync.Stock("AAPL", "SMART", "USD")
+        c = compat.Stock("AAPL", "SMART", "USD")
         ib.qualifyContracts(c)
-        filled = ib.placeOrder(c, ib_insync.MarketOrder("BUY", 2, orderRef="x:1"))
-        resting = ib.placeOrder(c, ib_insync.LimitOrder("BUY", 3, 100.0, orderRef="x:2"))
-        while not (filled.isDone() and resting.orderStatus.status == "Submitted"):
+        filled = ib.placeOrder(c, compat.MarketOrder("BUY", 2, orderRef="x:1"))
+        resting = ib.placeOrder(c, compat.LimitOrder("BUY", 3, 100.0, orderRef="x:2"))
+        while not (compat.is_done(filled) and compat.order_status(resting) == "Submitted"):
             ib.waitOnUpdate(timeout=1)
     finally:
         ib.disconnect()
@@ -106,7 +107,7 @@ def test_official_ibapi_client_completes_handshake_and_sync() -> None:
             assert rec.wait("nextValidId") and rec.wait("managedAccounts")
             assert rec.data["managedAccounts"] == [("DU1234567",)]
 
-            # the same initial sync ib_insync's IB.connect() performs
+            # the same initial sync IB.connect() performs
             app.reqPositions()
             app.reqOpenOrders()
             app.reqCompletedOrders(False)

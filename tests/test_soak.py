@@ -2,7 +2,7 @@
 
 500 sequential ``ibkr_session`` enter/exit cycles in one thread, and 20 concurrent
 sessions with distinct client ids (one thread each, each with its own asyncio loop, as
-ib_insync needs), all with the real ib_insync client on 127.0.0.1. After each: every
+ib_insync needs), all with the real client library on 127.0.0.1. After each: every
 descriptor and thread that existed before is all that exists (``/proc/self/fd``,
 ``threading.active_count()``), no ResourceWarning (unclosed socket, transport or loop),
 and the gateway saw exactly the expected connections, each closed by the client.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .compat import ib_insync
+from .compat import IB_LOGGER, LOGGER_PREFIX, Event
 from .failures import (
     CLIENT_ID_IN_USE,
     CONNECTIVITY_LOST,
@@ -93,7 +93,7 @@ class SyncTimeoutWatcher(logging.Handler):
             self.progress.sync_timeouts.append(message)
 
 
-CLIENT_LOGGERS = ("ib_insync.client", "ib_insync.wrapper", "ib_insync.ib")
+CLIENT_LOGGERS = tuple(f"{LOGGER_PREFIX}.{name}" for name in ("client", "wrapper", "ib"))
 
 
 class ExpectedDuringAttempt(logging.Filter):
@@ -138,7 +138,7 @@ class Watch:
         self._on(getattr(conn, "hasData", None), self._on_data)
         self._on(getattr(conn, "disconnected", None), self._on_closed)
         watcher = SyncTimeoutWatcher(progress)
-        ib_logger = logging.getLogger("ib_insync.ib")
+        ib_logger = logging.getLogger(IB_LOGGER)
         ib_logger.addHandler(watcher)
         self._undo.append(lambda: ib_logger.removeHandler(watcher))
         quiet = ExpectedDuringAttempt()
@@ -149,7 +149,7 @@ class Watch:
 
     def _on(self, event: Any, handler: Callable[..., None]) -> None:
         # Only real eventkit events: a MagicMock stand-in would accept anything.
-        if isinstance(event, ib_insync.Event):
+        if isinstance(event, Event):
             event.connect(handler)
             self._undo.append(lambda: event.disconnect(handler))
 

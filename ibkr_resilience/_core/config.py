@@ -46,6 +46,8 @@ DEFAULT_OUTAGE_WAIT = 300.0
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
+CLIENT_LIBRARIES = ("ib_insync", "ib_async")
+"""The client libraries the package runs on, in the order it looks for them."""
 
 _Kind = Literal[
     "host",
@@ -65,6 +67,7 @@ _Kind = Literal[
     "secret",
     "telegram_token",
     "chat_id",
+    "client_library",
 ]
 
 # The shapes the Bot API accepts: a token is ``<bot id>:<secret>``, a chat is a numeric id
@@ -189,8 +192,9 @@ class _Spec:
     env: str | None
     kind: _Kind
     optional: bool = False
-    owner: Literal["session", "job"] = "session"
-    """Which settings class the field belongs to: ``SessionConfig`` or ``JobSettings``."""
+    owner: Literal["session", "job", "process"] = "session"
+    """Which settings class the field belongs to: ``SessionConfig`` or ``JobSettings``;
+    ``process``: neither, read once per process through :func:`env_value`."""
 
 
 _SPECS: tuple[_Spec, ...] = (
@@ -226,6 +230,8 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("max_order_notional", "IBKR_MAX_ORDER_NOTIONAL", "amount", owner="job"),
     _Spec("outage_wait", "IBKR_OUTAGE_WAIT", "non_negative", owner="job"),
     _Spec("metrics_dir", "IBKR_METRICS_DIR", "path", optional=True, owner="job"),
+    # Read once, when the package is imported (_connect/compat.py): the client library.
+    _Spec("client_library", "IBKR_CLIENT_LIBRARY", "client_library", True, "process"),
 )
 _SESSION_SPECS = tuple(spec for spec in _SPECS if spec.owner == "session")
 _JOB_SPECS = tuple(spec for spec in _SPECS if spec.owner == "job")
@@ -402,6 +408,7 @@ _VALIDATORS: dict[str, tuple[Callable[[object], Any], str]] = {
     ),
     "text": (_text, "a non-empty string"),
     "secret": (_text, "a non-empty string"),
+    "client_library": (_one_of(CLIENT_LIBRARIES, str.lower), " or ".join(CLIENT_LIBRARIES)),
 }
 """Kind -> (parser, what the error message says was expected)."""
 

@@ -145,7 +145,7 @@ def connect(
         env_retries if max_retries is None else max_retries,
         env_delay if retry_delay is None else retry_delay,
         env_timeout if timeout is None else timeout,
-        ib_class=lambda: IB(),  # type: ignore[no-untyped-call]
+        ib_class=lambda: IB(),
         send_alert=lambda message: _send_telegram_alert(message),
     )
 

@@ -6,13 +6,13 @@ answers the greeting's version range with two fields: its server version and the
 connection time.
 
 The simulator speaks server version 157 (``SERVER_VERSION``), the lowest one that
-ib_insync 0.9.86 accepts (its range is 157..176) and far below the official
-client's maximum. At 157 the message layouts carry none of the later optional
-fields (no ``advancedOrderRejectJson`` in errors, no size rules in contract
-details, no ``duration``/``postToAts`` in orders), which keeps the encoders below
-exact. The layouts were taken from ib_insync 0.9.86's ``decoder.py`` and
-``client.py``; the field order is the TWS protocol's, so the official ``ibapi``
-client decodes the same bytes.
+ib_insync 0.9.86 accepts (its range is 157..176), also the lowest of ib_async 2.1's
+range (157..178), and far below the official client's maximum. At 157 the message
+layouts carry none of the later optional fields (no ``advancedOrderRejectJson`` in
+errors, no size rules in contract details, no ``duration``/``postToAts`` in orders),
+which keeps the encoders below exact. The layouts were taken from ib_insync 0.9.86's
+``decoder.py`` and ``client.py``; the field order is the TWS protocol's, so the
+official ``ibapi`` client decodes the same bytes.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..._connect.compat import is_done
 from ..._core.config import SessionConfig
 from ..._core.log import get_logger
 from ..._notify.telegram import DisabledAlert
@@ -128,7 +129,7 @@ class Canceller:
                 mine = [t for t in other.openTrades() if order_key(t.order) in wanted]
                 for t in mine:
                     other.cancelOrder(t.order)
-                wait_for_update(other, lambda: all(t.isDone() for t in mine), self.timeout)
+                wait_for_update(other, lambda: all(is_done(t) for t in mine), self.timeout)
         except ConnectionFailed as exc:
             return (
                 f"its orders belong to client id {owner}, which could not be used "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..._connect.compat import ib_insync
+from ..._connect import compat
 from .close_records import CloseParams, CloseRecorder, closing_side, qty
 from .close_scope import close_ref
 from .exits import journal_if_cut_short
@@ -45,7 +45,7 @@ class ClosingOrders:
 
     def order_for(self, pos: Any) -> Any:
         """The DAY order that flattens ``pos``, marked with today's close ref."""
-        return ib_insync.Order(
+        return compat.Order(
             orderType=self.params.order_type, action=closing_side(pos),
             totalQuantity=abs(pos.position), tif="DAY", account=self.params.account,
             orderRef=close_ref(pos.contract.symbol, self.params.day),
@@ -84,7 +84,7 @@ class ClosingOrders:
             return
         self.record.close(
             pos, SKIPPED, trade=trade,
-            message=f"closing order {order.orderId} already pending ({trade.orderStatus.status})",
+            message=f"closing order {order.orderId} already pending ({compat.order_status(trade)})",
         )  # fmt: skip
 
     def preview(self, pos: Any, pending: Any | None) -> str:
@@ -99,7 +99,7 @@ class ClosingOrders:
 def _closing_contract(pos: Any) -> Any:
     """The position's contract, routed SMART (positions come without an exchange)."""
     c = pos.contract
-    return ib_insync.Contract(
+    return compat.Contract(
         conId=c.conId, symbol=c.symbol, secType=c.secType or "STK", exchange="SMART",
         currency=c.currency or "USD",
     )  # fmt: skip

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from ..._connect.compat import order_status
 from ..._core.log import get_logger
 from .close_scope import close_ref
 from .journal import CANCELLED, DRY_RUN, Journal
@@ -62,7 +63,7 @@ class CloseRecorder:
             "side": order.action,
             "quantity": qty(order.totalQuantity),
             "order_type": order.orderType,
-            "status": "Cancelled" if event == CANCELLED else trade.orderStatus.status,
+            "status": "Cancelled" if event == CANCELLED else order_status(trade),
             "message": message,
         }
         self.journal.append(event, **fields)
@@ -84,7 +85,7 @@ class CloseRecorder:
         side = closing_side(pos)
         order = trade.order if trade is not None else order
         order_id = order.orderId if order is not None and event != DRY_RUN else None
-        status = trade.orderStatus.status if trade is not None else ""
+        status = order_status(trade) if trade is not None else ""
         perm_id = (trade.orderStatus.permId or trade.order.permId or None) if trade else None
         ref = order.orderRef if order is not None else close_ref(symbol, self.params.day)
         fields = {

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..._connect.compat import ib_insync
+from ..._connect.compat import ensure_event_loop
 from ..._core.log import get_logger
 from .exits import ExitCode, RunStopped
 from .orders import wait_for_update
@@ -131,11 +131,14 @@ def gateway_answers(ib: Any, timeout: float) -> bool:
     """
     if not ib.isConnected():
         return False
-    try:
-        ib_insync.util.run(asyncio.wait_for(ib.reqCurrentTimeAsync(), timeout))
-    except (TimeoutError, ConnectionError):
+    # The loop itself, not the library's util.run, which re-raises any socket loss
+    # (Python 3.12+) where a lost connection should just be a "no".
+    probe = asyncio.ensure_future(ib.reqCurrentTimeAsync(), loop=ensure_event_loop())
+    done, _ = ensure_event_loop().run_until_complete(asyncio.wait({probe}, timeout=timeout))
+    if not done:
+        probe.cancel()
         return False
-    return True
+    return not probe.cancelled() and probe.exception() is None
 
 
 def probe_timeout(ack_timeout: float) -> float:

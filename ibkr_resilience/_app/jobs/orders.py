@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from ..._connect import compat
 from ..._connect.accounts import is_paper_account, managed_accounts
-from ..._connect.compat import ensure_event_loop, ib_insync
+from ..._connect.compat import ensure_event_loop, order_status
 from ..._connect.failures import is_read_only_error
 from ...errors import LiveAccountRefused
 from .journal import REJECTED, SUBMITTED, UNCONFIRMED
@@ -23,7 +24,8 @@ from .journal import REJECTED, SUBMITTED, UNCONFIRMED
 ACCEPTED_STATUSES = frozenset({"Submitted", "PreSubmitted", "Filled"})
 """The gateway took the order: it is working, waiting for its parent, or done."""
 REJECTED_STATUSES = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
-"""The gateway refused or dropped the order (ib_insync marks an order error Cancelled)."""
+"""The gateway refused or dropped the order (the client library marks an order error
+Cancelled; statuses are read through :func:`compat.order_status`)."""
 
 INFORMATIONAL_CODES = frozenset({399, 404, 2109, 10167, 10349})
 """Order-scoped "errors" that are notices: the order goes on and is acknowledged later.
@@ -74,7 +76,7 @@ def qualify(ib: Any, contracts: Mapping[_Key, Any]) -> dict[_Key, str]:
 
     ib.errorEvent += on_error
     try:
-        qualified = {id(c) for c in ib.qualifyContracts(*contracts.values())}
+        qualified = {id(c) for c in compat.qualified(ib.qualifyContracts(*contracts.values()))}
     finally:
         ib.errorEvent -= on_error
     failures: dict[_Key, str] = {}
@@ -109,7 +111,7 @@ def trade_outcome(trade: Any) -> str:
     A Cancelled status whose latest error is informational (10349 ...) is the client
     library's guess, not the gateway's answer: still pending.
     """
-    status = trade.orderStatus.status
+    status = order_status(trade)
     if status in ACCEPTED_STATUSES:
         return "accepted"
     if status in REJECTED_STATUSES:
@@ -184,7 +186,7 @@ def wait_for_acks(ib: Any, trades: Sequence[Any], timeout: float) -> None:
 def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
     """Run the client's loop until ``done()`` holds or ``timeout``; return ``done()``.
 
-    Wakes on ib_insync's ``updateEvent`` (emitted after every batch of incoming
+    Wakes on the client's ``updateEvent`` (emitted after every batch of incoming
     messages), so it returns as soon as the deciding message is processed. The handler
     is attached *before* the loop runs: ``IB.waitOnUpdate`` attaches it one loop step
     late and misses a reply that is already waiting in the socket.
@@ -196,7 +198,7 @@ def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:
     Python 3.11's ``asyncio.wait_for`` hid that by returning the woken future's result,
     3.12's (built on ``asyncio.timeout``) lets the ``ConnectionError`` escape.
     """
-    loop = ensure_event_loop()  # the loop ib_insync runs on
+    loop = ensure_event_loop()  # the loop the client library runs on
     deadline = time.monotonic() + timeout
     while not done():
         remaining = deadline - time.monotonic()
@@ -242,7 +244,7 @@ def live_open_orders(ib: Any, account: str) -> list[Any]:
         order = trade.order
         if order.account not in (account, ""):
             continue
-        if trade.orderStatus.status in ib_insync.OrderStatus.DoneStates:
+        if order_status(trade) in compat.DONE_STATES:
             continue
         seen[order_key(order)] = trade
     return list(seen.values())

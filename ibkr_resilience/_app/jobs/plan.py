@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..._connect.compat import ib_insync
+from ..._connect import compat
 from .plan_rows import (
     COLUMNS,
     OPTIONAL_COLUMNS,
@@ -73,9 +73,9 @@ class Plan:
     def __len__(self) -> int:
         return len(self.orders)
 
-    def contracts(self) -> dict[ContractKey, ib_insync.Contract]:
+    def contracts(self) -> dict[ContractKey, compat.Contract]:
         """One fresh contract per distinct key, in plan order, to qualify in one call."""
-        contracts: dict[ContractKey, ib_insync.Contract] = {}
+        contracts: dict[ContractKey, compat.Contract] = {}
         for order in self.orders:
             contracts.setdefault(order.contract_key, order.contract())
         return contracts

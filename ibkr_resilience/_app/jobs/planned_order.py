@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..._connect.compat import ib_insync
+from ..._connect import compat
 
 MAX_ORDER_REF_LEN = 40
 # Row ids and the plan-id stem are limited so that the longest ref,
@@ -73,13 +73,13 @@ class PlannedOrder:
     def contract_key(self) -> ContractKey:
         return (self.symbol, self.sec_type, self.exchange, self.currency)
 
-    def contract(self) -> ib_insync.Contract:
+    def contract(self) -> compat.Contract:
         """A fresh, unqualified contract (qualifying fills it in place)."""
-        return ib_insync.Stock(self.symbol, self.exchange, self.currency)
+        return compat.Stock(self.symbol, self.exchange, self.currency)
 
     def build_orders(
         self, next_id: Callable[[], int], *, account: str = ""
-    ) -> list[ib_insync.Order]:
+    ) -> list[compat.Order]:
         """The order(s) to place, in placing order.
 
         ``next_id`` is usually ``ib.client.getReqId``; taking it as a callable keeps this
@@ -99,32 +99,32 @@ class PlannedOrder:
             "ocaType": _BRACKET_OCA_TYPE,
             **common,
         }
-        take_profit = ib_insync.LimitOrder(
+        take_profit = compat.LimitOrder(
             exit_side, self.quantity, self.take_profit, orderId=next_id(),
             orderRef=f"{self.order_ref}:tp", transmit=False, **legs,
         )  # fmt: skip
-        stop_loss = ib_insync.StopOrder(
+        stop_loss = compat.StopOrder(
             exit_side, self.quantity, self.stop_loss, orderId=next_id(),
             orderRef=f"{self.order_ref}:sl", transmit=True, **legs,
         )  # fmt: skip
         return [parent, take_profit, stop_loss]
 
-    def _entry_order(self, order_id: int, **common: Any) -> ib_insync.Order:
+    def _entry_order(self, order_id: int, **common: Any) -> compat.Order:
         kw: dict[str, Any] = {"orderId": order_id, "orderRef": self.order_ref, **common}
         side, qty = self.side, self.quantity
         lmt = _price_or(self.limit_price, self.order_type in NEEDS_LIMIT, "limit_price")
         stp = _price_or(self.stop_price, self.order_type in NEEDS_STOP, "stop_price")
         if self.order_type == "MKT":
-            return ib_insync.MarketOrder(side, qty, **kw)
+            return compat.MarketOrder(side, qty, **kw)
         if self.order_type == "LMT":
-            return ib_insync.LimitOrder(side, qty, lmt, **kw)
+            return compat.LimitOrder(side, qty, lmt, **kw)
         if self.order_type == "STP":
-            return ib_insync.StopOrder(side, qty, stp, **kw)
+            return compat.StopOrder(side, qty, stp, **kw)
         if self.order_type == "STP LMT":
-            return ib_insync.StopLimitOrder(side, qty, lmt, stp, **kw)
+            return compat.StopLimitOrder(side, qty, lmt, stp, **kw)
         if self.order_type == "LOC":
             kw["lmtPrice"] = lmt
-        return ib_insync.Order(orderType=self.order_type, action=side, totalQuantity=qty, **kw)
+        return compat.Order(orderType=self.order_type, action=side, totalQuantity=qty, **kw)
 
     def journal_fields(self) -> dict[str, Any]:
         """The row as the journal records it (see ``docs/order-plan.md``)."""
@@ -156,4 +156,4 @@ def _price_or(value: float | None, needed: bool, col: str) -> float:
         return value
     if needed:
         raise ValueError(f"{col} is required for this order type")
-    return float(ib_insync.util.UNSET_DOUBLE)
+    return float(compat.UNSET_DOUBLE)

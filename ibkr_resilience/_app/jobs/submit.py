@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
+from ..._connect.compat import order_status
 from ..._connect.failures import is_read_only_error
 from ..._core.config import SessionConfig, env_value
 from ..._core.log import get_logger
@@ -119,7 +120,7 @@ def placed_refs(ib: Any, account: str) -> dict[str, Found]:
     for trade in [*respect_reported_ids(ib, ib.reqAllOpenOrders()), *ib.openTrades()]:
         order = trade.order
         if order.orderRef and order.account in (account, ""):
-            status = trade.orderStatus.status
+            status = order_status(trade)
             found.setdefault(order.orderRef, Found("open order", order.orderId or None,
                                                    order.permId or None, status))  # fmt: skip
     for fill in [*ib.reqExecutions(), *ib.fills()]:
@@ -292,14 +293,14 @@ class Submitter:
         legs: list[dict[str, Any]] = []
         if trades:
             entry = trades[0]
-            status = entry.orderStatus.status
+            status = order_status(entry)
             order_id = entry.order.orderId
             perm_id = entry.orderStatus.permId or entry.order.permId or None
             if len(trades) > 1:
                 legs = [
                     {"order_ref": t.order.orderRef, "order_id": t.order.orderId,
                      "perm_id": t.orderStatus.permId or t.order.permId or None,
-                     "status": t.orderStatus.status}
+                     "status": order_status(t)}
                     for t in trades
                 ]  # fmt: skip
         fields.update(account=self.account, order_id=order_id, perm_id=perm_id,

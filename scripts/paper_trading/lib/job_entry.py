@@ -18,14 +18,34 @@ CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 def job_main(job: str) -> Callable[[], int]:
-    """``ibkr_resilience._app.jobs.<job>.main``; the checkout's copy if none is installed."""
+    """``ibkr_resilience._app.jobs.<job>.main``; the checkout's copy if none is installed.
+
+    A setting read when the package is imported (``IBKR_CLIENT_LIBRARY``) can already
+    fail there: then the returned ``main`` reports it the way the job reports every bad
+    setting, one line on stderr and exit 2.
+    """
     module = f"ibkr_resilience._app.jobs.{job}"
     try:
-        loaded = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != "ibkr_resilience":
+        try:
+            loaded = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != "ibkr_resilience":
+                raise
+            sys.path.insert(0, str(CHECKOUT))
+            loaded = importlib.import_module(module)
+    except Exception as exc:
+        errors = sys.modules.get("ibkr_resilience.errors")
+        if errors is None or not isinstance(exc, errors.ConfigError):
             raise
-        sys.path.insert(0, str(CHECKOUT))
-        loaded = importlib.import_module(module)
+        return _refuse(exc)
     main: Callable[[], int] = loaded.main
+    return main
+
+
+def _refuse(error: Exception) -> Callable[[], int]:
+    def main() -> int:
+        script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+        print(f"{script}: error: {error}", file=sys.stderr)
+        return 2
+
     return main

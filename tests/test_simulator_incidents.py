@@ -3,6 +3,7 @@ ib_insync client: what the client sees, and how long it takes, for each."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import socket
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from ibkr_resilience._connect.compat import IB, ib_insync
+from ibkr_resilience._connect import compat
+from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway, SimOrder
 
-Stock = ib_insync.Stock
-LimitOrder = ib_insync.LimitOrder
+Stock = compat.Stock
+LimitOrder = compat.LimitOrder
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -36,7 +38,7 @@ def connect(gw: FakeGateway, client_id: int = 10, timeout: float = 2.0) -> IB:
     return IB().connect("127.0.0.1", gw.port, clientId=client_id, timeout=timeout)
 
 
-def aapl_limit(ib: IB, order: LimitOrder | None = None) -> ib_insync.Trade:
+def aapl_limit(ib: IB, order: LimitOrder | None = None) -> compat.Trade:
     return ib.placeOrder(Stock("AAPL", "SMART", "USD"), order or LimitOrder("BUY", 1, 100.0))
 
 
@@ -220,7 +222,7 @@ def test_silent_answers_nothing_and_keeps_the_socket(fake_gateway: FakeGateway) 
     try:
         fake_gateway.silent()
         with pytest.raises(TimeoutError):
-            ib.run(ib_insync.util.asyncio.wait_for(ib.reqCurrentTimeAsync(), 0.3))
+            ib.run(asyncio.wait_for(ib.reqCurrentTimeAsync(), 0.3))
         assert ib.isConnected() and lost == []
         assert fake_gateway.connection_count() == 1
         with pytest.raises(TimeoutError):

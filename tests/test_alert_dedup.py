@@ -24,6 +24,7 @@ from ib_fakes import Factory
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConfigError, ConnectionFailed, SessionConfig, ibkr_session
+from ibkr_resilience._core import statedir
 from ibkr_resilience._core.timefmt import format_duration
 from ibkr_resilience._notify import alert_state
 from ibkr_resilience._notify.alert_state import (
@@ -350,7 +351,7 @@ def test_unreadable_state_is_logged_and_replaced(
 ) -> None:
     path = tmp_path / "state.json"
     path.write_text("{}")
-    real = alert_state.read_small_file
+    real = statedir.read_small_file
 
     def denied(where: Path, limit: int) -> str:
         if where == path:

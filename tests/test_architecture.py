@@ -118,7 +118,7 @@ def test_no_import_cycles() -> None:
             if nxt.startswith(node + ".") or node.startswith(nxt + "."):
                 continue
             if state.get(nxt) == 1:
-                cycles.append([*stack[stack.index(nxt):], nxt] if nxt in stack else [node, nxt])
+                cycles.append([*stack[stack.index(nxt) :], nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
                 visit(nxt, [*stack, nxt])
         state[node] = 2
@@ -140,9 +140,14 @@ def test_the_check_sees_a_wrong_import(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "public", ["ibkr_resilience", "ibkr_resilience.errors", "ibkr_resilience.simulator",
-               "ibkr_resilience.testing"]
-)  # fmt: skip
+    "public",
+    [
+        "ibkr_resilience",
+        "ibkr_resilience.errors",
+        "ibkr_resilience.simulator",
+        "ibkr_resilience.testing",
+    ],
+)
 def test_all_lists_exactly_the_public_names(public: str) -> None:
     """``__all__`` names exist, and every public name defined there is in ``__all__``."""
     module = importlib.import_module(public)

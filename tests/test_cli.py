@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parents[1]
 def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ibkr_resilience", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_LOG_FORMAT": "json", **env},
     )
 
@@ -28,7 +31,7 @@ def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_check_ok_prints_one_line(fake_gateway: FakeGateway) -> None:
     r = run("check", "--port", str(fake_gateway.port))
     assert r.returncode == 0, r.stderr
-    line, = r.stdout.splitlines()
+    (line,) = r.stdout.splitlines()
     assert line.startswith(f"ok 127.0.0.1:{fake_gateway.port} server_version=157 ")
     assert "accounts=DU1234567 paper connect_ms=" in line
     # disconnected again (the gateway handles the close on its own thread: wait for it)
@@ -40,7 +43,7 @@ def test_check_failure_names_the_class(fake_gateway: FakeGateway) -> None:
     fake_gateway.client_id_in_use()
     r = run("check", "--port", str(fake_gateway.port), "--once", "--timeout", "1")
     assert r.returncode == 1
-    line, = r.stdout.splitlines()
+    (line,) = r.stdout.splitlines()
     assert line.startswith("FAIL rejected: ") and "(1 attempt(s)" in line
 
 
@@ -52,12 +55,15 @@ def test_check_down_uses_the_environment() -> None:
     assert r.stdout.startswith("FAIL refused: ConnectionRefusedError")
 
 
-@pytest.mark.parametrize("name, value", [
-    ("IBKR_CONNECT_TIMEOUT", "abc"),
-    ("IBKR_PORT", "99999"),
-    ("IBKR_CONNECT_MAX_RETRIES", "0"),
-    ("IBKR_LOG_FORMAT", "xml"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("IBKR_CONNECT_TIMEOUT", "abc"),
+        ("IBKR_PORT", "99999"),
+        ("IBKR_CONNECT_MAX_RETRIES", "0"),
+        ("IBKR_LOG_FORMAT", "xml"),
+    ],
+)
 def test_check_bad_configuration_is_one_line_exit_2(name: str, value: str) -> None:
     r = run("check", "--once", **{name: value})
     assert r.returncode == 2
@@ -68,7 +74,10 @@ def test_check_bad_configuration_is_one_line_exit_2(name: str, value: str) -> No
 def test_package_imports_with_a_bad_environment() -> None:
     r = subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", "import ibkr_resilience"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": os.environ.get("PATH", ""), "IBKR_CONNECT_TIMEOUT": "abc"},
     )
     assert r.returncode == 0, r.stderr
@@ -96,7 +105,7 @@ def test_check_on_a_closed_port_is_one_quick_quiet_line() -> None:
     elapsed = time.monotonic() - started
     assert r.returncode == 1
     assert r.stderr == ""
-    line, = r.stdout.splitlines()
+    (line,) = r.stdout.splitlines()
     assert line.startswith("FAIL refused: ") and "(1 attempt(s), " in line
     assert elapsed < 15, elapsed
 
@@ -104,8 +113,13 @@ def test_check_on_a_closed_port_is_one_quick_quiet_line() -> None:
 def test_check_stays_quiet_whatever_the_jobs_log_settings(tmp_path: Path) -> None:
     """A HEALTHCHECK every 30 s must not write into the job's log (IBKR_LOG_FILE)."""
     log_file = tmp_path / "job.log"
-    r = run("check", "--port", str(_closed_port()), IBKR_LOG_FILE=str(log_file),
-            IBKR_LOG_STDERR_LEVEL="DEBUG")
+    r = run(
+        "check",
+        "--port",
+        str(_closed_port()),
+        IBKR_LOG_FILE=str(log_file),
+        IBKR_LOG_STDERR_LEVEL="DEBUG",
+    )
     assert r.returncode == 1 and r.stderr == ""
     assert not log_file.exists()
 
@@ -124,7 +138,7 @@ def test_check_live_account_exits_4() -> None:
         r = run("check", "--port", str(gw.port))
         assert gw.connected_client_ids() == []
     assert r.returncode == 4 and r.stderr == ""
-    line, = r.stdout.splitlines()
+    (line,) = r.stdout.splitlines()
     assert line.startswith("FAIL live_account: accounts=U7654321")
 
 
@@ -141,9 +155,21 @@ def test_check_wait_rides_out_a_restart() -> None:
     with FakeGateway() as gw:
         gw.down()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ibkr_resilience", "check", "-v", "--wait", "60",
-             "--port", str(gw.port)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "ibkr_resilience",
+                "check",
+                "-v",
+                "--wait",
+                "60",
+                "--port",
+                str(gw.port),
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_LOG_FORMAT": "json"},
         )
         assert proc.stderr is not None

@@ -16,10 +16,14 @@ def position(symbol: str, qty: float, account: str = "DU1") -> Any:
 
 
 def open_order(symbol: str, order_id: int, ref: str = "", account: str = "DU1") -> Any:
-    order = SimpleNamespace(permId=1000 + order_id, clientId=10, orderId=order_id,
-                            orderRef=ref, account=account)  # fmt: skip
-    return SimpleNamespace(contract=SimpleNamespace(symbol=symbol), order=order,
-                           orderStatus=SimpleNamespace(status="Submitted"))  # fmt: skip
+    order = SimpleNamespace(
+        permId=1000 + order_id, clientId=10, orderId=order_id, orderRef=ref, account=account
+    )
+    return SimpleNamespace(
+        contract=SimpleNamespace(symbol=symbol),
+        order=order,
+        orderStatus=SimpleNamespace(status="Submitted"),
+    )
 
 
 class Gateway:
@@ -37,11 +41,19 @@ class Gateway:
 
 def book() -> Book:
     ib = Gateway(
-        [position("AAPL", 10), position("MSFT", -5), position("SPY", 0),
-         position("QQQ", 3, account="DU2")],
-        [open_order("AAPL", 1), open_order("MSFT", 2, close_ref("MSFT", DAY)),
-         open_order("TSLA", 3), open_order("AAPL", 4, close_ref("AAPL", date(2024, 5, 3)))],
-    )  # fmt: skip
+        [
+            position("AAPL", 10),
+            position("MSFT", -5),
+            position("SPY", 0),
+            position("QQQ", 3, account="DU2"),
+        ],
+        [
+            open_order("AAPL", 1),
+            open_order("MSFT", 2, close_ref("MSFT", DAY)),
+            open_order("TSLA", 3),
+            open_order("AAPL", 4, close_ref("AAPL", date(2024, 5, 3))),
+        ],
+    )
     return Book.read(ib, "DU1", DAY)
 
 
@@ -66,6 +78,7 @@ def test_orders_to_cancel_and_orders_that_block_a_close() -> None:
     b = book()
     assert [t.order.orderId for t in b.to_cancel({"AAPL", "MSFT"})] == [1, 4]
     assert {s: [t.order.orderId for t in ts] for s, ts in b.live_by_symbol().items()} == {
-        "AAPL": [1, 4], "TSLA": [3],
-    }  # fmt: skip
+        "AAPL": [1, 4],
+        "TSLA": [3],
+    }
     assert list(b.closing({"MSFT", "AAPL", "TSLA"})) == ["AAPL", "MSFT"]

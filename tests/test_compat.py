@@ -76,8 +76,12 @@ def test_an_unknown_library_name_is_a_config_error() -> None:
 def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
     return subprocess.run(
         [sys.executable, *args, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=60, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
 
 
 def test_importing_with_a_missing_forced_library_fails_in_one_line() -> None:
@@ -179,15 +183,22 @@ def test_import_under_error_on_deprecation_with_the_policy_api_deprecated() -> N
         ),
         pytest.param(  # read-only API: ib_insync cancels, ib_async marks ValidationError
             trade("Cancelled", ("PendingSubmit", 0), ("Cancelled", 321, "Error 321, reqId 4: RO")),
-            trade("ValidationError", ("PendingSubmit", 0),
-                  ("ValidationError", 321, "Warning 321, reqId 4: RO")),
+            trade(
+                "ValidationError",
+                ("PendingSubmit", 0),
+                ("ValidationError", 321, "Warning 321, reqId 4: RO"),
+            ),
             "Cancelled",
             id="321",
         ),
         pytest.param(  # a warning: ib_insync only logs it
             trade("Submitted", ("PendingSubmit", 0), ("Submitted", 0)),
-            trade("ValidationError", ("PendingSubmit", 0), ("Submitted", 0),
-                  ("ValidationError", 399, "Warning 399, reqId 4: held")),
+            trade(
+                "ValidationError",
+                ("PendingSubmit", 0),
+                ("Submitted", 0),
+                ("ValidationError", 399, "Warning 399, reqId 4: held"),
+            ),
             "Submitted",
             id="399",
         ),
@@ -199,16 +210,31 @@ def test_import_under_error_on_deprecation_with_the_policy_api_deprecated() -> N
         ),
         pytest.param(  # ... and the acknowledgement after it wins
             trade("Submitted", ("PendingSubmit", 0), ("Submitted", 0)),
-            trade("Submitted", ("PendingSubmit", 0), ("ValidationError", 2109, "W 2109"),
-                  ("Submitted", 0)),
+            trade(
+                "Submitted",
+                ("PendingSubmit", 0),
+                ("ValidationError", 2109, "W 2109"),
+                ("Submitted", 0),
+            ),
             "Submitted",
             id="2109-then-ack",
         ),
         pytest.param(
-            trade("Cancelled", ("PendingSubmit", 0), ("Submitted", 0), ("PendingCancel", 0),
-                  ("Cancelled", 0)),
-            trade("Cancelled", ("PendingSubmit", 0), ("Submitted", 0), ("PendingCancel", 0),
-                  ("Cancelled", 202, "Error 202"), ("Cancelled", 0)),
+            trade(
+                "Cancelled",
+                ("PendingSubmit", 0),
+                ("Submitted", 0),
+                ("PendingCancel", 0),
+                ("Cancelled", 0),
+            ),
+            trade(
+                "Cancelled",
+                ("PendingSubmit", 0),
+                ("Submitted", 0),
+                ("PendingCancel", 0),
+                ("Cancelled", 202, "Error 202"),
+                ("Cancelled", 0),
+            ),
             "Cancelled",
             id="202-then-cancelled",
         ),
@@ -220,15 +246,24 @@ def test_import_under_error_on_deprecation_with_the_policy_api_deprecated() -> N
         ),
         pytest.param(  # a fill logged after a warning keeps the warning's status
             trade("Submitted", ("PendingSubmit", 0), ("Submitted", 0), ("Submitted", 0, "Fill")),
-            trade("ValidationError", ("PendingSubmit", 0), ("Submitted", 0),
-                  ("ValidationError", 404, "W 404"), ("ValidationError", 0, "Fill")),
+            trade(
+                "ValidationError",
+                ("PendingSubmit", 0),
+                ("Submitted", 0),
+                ("ValidationError", 404, "W 404"),
+                ("ValidationError", 0, "Fill"),
+            ),
             "Submitted",
             id="404-fill",
         ),
         pytest.param(  # 321 on a filled order: ib_insync leaves it Filled
             trade("Filled", ("PendingSubmit", 0), ("Filled", 0)),
-            trade("ValidationError", ("PendingSubmit", 0), ("Filled", 0),
-                  ("ValidationError", 321, "Warning 321")),
+            trade(
+                "ValidationError",
+                ("PendingSubmit", 0),
+                ("Filled", 0),
+                ("ValidationError", 321, "Warning 321"),
+            ),
             "Filled",
             id="321-after-fill",
         ),
@@ -252,8 +287,13 @@ def test_order_status_reads_both_libraries_alike(
 def test_202_cancels_at_once_on_ib_async() -> None:
     """Error 202: ib_async's Cancelled is kept (ib_insync reaches it at the orderStatus
     that follows), and the notice is not an order error."""
-    t = trade("Cancelled", ("PendingSubmit", 0), ("Submitted", 0), ("PendingCancel", 0),
-              ("Cancelled", 202, "Error 202, reqId 4: Order Canceled"))  # fmt: skip
+    t = trade(
+        "Cancelled",
+        ("PendingSubmit", 0),
+        ("Submitted", 0),
+        ("PendingCancel", 0),
+        ("Cancelled", 202, "Error 202, reqId 4: Order Canceled"),
+    )
     assert compat.order_status(t) == "Cancelled" and compat.is_done(t)
     assert compat.order_errors(t) == []
 

@@ -13,9 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_demo_runs_offline_and_shows_the_three_promises(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "ibkr_resilience", "demo", "--restart", "2", "--dir",
-         str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "ibkr_resilience", "demo", "--restart", "2", "--dir", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
     )
     assert r.returncode == 0, r.stdout + r.stderr
@@ -27,8 +29,9 @@ def test_demo_runs_offline_and_shows_the_three_promises(tmp_path: Path) -> None:
     assert seconds < 30
 
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    refused = [x for x in log if x["event"] == "ibkr.connect.failed"
-               and x["failure_class"] == "refused"]
+    refused = [
+        x for x in log if x["event"] == "ibkr.connect.failed" and x["failure_class"] == "refused"
+    ]
     assert len(refused) >= 3  # ~2 s closed, retried every 0.5 s
     first_success = next(x for x in log if x["event"] == "ibkr.connect.success")
     assert first_success["attempt"] == len(refused) + 1

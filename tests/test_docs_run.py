@@ -99,7 +99,10 @@ def test_excerpts_say_why() -> None:
 def _checkout_state() -> str:
     return subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=all"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
 
@@ -126,8 +129,9 @@ def test_page_blocks_run(page: Path, tmp_path: Path) -> None:
                 cmd = [sys.executable, "-c", block.code]
             else:
                 cmd = ["sh", "-e", "-c", block.code]
-            r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                               timeout=180)
-            assert r.returncode == 0, f"{block} exited {r.returncode}\n{block.code}\n" \
+            r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+            assert r.returncode == 0, (
+                f"{block} exited {r.returncode}\n{block.code}\n"
                 f"--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"
+            )
     assert _checkout_state() == before, f"running {page.name}'s blocks changed the checkout"

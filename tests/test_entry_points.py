@@ -18,7 +18,11 @@ LEGACY = REPO / "docs" / "examples" / "legacy_connect.py"
 
 def run(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, *cmd], cwd=REPO, capture_output=True, text=True, timeout=60,
+        [sys.executable, *cmd],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ["HOME"]},
     )
 

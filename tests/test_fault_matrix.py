@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 
-from ibkr_resilience.simulator import FakeGateway, SimOrder
+from ibkr_resilience.simulator import FakeGateway, PlaceOrder, SimOrder
 from ibkr_resilience.testing import BlackHole, BotApi, closed_port_url, parse_json_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,8 +188,7 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], str]:
 
 
 def run_job(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Run:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)  # fmt: skip
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     log, text = read_log(Path(env["IBKR_LOG_FILE"]))
     return Run(result.returncode, result.stdout, result.stderr, log, text)
 
@@ -205,8 +204,9 @@ class Running:
         with self.out.open("w") as out, self.err.open("w") as err:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err)
 
-    def wait_for_log(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60,
-                     count: int = 1) -> None:  # fmt: skip
+    def wait_for_log(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60, count: int = 1
+    ) -> None:
         """Poll the job's log file (another process writes it) until ``count`` lines match.
 
         The deadline is a hard stop for a job that never gets there, generous enough for
@@ -294,21 +294,30 @@ CONNECT_FAULTS = {
     "close_on_accept": ConnectFault("close_on_accept", "closed", "max_time", at_once=True),
     "not_logged_in": ConnectFault("not_logged_in", "not_logged_in", "max_time", at_once=False),
     # 326 is retried during its grace period (transient after a restart), then fail fast.
-    "client_id_in_use": ConnectFault("client_id_in_use", "rejected", "fail_fast", at_once=True,
-                                     env=(("IBKR_CLIENT_ID_GRACE", "1"),)),
+    "client_id_in_use": ConnectFault(
+        "client_id_in_use",
+        "rejected",
+        "fail_fast",
+        at_once=True,
+        env=(("IBKR_CLIENT_ID_GRACE", "1"),),
+    ),
     "stall_sync": ConnectFault("stall_sync", "incomplete_sync", "max_time", at_once=False),
     # 4 sequential round trips x 0.3 s > the 1 s bound on the whole attempt: one attempt
     # (MAX_RETRIES=1 keeps the class deterministic), cut at the bound during the sync.
     "slow_over_bound": ConnectFault(
-        "slow:0.3", "incomplete_sync", "max_attempts", at_once=False,
+        "slow:0.3",
+        "incomplete_sync",
+        "max_attempts",
+        at_once=False,
         env=(("IBKR_CONNECT_TIMEOUT", "1"), ("IBKR_CONNECT_MAX_RETRIES", "1")),
     ),
 }
 
 
 @pytest.mark.parametrize("row", list(CONNECT_FAULTS))
-def test_connect_fault(row: str, fake_gateway: FakeGateway, bot_api: BotApi,
-                       tmp_path: Path) -> None:  # fmt: skip
+def test_connect_fault(
+    row: str, fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
+) -> None:
     """Every attempt fails: exit 1, one alert naming the class, nothing placed."""
     fault = CONNECT_FAULTS[row]
     code, title = EXPECTED[row]
@@ -351,9 +360,16 @@ def test_connect_fault(row: str, fake_gateway: FakeGateway, bot_api: BotApi,
     assert (firing["kind"], firing["failure_class"]) == ("first", fault.failure_class)
     assert run.one("ibkr.session.end")["outcome"] == "connect_failed"
     assert run.one("script.end")["exit_code"] == code
-    run.assert_in_order("submit.start", "ibkr.connect.attempt", "ibkr.connect.failed",
-                        "ibkr.connect.gave_up", "ibkr.alert.firing", "ibkr.alert.sent",
-                        "ibkr.session.end", "script.end")  # fmt: skip
+    run.assert_in_order(
+        "submit.start",
+        "ibkr.connect.attempt",
+        "ibkr.connect.failed",
+        "ibkr.connect.gave_up",
+        "ibkr.alert.firing",
+        "ibkr.alert.sent",
+        "ibkr.session.end",
+        "script.end",
+    )
     assert gw.messages("placeOrder") == []
     assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
 
@@ -362,8 +378,9 @@ def test_connect_fault(row: str, fake_gateway: FakeGateway, bot_api: BotApi,
 REFUSED_BEFORE_UP = 2
 
 
-def test_restart(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
-                 running: Callable[..., Running]) -> None:  # fmt: skip
+def test_restart(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
     """The port is closed (the daily gateway restart) while the job has been refused
     twice, then opens: refused attempts every 0.5 s, connected within one refused
     interval of the port opening, the plan placed.
@@ -374,8 +391,9 @@ def test_restart(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
     second refusal is not what this row measures."""
     gw = fake_gateway
     gw.down()
-    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="60"),
-                  tmp_path)  # fmt: skip
+    job = running(
+        submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="60"), tmp_path
+    )
     job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", count=REFUSED_BEFORE_UP)
     gw.up()
     run = job.wait()
@@ -394,8 +412,9 @@ def test_restart(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
     assert run.one("ibkr.session.end")["outcome"] == "ok"
     assert run.one("script.end")["exit_code"] == 0
     assert run.events("ibkr.alert.firing") == [] and run.events("ibkr.alert.sent") == []
-    run.assert_in_order("ibkr.connect.failed", "ibkr.connect.success", "ibkr.session.end",
-                        "script.end")  # fmt: skip
+    run.assert_in_order(
+        "ibkr.connect.failed", "ibkr.connect.success", "ibkr.session.end", "script.end"
+    )
     gateway_closed_cleanly(gw)
 
 
@@ -403,14 +422,18 @@ SLOW_S = 0.2
 SLOW_T = 1.5  # 0.7 s above the 4 x S the gateway adds: scheduling on a loaded machine fits
 
 
-def test_slow_under_bound(fake_gateway: FakeGateway, bot_api: BotApi,
-                          tmp_path: Path) -> None:  # fmt: skip
+def test_slow_under_bound(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
     """Every reply 0.2 s late, bound 1.5 s: a connect is 4 sequential round trips
     (handshake, API start, sync, executions), 0.8 s < 1.5 s, so the first attempt connects."""
     gw = fake_gateway
     gw.slow(SLOW_S)
-    env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_TIMEOUT=str(SLOW_T),
-                  IBKR_CONNECT_MAX_RETRIES="1", IBKR_ACK_TIMEOUT="5")  # fmt: skip
+    env = job_env(
+        tmp_path,
+        bot_api.url,
+        IBKR_CONNECT_TIMEOUT=str(SLOW_T),
+        IBKR_CONNECT_MAX_RETRIES="1",
+        IBKR_ACK_TIMEOUT="5",
+    )
     run = run_job(submit_cmd(gw), env, tmp_path)
     assert run.code == EXPECTED["slow_under_bound"][0], run.stderr
     assert "result: 5 submitted; exit 0" in run.stdout
@@ -425,14 +448,14 @@ def test_slow_under_bound(fake_gateway: FakeGateway, bot_api: BotApi,
 
 
 # --------------------------------------------------------------------------- in the block
-def test_drop_mid_session(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
-                          running: Callable[..., Running]) -> None:  # fmt: skip
+def test_drop_mid_session(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
     """The gateway cuts the connection while the 2nd order waits for its acknowledgement:
     not reconnected (orders may be in flight), alerted, exit 1 at once."""
     gw = fake_gateway
     gw.hold_orders(after=1)
-    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"),
-                  tmp_path)  # fmt: skip
+    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"), tmp_path)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
     gw.drop_connections()
     run = job.wait()
@@ -451,8 +474,13 @@ def test_drop_mid_session(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: 
     assert run.one("ibkr.session.end")["outcome"] == "lost"
     assert run.one("script.end")["exit_code"] == code
     assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.unconfirmed": 1}
-    run.assert_in_order("ibkr.connect.success", "ibkr.session.lost", "ibkr.alert.sent",
-                        "ibkr.session.end", "script.end")  # fmt: skip
+    run.assert_in_order(
+        "ibkr.connect.success",
+        "ibkr.session.lost",
+        "ibkr.alert.sent",
+        "ibkr.session.end",
+        "script.end",
+    )
     assert run.events("ibkr.session.error") == []  # one drop, one alert (wire_alert)
     assert len(gw.events("sim.connection.open")) == 1  # no silent reconnect
 
@@ -465,14 +493,16 @@ def test_exception_in_block(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path
     code, title = EXPECTED["exception_in_block"]
     assert run.code == code
     assert run.stderr.rstrip().endswith("ValueError: plan row 7 is bad: <qty> & price")
-    wire_alert(bot_api, title, "Phase: block",
-               "ValueError: plan row 7 is bad: &lt;qty&gt; &amp; price")  # fmt: skip
+    wire_alert(
+        bot_api, title, "Phase: block", "ValueError: plan row 7 is bad: &lt;qty&gt; &amp; price"
+    )
     error = run.one("ibkr.session.error")
     assert (error["phase"], error["error_type"]) == ("block", "ValueError")
     assert error["exception"][0]["exc_type"] == "ValueError"
     assert run.one("ibkr.session.end")["outcome"] == "error"
-    run.assert_in_order("ibkr.connect.success", "ibkr.session.error", "ibkr.alert.sent",
-                        "ibkr.session.end")  # fmt: skip
+    run.assert_in_order(
+        "ibkr.connect.success", "ibkr.session.error", "ibkr.alert.sent", "ibkr.session.end"
+    )
     no_secret_leaked(run)
     gateway_closed_cleanly(gw)
 
@@ -480,22 +510,41 @@ def test_exception_in_block(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path
 @pytest.mark.parametrize(
     ("row", "signum", "outcome", "event", "reason"),
     [
-        pytest.param("sigterm_in_block", signal.SIGTERM, "terminated",
-                     "ibkr.session.terminated", "terminated (SIGTERM)", id="sigterm_in_block"),
-        pytest.param("sigint_in_block", signal.SIGINT, "interrupted",
-                     "ibkr.session.interrupted", "interrupted (Ctrl-C)", id="sigint_in_block"),
+        pytest.param(
+            "sigterm_in_block",
+            signal.SIGTERM,
+            "terminated",
+            "ibkr.session.terminated",
+            "terminated (SIGTERM)",
+            id="sigterm_in_block",
+        ),
+        pytest.param(
+            "sigint_in_block",
+            signal.SIGINT,
+            "interrupted",
+            "ibkr.session.interrupted",
+            "interrupted (Ctrl-C)",
+            id="sigint_in_block",
+        ),
     ],
-)  # fmt: skip
-def test_signal_in_block(row: str, signum: int, outcome: str, event: str, reason: str,
-                         fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
-                         running: Callable[..., Running],
-                         ctrl_c_reaches_children: None) -> None:  # fmt: skip
+)
+def test_signal_in_block(
+    row: str,
+    signum: int,
+    outcome: str,
+    event: str,
+    reason: str,
+    fake_gateway: FakeGateway,
+    bot_api: BotApi,
+    tmp_path: Path,
+    running: Callable[..., Running],
+    ctrl_c_reaches_children: None,
+) -> None:
     """Stopped while the 1st order waits for its acknowledgement: the documented exit
     code, no alert (stopped on purpose), the order journaled unconfirmed, disconnected."""
     gw = fake_gateway
     gw.hold_orders(after=0)
-    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"),
-                  tmp_path)  # fmt: skip
+    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"), tmp_path)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
     run, sent = job.signal_and_wait(signum)
     code, title = EXPECTED[row]
@@ -519,8 +568,9 @@ def test_signal_in_block(row: str, signum: int, outcome: str, event: str, reason
 REFUSED_WAIT = 5.0
 
 
-def test_sigterm_in_retry_wait(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
-                               running: Callable[..., Running]) -> None:  # fmt: skip
+def test_sigterm_in_retry_wait(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
     """Port closed, retry interval 5 s: SIGTERM during the wait after the first refused
     attempt ends the job at once (not after the wait), 143, no alert, no second attempt."""
     gw = fake_gateway
@@ -541,29 +591,49 @@ def test_sigterm_in_retry_wait(fake_gateway: FakeGateway, bot_api: BotApi, tmp_p
     assert (terminated["phase"], terminated["signal"]) == ("connect", "SIGTERM")
     assert run.one("ibkr.session.end")["outcome"] == "terminated"
     assert run.events("ibkr.connect.gave_up") == [] and run.events("ibkr.alert.firing") == []
-    run.assert_in_order("ibkr.connect.attempt", "ibkr.connect.failed",
-                        "ibkr.session.terminated", "ibkr.session.end")  # fmt: skip
+    run.assert_in_order(
+        "ibkr.connect.attempt", "ibkr.connect.failed", "ibkr.session.terminated", "ibkr.session.end"
+    )
 
 
 # --------------------------------------------------------------------------- the Bot API
-RATE_LIMITED = (429, {"ok": False, "error_code": 429,
-                      "description": "Too Many Requests: retry after 1",
-                      "parameters": {"retry_after": 1}})  # fmt: skip
+RATE_LIMITED = (
+    429,
+    {
+        "ok": False,
+        "error_code": 429,
+        "description": "Too Many Requests: retry after 1",
+        "parameters": {"retry_after": 1},
+    },
+)
 OK = (200, {"ok": True, "result": {}})
 
 
 @pytest.mark.parametrize(
     ("row", "status", "answer"),
     [
-        pytest.param("bot_400", 400, (400, {"ok": False, "error_code": 400,
-                     "description": "Bad Request: chat not found"}), id="bot_400"),
-        pytest.param("bot_500", 500, (500, {"ok": False, "error_code": 500,
-                     "description": "Internal Server Error"}), id="bot_500"),
+        pytest.param(
+            "bot_400",
+            400,
+            (400, {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}),
+            id="bot_400",
+        ),
+        pytest.param(
+            "bot_500",
+            500,
+            (500, {"ok": False, "error_code": 500, "description": "Internal Server Error"}),
+            id="bot_500",
+        ),
     ],
-)  # fmt: skip
-def test_bot_error(row: str, status: int, answer: tuple[int, dict[str, Any]],
-                       fake_gateway: FakeGateway, bot_api: BotApi,
-                       tmp_path: Path) -> None:  # fmt: skip
+)
+def test_bot_error(
+    row: str,
+    status: int,
+    answer: tuple[int, dict[str, Any]],
+    fake_gateway: FakeGateway,
+    bot_api: BotApi,
+    tmp_path: Path,
+) -> None:
     """The alert is refused: logged (status and description), not retried, not recorded
     as sent (the next failing run tries again); the job's exit code is unchanged."""
     fake_gateway.down()
@@ -582,13 +652,13 @@ def test_bot_error(row: str, status: int, answer: tuple[int, dict[str, Any]],
     no_secret_leaked(run)
 
 
-def test_bot_429_retry_after(fake_gateway: FakeGateway, bot_api: BotApi,
-                                 tmp_path: Path) -> None:  # fmt: skip
+def test_bot_429_retry_after(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
     """429 with retry_after=1 within a 3 s deadline: waited, retried once, delivered."""
     fake_gateway.down()
     bot_api.answer(RATE_LIMITED, OK)
-    run = run_job(submit_cmd(fake_gateway),
-                  job_env(tmp_path, bot_api.url, IBKR_ALERT_TIMEOUT="3"), tmp_path)  # fmt: skip
+    run = run_job(
+        submit_cmd(fake_gateway), job_env(tmp_path, bot_api.url, IBKR_ALERT_TIMEOUT="3"), tmp_path
+    )
     code, title = EXPECTED["bot_429_retry_after"]
     assert run.code == code
     assert len(bot_api.requests) == 2
@@ -606,8 +676,7 @@ def _added_by_alert(run: Run) -> float:
     return run.at("ibkr.session.end") - run.at("ibkr.connect.gave_up")
 
 
-def test_bot_hanging(fake_gateway: FakeGateway, black_hole: BlackHole,
-                         tmp_path: Path) -> None:  # fmt: skip
+def test_bot_hanging(fake_gateway: FakeGateway, black_hole: BlackHole, tmp_path: Path) -> None:
     """The Bot API accepts and never answers: the job stops waiting at IBKR_ALERT_TIMEOUT."""
     fake_gateway.down()
     run = run_job(submit_cmd(fake_gateway), job_env(tmp_path, black_hole.url), tmp_path)
@@ -641,8 +710,9 @@ def test_bot_unresolvable(fake_gateway: FakeGateway, tmp_path: Path) -> None:
     """``nonexistent.invalid`` cannot resolve: bounded by IBKR_ALERT_TIMEOUT whether DNS
     fails at once (here, usually) or hangs (the bound is asserted, not the path)."""
     fake_gateway.down()
-    run = run_job(submit_cmd(fake_gateway),
-                  job_env(tmp_path, "http://nonexistent.invalid"), tmp_path)  # fmt: skip
+    run = run_job(
+        submit_cmd(fake_gateway), job_env(tmp_path, "http://nonexistent.invalid"), tmp_path
+    )
     assert run.code == EXPECTED["bot_unresolvable"][0]
     outcome = run.events("ibkr.alert.failed") + run.events("ibkr.alert.timed_out")
     assert len(outcome) == 1 and outcome[0]["elapsed_ms"] < (ALERT_TIMEOUT + 0.2) * 1000
@@ -651,8 +721,9 @@ def test_bot_unresolvable(fake_gateway: FakeGateway, tmp_path: Path) -> None:
     no_secret_leaked(run)
 
 
-def test_alert_state_file_unusable(fake_gateway: FakeGateway, bot_api: BotApi,
-                                   tmp_path: Path) -> None:  # fmt: skip
+def test_alert_state_file_unusable(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
+) -> None:
     """IBKR_ALERT_STATE_FILE under a path that cannot exist (a regular file as its
     directory): not a configuration error, by design. The de-dup layer fails open: logged,
     and the alert is sent anyway."""
@@ -667,8 +738,12 @@ def test_alert_state_file_unusable(fake_gateway: FakeGateway, bot_api: BotApi,
     unavailable = run.one("ibkr.alert.state_unavailable")
     assert unavailable["action"] == "sending the alert without de-duplication"
     assert run.one("ibkr.alert.sent")
-    run.assert_in_order("ibkr.connect.gave_up", "ibkr.alert.state_unavailable",
-                        "ibkr.alert.sent", "ibkr.session.end")  # fmt: skip
+    run.assert_in_order(
+        "ibkr.connect.gave_up",
+        "ibkr.alert.state_unavailable",
+        "ibkr.alert.sent",
+        "ibkr.session.end",
+    )
 
 
 # --------------------------------------------------------------------------- real gateways
@@ -677,7 +752,9 @@ def journal_records(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def order_ids_sent(gw: FakeGateway) -> list[int]:
-    return [r.request.order_id for r in gw.messages("placeOrder")]
+    return [
+        r.request.order_id for r in gw.messages("placeOrder") if isinstance(r.request, PlaceOrder)
+    ]
 
 
 def test_read_only_mid_run(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
@@ -691,8 +768,7 @@ def test_read_only_mid_run(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
     # The session's own duration: no ack deadline waited (interpreter start-up excluded).
     assert run.one("ibkr.session.end")["duration_s"] < 3 + 2 * SLACK
     assert len(gw.messages("placeOrder")) == 2  # the 321 stopped the run
-    wire_alert(bot_api, title, "ReadOnlyApiError", "error 321", "Read-Only API",
-               "ReadOnlyApi=no")  # fmt: skip
+    wire_alert(bot_api, title, "ReadOnlyApiError", "error 321", "Read-Only API", "ReadOnlyApi=no")
     rejected = [r for r in journal_records(tmp_path) if r["event"] == "order.rejected"]
     assert len(rejected) == 1 and rejected[0]["message"].startswith("error 321:"), rejected
     assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.rejected": 1}
@@ -705,14 +781,16 @@ def _outage_in_flight(gw: FakeGateway, job: Running) -> int:
     return how many orders had reached the gateway when the job saw the 1100."""
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=15)
     gw.set_scenario("ib_offline:3600")
-    job.wait_for_log(lambda r: r.get("event") == "gateway.connectivity" and r.get("code") == 1100,
-                     timeout=10)  # fmt: skip
+    job.wait_for_log(
+        lambda r: r.get("event") == "gateway.connectivity" and r.get("code") == 1100, timeout=10
+    )
     gw.release_orders()  # the held order now meets the outage: held again, unanswered
     return len(gw.messages("placeOrder"))
 
 
-def test_ib_outage_restored(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
-                            running: Callable[..., Running]) -> None:  # fmt: skip
+def test_ib_outage_restored(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
     """1100 while the 2nd order waits: nothing more is sent until 1102; then the held
     order is acknowledged and the run carries on (exit 0); the journal has both changes."""
     gw = fake_gateway
@@ -730,16 +808,20 @@ def test_ib_outage_restored(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path
     wire_alert(bot_api, title)
     later = [r for r in gw.messages("placeOrder")][2:]
     assert len(later) == 5 and all(r.at > restored_at for r in later)  # 3 rows, 1 bracket
-    changes = [(r["event"], r.get("code")) for r in journal_records(tmp_path)
-               if r["event"] == "gateway.connectivity"]  # fmt: skip
+    changes = [
+        (r["event"], r.get("code"))
+        for r in journal_records(tmp_path)
+        if r["event"] == "gateway.connectivity"
+    ]
     assert changes == [("gateway.connectivity", 1100), ("gateway.connectivity", 1102)]
     assert run.one("script.end")["outcomes"] == {"order.submitted": 5, "gateway.connectivity": 2}
     assert "error 1100" in run.stdout and "error 1102" in run.stdout  # the summary
     gateway_closed_cleanly(gw)
 
 
-def test_ib_outage_never_clears(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path,
-                                running: Callable[..., Running]) -> None:  # fmt: skip
+def test_ib_outage_never_clears(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
     """1100 that does not clear within IBKR_OUTAGE_WAIT: exit 1, the alert names 1100,
     the order in flight journaled unconfirmed, nothing sent after the 1100."""
     gw = fake_gateway
@@ -756,8 +838,10 @@ def test_ib_outage_never_clears(fake_gateway: FakeGateway, bot_api: BotApi, tmp_
     assert len(gw.messages("placeOrder")) == sent_at_1100 == 2
     wire_alert(bot_api, title, "IbOutageError", "error 1100", "IBKR_OUTAGE_WAIT")
     assert run.one("script.end")["outcomes"] == {
-        "order.submitted": 1, "order.unconfirmed": 1, "gateway.connectivity": 1,
-    }  # fmt: skip
+        "order.submitted": 1,
+        "order.unconfirmed": 1,
+        "gateway.connectivity": 1,
+    }
     assert any("error 1100" in line for line in run.human_stderr())
     gateway_closed_cleanly(gw)
 
@@ -803,12 +887,29 @@ def test_order_id_rule(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Pat
     """Another client's open order has id 100 while this client's id sequence starts at
     1: after reqAllOpenOrders every new id is above 100, so no 103."""
     gw = fake_gateway
-    gw.state.add_order(SimOrder(
-        order_id=100, perm_id=gw.state.new_perm_id(), client_id=0, account="DU1234567",
-        symbol="IBM", sec_type="STK", exchange="SMART", currency="USD", con_id=8314,
-        action="BUY", quantity=1, order_type="LMT", lmt_price=100.0, aux_price=None,
-        tif="DAY", order_ref="manual", parent_id=0, transmit=True, status="Submitted",
-    ))  # fmt: skip
+    gw.state.add_order(
+        SimOrder(
+            order_id=100,
+            perm_id=gw.state.new_perm_id(),
+            client_id=0,
+            account="DU1234567",
+            symbol="IBM",
+            sec_type="STK",
+            exchange="SMART",
+            currency="USD",
+            con_id=8314,
+            action="BUY",
+            quantity=1,
+            order_type="LMT",
+            lmt_price=100.0,
+            aux_price=None,
+            tif="DAY",
+            order_ref="manual",
+            parent_id=0,
+            transmit=True,
+            status="Submitted",
+        )
+    )
     gw.state.next_order_id = 1
     run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
     code, title = EXPECTED["order_id_rule"]
@@ -874,8 +975,9 @@ def test_every_variable_has_a_bad_value_row() -> None:
 
 
 @pytest.mark.parametrize("var", sorted(BAD_VALUES))
-def test_bad_environment_variable(var: str, fake_gateway: FakeGateway, bot_api: BotApi,
-                                  tmp_path: Path) -> None:  # fmt: skip
+def test_bad_environment_variable(
+    var: str, fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
+) -> None:
     """Exit 2, one line on stderr naming the variable, no traceback, the gateway and the
     Bot API untouched, nothing journaled."""
     value = BAD_VALUES[var].format(tmp=tmp_path)
@@ -909,8 +1011,8 @@ def test_the_reliability_table_states_what_the_tests_assert() -> None:
         assert found.group(1) in tests, f"no such test: {found.group(0)}"
         row = found.group(2) or found.group(1).removeprefix("test_")
         rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
-    assert set(EXPECTED) | set(BAD_VALUES) <= set(rows), (
-        (set(EXPECTED) | set(BAD_VALUES)) - set(rows)
+    assert set(EXPECTED) | set(BAD_VALUES) <= set(rows), (set(EXPECTED) | set(BAD_VALUES)) - set(
+        rows
     )
     for row, (code, title) in EXPECTED.items():
         cells = rows[row]

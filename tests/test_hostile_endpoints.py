@@ -55,8 +55,10 @@ class Firehose:
             return
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 4294967296\r\n\r\n")  # fmt: skip
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 4294967296\r\n\r\n"
+            )
             chunk = b"\0" * 65536
             try:
                 while self.sent < 4 * 2**30:
@@ -85,9 +87,7 @@ def test_a_bot_api_streaming_gigabytes_is_read_only_a_little() -> None:
     assert failed["status"] == 200
 
 
-@pytest.mark.parametrize(
-    "body", [b"<html>captive portal</html>", b'{"ok": false}', b"[1, 2]", b""]
-)
+@pytest.mark.parametrize("body", [b"<html>captive portal</html>", b'{"ok": false}', b"[1, 2]", b""])
 def test_a_200_that_is_not_ok_true_json_is_not_delivered(body: bytes) -> None:
     """Only ``{"ok": true}`` from the Bot API counts as delivered."""
     with HttpServer([(200, body)]) as api:
@@ -124,12 +124,17 @@ def sender() -> list[str]:
     return []
 
 
+def _record(texts: list[str], text: str) -> str:
+    texts.append(text)
+    return "sent"
+
+
 def alert_through_dedup(path: Path, texts: list[str]) -> float:
     started = time.monotonic()
     AlertDeduplicator(path, 1800, lock_timeout=1.0).failure(
         FailureKey("127.0.0.1", 4002, 10, "refused"),
         lambda occurrence: "IBKR CONNECTION FAILED",
-        lambda text: texts.append(text) or "sent",
+        lambda text: _record(texts, text),
     )
     return time.monotonic() - started
 
@@ -206,9 +211,12 @@ def test_no_home_and_no_passwd_entry_falls_back_with_a_warning(tmp_path: Path) -
         "print(state_dir())\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.strip().endswith("ibkr_resilience-54321/state")

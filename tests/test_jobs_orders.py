@@ -25,10 +25,17 @@ def trade(status: str, *errors: tuple[int, str]) -> Any:
 
 @pytest.mark.parametrize(
     ("status", "outcome"),
-    [("Submitted", "accepted"), ("PreSubmitted", "accepted"), ("Filled", "accepted"),
-     ("Cancelled", "rejected"), ("ApiCancelled", "rejected"), ("Inactive", "rejected"),
-     ("PendingSubmit", "pending"), ("", "pending")],
-)  # fmt: skip
+    [
+        ("Submitted", "accepted"),
+        ("PreSubmitted", "accepted"),
+        ("Filled", "accepted"),
+        ("Cancelled", "rejected"),
+        ("ApiCancelled", "rejected"),
+        ("Inactive", "rejected"),
+        ("PendingSubmit", "pending"),
+        ("", "pending"),
+    ],
+)
 def test_trade_outcome(status: str, outcome: str) -> None:
     """Each order status maps to accepted, rejected or pending as docs/scripts.md says."""
     assert trade_outcome(trade(status)) == outcome
@@ -73,15 +80,18 @@ def test_acknowledgement_of_a_group_of_orders() -> None:
     assert acknowledgement(ib, [ok, trade("PreSubmitted")], 5) == ("order.submitted", "")
     rejected = trade("Cancelled", (201, "Order rejected"))
     assert acknowledgement(ib, [ok, trade("PendingSubmit"), rejected], 5) == (
-        "order.rejected", "error 201: Order rejected",
-    )  # fmt: skip
+        "order.rejected",
+        "error 201: Order rejected",
+    )
     assert ib.asked == 1  # a rejection is confirmed with the gateway first
     assert acknowledgement(ib, [trade("Inactive")], 5) == (
-        "order.rejected", "cancelled by the gateway",
-    )  # fmt: skip
+        "order.rejected",
+        "cancelled by the gateway",
+    )
     assert acknowledgement(ib, [ok, trade("PendingSubmit")], 2.5) == (
-        "order.unconfirmed", "no acknowledgement within 2.5 s: check TWS",
-    )  # fmt: skip
+        "order.unconfirmed",
+        "no acknowledgement within 2.5 s: check TWS",
+    )
 
 
 @pytest.mark.usefixtures("no_wait")

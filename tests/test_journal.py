@@ -40,9 +40,13 @@ def test_append_writes_one_complete_record(path: Path) -> None:
     order = parse_plan("symbol,side,quantity,order_type\nAAPL,BUY,10,MKT\n").orders[0]
     with Journal(path, script="submit_orders.py", run_id="r1") as journal:
         written = journal.append(
-            SUBMITTED, **order.journal_fields(), order_id=7, perm_id=None, status="Submitted",
+            SUBMITTED,
+            **order.journal_fields(),
+            order_id=7,
+            perm_id=None,
+            status="Submitted",
             message="",
-        )  # fmt: skip
+        )
     (record,) = lines(path)
     assert record == written
     assert list(record)[:4] == ["time", "event", "script", "run_id"]
@@ -125,8 +129,11 @@ def test_a_record_survives_the_writer_being_killed_right_after(path: Path) -> No
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == "written\n"

@@ -13,6 +13,7 @@ import pytest
 import structlog
 
 import ibkr_resilience
+from ibkr_resilience._connect import compat
 from scripts.paper_trading.lib import connection
 
 MODULE = "scripts.paper_trading.lib.connection"
@@ -48,7 +49,7 @@ def test_public_names_and_defaults() -> None:
     assert connection.CONNECT_MAX_RETRIES == 3
     assert connection.CONNECT_RETRY_DELAY == 5.0
     assert connection.CONNECT_TIMEOUT == 15.0
-    assert connection.IB is ibkr_resilience._connect.compat.IB
+    assert connection.IB is compat.IB
 
 
 def test_reload_picks_up_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -232,8 +232,9 @@ def test_plain_text_lines_are_invalid_rows_and_jget_stays_null(
     lines = real_log.read_text(encoding="utf-8").splitlines(keepends=True)
     foreign = ["Traceback (most recent call last):", "submit_orders.py: plan x, 5 rows"]
     middle = len(lines) // 2  # between two runs' lines, as `job >> log 2>&1` leaves them
-    log.write_text("".join([*lines[:middle], *(f + "\n" for f in foreign), *lines[middle:]]),
-                   encoding="utf-8")
+    log.write_text(
+        "".join([*lines[:middle], *(f + "\n" for f in foreign), *lines[middle:]]), encoding="utf-8"
+    )
     # (``WHERE log_level = 'invalid'`` finds nothing in lnav 0.11.1; json_valid() does.)
     invalid, jget_rows, [valid] = query(
         lnav_home,
@@ -250,29 +251,60 @@ def test_plain_text_lines_are_invalid_rows_and_jget_stays_null(
 
 def test_the_scripts_fields_are_columns(lnav_home: Path, tmp_path: Path) -> None:
     log = tmp_path / "ibkr.log"
-    base = {"timestamp": "2024-06-03T07:00:00.123456Z", "level": "info", "run_id": RUN_ID,
-            "script": "submit_orders.py"}  # fmt: skip
+    base = {
+        "timestamp": "2024-06-03T07:00:00.123456Z",
+        "level": "info",
+        "run_id": RUN_ID,
+        "script": "submit_orders.py",
+    }
     lines = [
-        {**base, "logger": "ibkr_resilience.submit", "event": "submit.order",
-         "outcome": "order.submitted", "order_ref": "p-1:a", "line": 2, "order_id": 8,
-         "status": "Submitted", "message": None},
-        {**base, "logger": "ibkr_resilience.script", "event": "script.end", "exit_code": 3,
-         "outcomes": {"order.submitted": 1, "order.rejected": 1}, "reason": None},
-    ]  # fmt: skip
+        {
+            **base,
+            "logger": "ibkr_resilience.submit",
+            "event": "submit.order",
+            "outcome": "order.submitted",
+            "order_ref": "p-1:a",
+            "line": 2,
+            "order_id": 8,
+            "status": "Submitted",
+            "message": None,
+        },
+        {
+            **base,
+            "logger": "ibkr_resilience.script",
+            "event": "script.end",
+            "exit_code": 3,
+            "outcomes": {"order.submitted": 1, "order.rejected": 1},
+            "reason": None,
+        },
+    ]
     log.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     [rows] = query(
-        lnav_home, log,
+        lnav_home,
+        log,
         "SELECT event, order_ref, order_id, status, exit_code, "
         "jget(log_raw_text, '/outcomes/order.rejected') AS rejected FROM ibkr_events",
-    )  # fmt: skip
+    )
     # lnav hands integers of a mostly-NULL column back as text: compare as text.
     got = [{k: None if v is None else str(v) for k, v in row.items()} for row in rows]
     assert got == [
-        {"event": "submit.order", "order_ref": "p-1:a", "order_id": "8", "status": "Submitted",
-         "exit_code": None, "rejected": None},
-        {"event": "script.end", "order_ref": None, "order_id": None, "status": None,
-         "exit_code": "3", "rejected": "1"},
-    ]  # fmt: skip
+        {
+            "event": "submit.order",
+            "order_ref": "p-1:a",
+            "order_id": "8",
+            "status": "Submitted",
+            "exit_code": None,
+            "rejected": None,
+        },
+        {
+            "event": "script.end",
+            "order_ref": None,
+            "order_id": None,
+            "status": None,
+            "exit_code": "3",
+            "rejected": "1",
+        },
+    ]
 
 
 def test_levels_map(lnav_home: Path, real_log: Path) -> None:
@@ -434,4 +466,3 @@ def test_the_documented_alert_query_finds_exactly_the_failures(
     assert len(rows) == len(expected) == 2
     assert {row["client_id"] for row in rows} == {HANG_CLIENT, REFUSED_CLIENT}
     assert {row["failure_class"] for row in rows} == {"timeout", "refused"}
-

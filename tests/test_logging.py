@@ -246,8 +246,10 @@ def test_with_a_log_file_stderr_gets_only_warnings_and_the_file_everything(tmp_p
     assert [x["event"] for x in lines(err)] == ["ibkr.connect.failed", "ibkr.connect.gave_up"]
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["event"] for r in rows] == [
-        "ibkr.connect.attempt", "ibkr.connect.failed", "ibkr.connect.gave_up"
-    ]  # fmt: skip
+        "ibkr.connect.attempt",
+        "ibkr.connect.failed",
+        "ibkr.connect.gave_up",
+    ]
 
 
 def test_the_stderr_threshold_is_configurable(tmp_path: Path) -> None:

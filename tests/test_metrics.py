@@ -20,11 +20,19 @@ def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_a_successful_run_is_written_and_parsed(tmp_path: Path) -> None:
-    run = RunMetrics("submit_orders", 1_700_000_000.5, 0, 3.25, connect_attempts=2,
-                     orders={"submitted": 5, "skipped": 1})  # fmt: skip
+    run = RunMetrics(
+        "submit_orders",
+        1_700_000_000.5,
+        0,
+        3.25,
+        connect_attempts=2,
+        orders={"submitted": 5, "skipped": 1},
+    )
     path = write_textfile(tmp_path, run)
-    assert path == textfile_path(tmp_path, "submit_orders") == tmp_path / (
-        "ibkr_resilience_submit_orders.prom"
+    assert (
+        path
+        == textfile_path(tmp_path, "submit_orders")
+        == tmp_path / ("ibkr_resilience_submit_orders.prom")
     )
     got = samples(path)
     job = (("job", "submit_orders"),)
@@ -40,9 +48,12 @@ def test_a_successful_run_is_written_and_parsed(tmp_path: Path) -> None:
 
 def test_a_failed_run_keeps_the_last_success_time(tmp_path: Path) -> None:
     write_textfile(tmp_path, RunMetrics("close_positions", 1000.0, 0, 1.0))
-    path = write_textfile(tmp_path, RunMetrics("close_positions", 2000.0, 1, 120.0,
-                                               connect_attempts=240,
-                                               failure_class="refused"))  # fmt: skip
+    path = write_textfile(
+        tmp_path,
+        RunMetrics(
+            "close_positions", 2000.0, 1, 120.0, connect_attempts=240, failure_class="refused"
+        ),
+    )
     assert path is not None
     got = samples(path)
     job = (("job", "close_positions"),)

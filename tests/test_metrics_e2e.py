@@ -53,9 +53,18 @@ def test_each_run_rewrites_its_jobs_textfile(tmp_path: Path) -> None:
         gw.down()
         before = time.time()
         proc = subprocess.Popen(
-            [sys.executable, str(SCRIPTS / "submit_orders.py"), "--plan", str(PLAN),
-             "--port", str(gw.port)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path),
+            [
+                sys.executable,
+                str(SCRIPTS / "submit_orders.py"),
+                "--plan",
+                str(PLAN),
+                "--port",
+                str(gw.port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(tmp_path),
         )
         assert proc.stderr is not None
         try:
@@ -75,14 +84,17 @@ def test_each_run_rewrites_its_jobs_textfile(tmp_path: Path) -> None:
         assert before <= success_at <= time.time()
         assert first[("ibkr_job_last_run_timestamp_seconds", job)] == success_at
         assert 0 < first[("ibkr_job_last_duration_seconds", job)] < 120
-        placed = len({m.request.order_ref for m in gw.messages("placeOrder")})
+        placed = len({getattr(m.request, "order_ref", None) for m in gw.messages("placeOrder")})
         submitted = first[("ibkr_job_last_orders", (*job, ("outcome", "submitted")))]
         assert submitted > 0 and submitted <= placed
 
         # close_positions writes a file of its own.
         r = subprocess.run(
             [sys.executable, str(SCRIPTS / "close_positions.py"), "--port", str(gw.port)],
-            capture_output=True, text=True, env=env(tmp_path), timeout=120,
+            capture_output=True,
+            text=True,
+            env=env(tmp_path),
+            timeout=120,
         )
         assert r.returncode == 0, r.stdout + r.stderr
         closed = samples(tmp_path / "textfiles" / "ibkr_resilience_close_positions.prom")
@@ -91,9 +103,17 @@ def test_each_run_rewrites_its_jobs_textfile(tmp_path: Path) -> None:
     # Run 2: the gateway is gone. The run fails with the connect's failure class, and the
     # time of the last success is carried over for the "no success since" alert.
     r = subprocess.run(
-        [sys.executable, str(SCRIPTS / "submit_orders.py"), "--plan", str(PLAN),
-         "--port", str(gw.port)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(SCRIPTS / "submit_orders.py"),
+            "--plan",
+            str(PLAN),
+            "--port",
+            str(gw.port),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=env(tmp_path, IBKR_CONNECT_MAX_TIME="1"),
     )
     assert r.returncode == 1, r.stdout + r.stderr
@@ -105,14 +125,19 @@ def test_each_run_rewrites_its_jobs_textfile(tmp_path: Path) -> None:
     assert second[("ibkr_job_last_connect_attempts", job)] >= 1
     assert not [k for k in second if k[0] == "ibkr_job_last_orders"]
     assert sorted(os.listdir(tmp_path / "textfiles")) == [
-        "ibkr_resilience_close_positions.prom", "ibkr_resilience_submit_orders.prom"]
+        "ibkr_resilience_close_positions.prom",
+        "ibkr_resilience_submit_orders.prom",
+    ]
 
 
 def test_a_bad_setting_is_still_a_failed_run_in_the_metrics(tmp_path: Path) -> None:
     (tmp_path / "textfiles").mkdir()
     r = subprocess.run(
         [sys.executable, str(SCRIPTS / "submit_orders.py"), "--plan", str(PLAN)],
-        capture_output=True, text=True, timeout=60, env=env(tmp_path, IBKR_PORT="nope"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env(tmp_path, IBKR_PORT="nope"),
     )
     assert r.returncode == 2
     got = samples(tmp_path / "textfiles" / "ibkr_resilience_submit_orders.prom")
@@ -127,15 +152,22 @@ def test_an_unusable_metrics_dir_is_a_warning_not_a_failed_run(tmp_path: Path) -
     missing = tmp_path / "no-such-dir"
     with FakeGateway() as gw:
         r = subprocess.run(
-            [sys.executable, str(SCRIPTS / "submit_orders.py"), "--plan", str(PLAN),
-             "--port", str(gw.port)],
-            capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                str(SCRIPTS / "submit_orders.py"),
+                "--plan",
+                str(PLAN),
+                "--port",
+                str(gw.port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
             env=env(tmp_path, IBKR_METRICS_DIR=str(missing)),
         )
         assert gw.messages("placeOrder")
     assert r.returncode == 0, r.stdout + r.stderr
-    failed = [json.loads(line) for line in r.stderr.splitlines()
-              if '"ibkr.metrics.failed"' in line]
+    failed = [json.loads(line) for line in r.stderr.splitlines() if '"ibkr.metrics.failed"' in line]
     assert len(failed) == 1 and failed[0]["level"] == "warning"
     assert failed[0]["path"] == str(missing / "ibkr_resilience_submit_orders.prom")
     assert not missing.exists()

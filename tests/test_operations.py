@@ -100,15 +100,26 @@ def crontab_command(name: str) -> str:
 
 def run_like_cron(install: Install, command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["env", "-i", f"HOME={install.root}", "PATH=/usr/bin:/bin", "sh", "-c",
-         install.paths(command)],
-        capture_output=True, text=True, timeout=180, cwd=install.root,
+        [
+            "env",
+            "-i",
+            f"HOME={install.root}",
+            "PATH=/usr/bin:/bin",
+            "sh",
+            "-c",
+            install.paths(command),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=install.root,
     )
 
 
 def todays_plan(install: Install) -> Path:
-    today = subprocess.run(["env", "-i", "date", "+%F"], capture_output=True, text=True,
-                           check=True).stdout.strip()
+    today = subprocess.run(
+        ["env", "-i", "date", "+%F"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     plan = install.lib / "plans" / f"orders-{today}.csv"
     shutil.copy(EXAMPLES / "plan.csv", plan)
     return plan
@@ -116,8 +127,11 @@ def todays_plan(install: Install) -> Path:
 
 def test_env_example_has_no_secret_filled_in() -> None:
     text = (EXAMPLES / "ibkr.env.example").read_text()
-    assert not re.search(r"(?m)^(IFDS_TELEGRAM_BOT_TOKEN|IFDS_TELEGRAM_CHAT_ID|"
-                         r"IBKR_HEALTHCHECK_URL)=", text)
+    assert not re.search(
+        r"(?m)^(IFDS_TELEGRAM_BOT_TOKEN|IFDS_TELEGRAM_CHAT_ID|"
+        r"IBKR_HEALTHCHECK_URL)=",
+        text,
+    )
 
 
 def test_crontab_submit_line_runs_as_written(install: Install) -> None:
@@ -200,21 +214,30 @@ def unit_dir(install: Install) -> Path:
     return d
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                    reason="systemd-analyze is not installed on this machine")
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze is not installed on this machine",
+)
 def test_systemd_units_verify(install: Install) -> None:
     d = unit_dir(install)
     r = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", "ibkr-submit.service", "ibkr-submit.timer"],
-        capture_output=True, text=True, timeout=60, cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=d,
     )
     assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
     timer = (d / "ibkr-submit.timer").read_text()
     assert re.search(r"(?m)^Unit=ibkr-submit\.service$", timer)
     calendar = re.search(r"(?m)^OnCalendar=(.*)$", timer)
     assert calendar
-    r = subprocess.run(["systemd-analyze", "calendar", calendar.group(1)],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["systemd-analyze", "calendar", calendar.group(1)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert "Mon..Fri *-*-* 06:00:00" in r.stdout
 
@@ -234,8 +257,9 @@ def test_systemd_exec_start_runs(install: Install) -> None:
             if line.strip() and not line.startswith("#"):
                 key, _, value = line.partition("=")
                 env[key] = value
-        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=180,
-                           cwd=install.lib)
+        r = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=180, cwd=install.lib
+        )
         assert gw.messages("placeOrder")
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stderr == "" and "; exit 0" in r.stdout

@@ -409,8 +409,11 @@ def test_journal_fields_are_plain_json(tmp_path: Path) -> None:
     fields = json.loads(json.dumps(bracket.journal_fields()))
     assert fields["order_ref"] == bracket.order_ref
     assert fields["contract"] == {
-        "symbol": "SPY", "sec_type": "STK", "exchange": "SMART", "currency": "USD",
-    }  # fmt: skip
+        "symbol": "SPY",
+        "sec_type": "STK",
+        "exchange": "SMART",
+        "currency": "USD",
+    }
     assert (fields["side"], fields["quantity"], fields["take_profit"]) == ("BUY", 3, 575.0)
 
 

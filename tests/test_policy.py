@@ -504,9 +504,12 @@ def test_326_is_retried_at_the_short_interval_during_its_grace_period_then_given
     script = Script([F.REJECTED] * 10, ft)
     with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
         connect_with_retries(
-            script, policy=policy(max_attempts=10, client_id_grace=2.0), target=TARGET,
-            clock=ft.clock, sleep=ft.sleep,
-        )  # fmt: skip
+            script,
+            policy=policy(max_attempts=10, client_id_grace=2.0),
+            target=TARGET,
+            clock=ft.clock,
+            sleep=ft.sleep,
+        )
     assert ft.sleeps == [0.5, 0.5, 0.5]  # attempts at 0, 0.5, 1.0, 1.5: none past the grace
     assert info.value.attempts == 4
     assert logs[-1]["event"] == "ibkr.connect.gave_up" and logs[-1]["reason"] == "fail_fast"
@@ -524,9 +527,12 @@ def test_no_grace_gives_up_at_the_first_326() -> None:
     script = Script([F.REJECTED] * 3, ft)
     with pytest.raises(ConnectionFailed) as info:
         connect_with_retries(
-            script, policy=policy(client_id_grace=0.0), target=TARGET, clock=ft.clock,
+            script,
+            policy=policy(client_id_grace=0.0),
+            target=TARGET,
+            clock=ft.clock,
             sleep=ft.sleep,
-        )  # fmt: skip
+        )
     assert info.value.attempts == 1 and ft.sleeps == []
 
 
@@ -536,9 +542,12 @@ def test_closed_before_the_handshake_is_retried_at_the_short_interval_to_the_bud
     script = Script([F.CLOSED] * 1000, ft, cost=0.01)
     with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
         connect_with_retries(
-            script, policy=policy(max_attempts=1000, max_time=10.0), target=TARGET,
-            clock=ft.clock, sleep=ft.sleep,
-        )  # fmt: skip
+            script,
+            policy=policy(max_attempts=1000, max_time=10.0),
+            target=TARGET,
+            clock=ft.clock,
+            sleep=ft.sleep,
+        )
     assert ft.sleeps.count(0.5) >= 18  # the last waits are clamped to the budget
     assert info.value.attempts >= 19
     assert logs[-1]["reason"] == "max_time"
@@ -549,7 +558,10 @@ def test_legacy_fixed_schedule_is_not_cut_short_by_fail_fast() -> None:
     script = Script([F.REJECTED] * 5, ft)
     with pytest.raises(ConnectionFailed) as info:
         connect_with_retries(
-            script, policy=policy(max_attempts=5, fixed_delay=True), target=TARGET,
-            clock=ft.clock, sleep=ft.sleep,
+            script,
+            policy=policy(max_attempts=5, fixed_delay=True),
+            target=TARGET,
+            clock=ft.clock,
+            sleep=ft.sleep,
         )
     assert info.value.attempts == 5

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, MutableMapping
 from typing import Any, TypeVar
 from unittest import mock
 
@@ -60,14 +60,17 @@ class Script(SyncScript):
 
 def both_forms(
     classes: list[FailureClass], **kw: Any
-) -> tuple[tuple[Any, list[float], list[dict[str, Any]], list[tuple[int, float]]], ...]:
+) -> tuple[tuple[Any, list[float], list[MutableMapping[str, Any]], list[tuple[int, float]]], ...]:
     """Run the same script through the sync and the async form; what each produced."""
     results = []
     for form in ("sync", "async"):
         ft = AsyncFakeTime()
         script = Script(classes, ft, cost=kw.get("cost", 0.0))
-        args: dict[str, Any] = {"policy": policy(**kw.get("policy", {})), "target": TARGET,
-                                "clock": ft.clock}  # fmt: skip
+        args: dict[str, Any] = {
+            "policy": policy(**kw.get("policy", {})),
+            "target": TARGET,
+            "clock": ft.clock,
+        }
         outcome: Any
         with capture_logs() as logs:
             try:
@@ -110,10 +113,15 @@ def test_async_gave_up_line_and_error_name_the_last_failure() -> None:
     """The give-up reasons reach the async form too (fail-fast here)."""
     ft = AsyncFakeTime()
     with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
-        run(connect_with_retries_async(
-            Script([F.REJECTED] * 5, ft).coro, policy=policy(client_id_grace=1.0), target=TARGET,
-            clock=ft.clock, sleep=ft.sleep_async,
-        ))  # fmt: skip
+        run(
+            connect_with_retries_async(
+                Script([F.REJECTED] * 5, ft).coro,
+                policy=policy(client_id_grace=1.0),
+                target=TARGET,
+                clock=ft.clock,
+                sleep=ft.sleep_async,
+            )
+        )
     assert info.value.attempts == 2 and info.value.failure_class == "rejected"
     assert isinstance(info.value.__cause__, TimeoutError)
     assert logs[-1]["event"] == "ibkr.connect.gave_up" and logs[-1]["reason"] == "fail_fast"
@@ -134,9 +142,11 @@ def test_without_injected_sleep_backoff_awaits_asyncio_sleep() -> None:
             mock.patch.object(asyncio, "sleep", fake_asyncio_sleep),
         ):
             return await connect_with_retries_async(
-                Script([F.TIMEOUT, F.REFUSED, F.TIMEOUT], ft).coro, policy=policy(),
-                target=TARGET, clock=ft.clock,
-            )  # fmt: skip
+                Script([F.TIMEOUT, F.REFUSED, F.TIMEOUT], ft).coro,
+                policy=policy(),
+                target=TARGET,
+                clock=ft.clock,
+            )
 
     assert asyncio.run(main()) == "connected"
     assert awaited == [1.0, 0.5, 2.0]
@@ -155,9 +165,12 @@ def test_injected_async_sleep_means_backoff_awaits_zero() -> None:
     async def main() -> None:
         with mock.patch.object(asyncio, "sleep", spy):
             await connect_with_retries_async(
-                Script([F.TIMEOUT] * 2, ft).coro, policy=policy(), target=TARGET,
-                clock=ft.clock, sleep=ft.sleep_async,
-            )  # fmt: skip
+                Script([F.TIMEOUT] * 2, ft).coro,
+                policy=policy(),
+                target=TARGET,
+                clock=ft.clock,
+                sleep=ft.sleep_async,
+            )
 
     asyncio.run(main())
     assert ft.sleeps == [1.0, 2.0]
@@ -179,8 +192,11 @@ def test_cancellation_ends_the_async_loop_at_once() -> None:
         await asyncio.Event().wait()  # a wait that only a cancellation ends
 
     async def main() -> None:
-        task = asyncio.ensure_future(connect_with_retries_async(
-            attempt, policy=policy(), target=TARGET, clock=ft.clock, sleep=sleep))  # fmt: skip
+        task = asyncio.ensure_future(
+            connect_with_retries_async(
+                attempt, policy=policy(), target=TARGET, clock=ft.clock, sleep=sleep
+            )
+        )
         await in_wait.wait()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -200,8 +216,11 @@ def test_other_exceptions_end_the_async_loop_at_once() -> None:
         raise RuntimeError("bug")
 
     with pytest.raises(RuntimeError, match="bug"):
-        run(connect_with_retries_async(attempt, policy=policy(), target=TARGET, clock=ft.clock,
-                                       sleep=ft.sleep_async))  # fmt: skip
+        run(
+            connect_with_retries_async(
+                attempt, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep_async
+            )
+        )
     assert ft.sleeps == []
 
 

@@ -51,8 +51,11 @@ def test_a_library_users_stdout_is_exactly_what_the_user_printed(
     dead = int(closed_port_url().rsplit(":", 1)[1])
     result = subprocess.run(
         [sys.executable, "-c", USER_SCRIPT, str(fake_gateway.port), str(dead)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "DATA 0\n"
     # logging.lastResort: WARNING and above only, one line each; no INFO chatter.
@@ -69,9 +72,12 @@ def test_a_restart_with_a_log_file_leaves_a_handful_of_stderr_lines_and_no_error
     the log file has every attempt, ib_insync's connection errors at INFO, marked."""
     log = tmp_path / "job.jsonl"
     env = {
-        "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "IBKR_LOG_FILE": str(log),
-        "IBKR_CONNECT_TIMEOUT": "1", "IBKR_CONNECT_MAX_TIME": "30",
-    }  # fmt: skip
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "IBKR_LOG_FILE": str(log),
+        "IBKR_CONNECT_TIMEOUT": "1",
+        "IBKR_CONNECT_MAX_TIME": "30",
+    }
     script = textwrap.dedent(
         """
         import sys
@@ -83,9 +89,13 @@ def test_a_restart_with_a_log_file_leaves_a_handful_of_stderr_lines_and_no_error
     )
     fake_gateway.down()
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(fake_gateway.port)], env=env, cwd=ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [sys.executable, "-c", script, str(fake_gateway.port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
 
         def refused_twice() -> bool:

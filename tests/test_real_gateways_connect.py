@@ -143,8 +143,10 @@ def test_read_only_api_fails_at_once_with_its_own_class_and_hint(
     alerts = RecordingAlert()
     fake_gateway.add_fault(ReadOnlyApi())
     started = time.monotonic()
-    with JsonLogCapture() as logs, pytest.raises(ConnectionFailed) as info, session(
-        fake_gateway, alerts
+    with (
+        JsonLogCapture() as logs,
+        pytest.raises(ConnectionFailed) as info,
+        session(fake_gateway, alerts),
     ):
         pass
     assert time.monotonic() - started < 1.0  # not the 1 s bound, not the 10 s budget
@@ -167,8 +169,10 @@ def test_ib_offline_at_connect_is_waited_on_then_its_own_class_with_an_alert(
 ) -> None:
     alerts = RecordingAlert()
     fake_gateway.add_fault(OfflineAtConnect())
-    with JsonLogCapture() as logs, pytest.raises(ConnectionFailed) as info, session(
-        fake_gateway, alerts, timeout=0.5, max_time=2.0
+    with (
+        JsonLogCapture() as logs,
+        pytest.raises(ConnectionFailed) as info,
+        session(fake_gateway, alerts, timeout=0.5, max_time=2.0),
     ):
         pass
     assert info.value.failure_class == "ib_offline"

@@ -65,8 +65,13 @@ def script_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def submit(gw: FakeGateway, tmp_path: Path, *extra: str, plan: Path = PLAN,
-           env: dict[str, str] | None = None) -> int:  # fmt: skip
+def submit(
+    gw: FakeGateway,
+    tmp_path: Path,
+    *extra: str,
+    plan: Path = PLAN,
+    env: dict[str, str] | None = None,
+) -> int:
     args = ["--port", str(gw.port), "--plan", str(plan), "--journal", str(tmp_path / "j.jsonl")]
     return submit_job.main([*args, *extra], env=env or script_env(tmp_path))
 
@@ -97,8 +102,9 @@ def positions(gw: FakeGateway) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- submit_orders
-def test_full_plan_is_placed(fake_gateway: FakeGateway, tmp_path: Path,
-                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_full_plan_is_placed(
+    fake_gateway: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert submit(fake_gateway, tmp_path) == 0
     assert placed_refs(fake_gateway) == Counter(plan_refs())  # 4 singles + a 3-leg bracket
     states = {o.order_ref: o.status for o in fake_gateway.state.order_list()}
@@ -129,11 +135,24 @@ def test_sigterm_mid_run_then_rerun_places_every_order_once(tmp_path: Path) -> N
     out, err = tmp_path / "out.txt", tmp_path / "err.txt"
     with FakeGateway() as gw:
         gw.hold_orders(after=2)  # the 3rd order reaches the gateway and is not answered
-        cmd = [sys.executable, str(SUBMIT_SCRIPT), "--plan", str(PLAN), "--port", str(gw.port),
-               "--journal", str(tmp_path / "j.jsonl")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(SUBMIT_SCRIPT),
+            "--plan",
+            str(PLAN),
+            "--port",
+            str(gw.port),
+            "--journal",
+            str(tmp_path / "j.jsonl"),
+        ]
         with out.open("w") as o, err.open("w") as e:
-            proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=o, stderr=e,
-                                    env=script_env(tmp_path, IBKR_ACK_TIMEOUT="30"))  # fmt: skip
+            proc = subprocess.Popen(
+                cmd,
+                cwd=tmp_path,
+                stdout=o,
+                stderr=e,
+                env=script_env(tmp_path, IBKR_ACK_TIMEOUT="30"),
+            )
             try:
                 # hard deadlines, the interpreter's start-up on a loaded machine included
                 assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
@@ -204,8 +223,9 @@ def test_the_ack_wait_ends_cleanly_when_the_gateway_is_lost(fake_gateway: FakeGa
     ib = IB()
     ib.connect("127.0.0.1", gw.port, clientId=10, timeout=5)
     try:
-        trade = ib.placeOrder(compat.Stock("AAPL", "SMART", "USD"),
-                              compat.LimitOrder("BUY", 1, 100.0))  # fmt: skip
+        trade = ib.placeOrder(
+            compat.Stock("AAPL", "SMART", "USD"), compat.LimitOrder("BUY", 1, 100.0)
+        )
 
         def drop_when_held() -> None:
             if gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=10):
@@ -246,8 +266,13 @@ def test_bad_plan_exits_2_without_touching_the_gateway(
     assert submit(fake_gateway, tmp_path, plan=plan) == 2
     err = capsys.readouterr().err
     assert "invalid order plan" in err and "Traceback" not in err
-    for line in ("line 3: side 'HOLD'", "line 4: quantity '0'", "line 4: LMT order needs",
-                 "line 5: BUY bracket legs", "line 6: duplicate id 'a'"):  # fmt: skip
+    for line in (
+        "line 3: side 'HOLD'",
+        "line 4: quantity '0'",
+        "line 4: LMT order needs",
+        "line 5: BUY bracket legs",
+        "line 6: duplicate id 'a'",
+    ):
         assert line in err
     assert fake_gateway.messages() == []
     assert fake_gateway.events("sim.connection.open") == []
@@ -258,16 +283,18 @@ def test_unknown_symbol_fails_that_row_only(fake_gateway: FakeGateway, tmp_path:
     plan = tmp_path / "mixed.csv"
     plan.write_text("id,symbol,side,quantity,order_type\nok,AAPL,BUY,1,MKT\nbad,ZZZZ,BUY,1,MKT\n")
     assert submit(fake_gateway, tmp_path, plan=plan) == 3
-    assert [m.fields[ORDER_REF_FIELD].rsplit(":", 1)[1]
-            for m in fake_gateway.messages("placeOrder")] == ["ok"]  # fmt: skip
+    assert [
+        m.fields[ORDER_REF_FIELD].rsplit(":", 1)[1] for m in fake_gateway.messages("placeOrder")
+    ] == ["ok"]
     ok, bad = journal(tmp_path)
     assert ok["event"] == "order.submitted"
     assert bad["event"] == "order.rejected" and bad["order_id"] is None
     assert "ZZZZ" in bad["message"] and "error 200" in bad["message"]
 
 
-def test_rejected_orders_exit_3(fake_gateway: FakeGateway, tmp_path: Path,
-                                capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_rejected_orders_exit_3(
+    fake_gateway: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake_gateway.reject_orders()
     assert submit(fake_gateway, tmp_path) == 3
     records = journal(tmp_path)
@@ -301,8 +328,9 @@ def test_gateway_restarting_at_start_then_places_all(tmp_path: Path) -> None:
         assert placed_refs(gw) == Counter(plan_refs())
 
 
-def test_gateway_down_exits_1(fake_gateway: FakeGateway, tmp_path: Path,
-                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_gateway_down_exits_1(
+    fake_gateway: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     fake_gateway.down()
     env = script_env(tmp_path, IBKR_CONNECT_MAX_TIME="1")
     assert submit(fake_gateway, tmp_path, env=env) == 1
@@ -330,11 +358,22 @@ def test_dry_run_places_nothing(fake_gateway: FakeGateway, tmp_path: Path) -> No
     ],
 )
 def test_bad_configuration_exits_2_with_one_line(
-    fake_gateway: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    args: list[str], env: dict[str, str], needle: str,
-) -> None:  # fmt: skip
-    argv = ["--plan", str(PLAN), "--port", str(fake_gateway.port), "--journal",
-            str(tmp_path / "j.jsonl"), *args]  # fmt: skip
+    fake_gateway: FakeGateway,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    env: dict[str, str],
+    needle: str,
+) -> None:
+    argv = [
+        "--plan",
+        str(PLAN),
+        "--port",
+        str(fake_gateway.port),
+        "--journal",
+        str(tmp_path / "j.jsonl"),
+        *args,
+    ]
     assert submit_job.main(argv, env=script_env(tmp_path, **env)) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
@@ -362,8 +401,11 @@ def test_ctrl_c_exits_130(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 # --------------------------------------------------------------------------- close_positions
 def closes(gw: FakeGateway) -> dict[str, tuple[str, float, str]]:
     """client 11's orders by ref: (action, quantity, order type)."""
-    return {o.order_ref: (o.action, o.quantity, o.order_type)
-            for o in gw.state.order_list() if o.client_id == 11}  # fmt: skip
+    return {
+        o.order_ref: (o.action, o.quantity, o.order_type)
+        for o in gw.state.order_list()
+        if o.client_id == 11
+    }
 
 
 def test_close_positions_without_open_orders(tmp_path: Path) -> None:
@@ -379,11 +421,14 @@ def test_close_positions_without_open_orders(tmp_path: Path) -> None:
         assert gw.messages("cancelOrder") == [] and gw.messages("reqGlobalCancel") == []
     records = journal(tmp_path)
     assert [(r["event"], r["contract"]["symbol"], r["quantity"]) for r in records] == [
-        ("order.submitted", "AAPL", 100), ("order.submitted", "MSFT", 5)]  # fmt: skip
+        ("order.submitted", "AAPL", 100),
+        ("order.submitted", "MSFT", 5),
+    ]
 
 
-def test_close_cancels_other_clients_orders_first(fake_gateway: FakeGateway,
-                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_close_cancels_other_clients_orders_first(
+    fake_gateway: FakeGateway, tmp_path: Path
+) -> None:
     assert submit(fake_gateway, tmp_path) == 0  # AAPL+SPY filled; MSFT, IBM, SPY bracket rest
     assert positions(fake_gateway) == {"AAPL": 10, "SPY": 2}
     assert len(open_orders(fake_gateway)) == 5
@@ -421,8 +466,9 @@ def test_close_moc_rerun_skips_the_pending_closing_order(tmp_path: Path) -> None
 
 
 def test_close_refuses_a_symbol_whose_order_owner_is_connected(tmp_path: Path) -> None:
-    with FakeGateway(positions=[SimPosition(ACCOUNT, "AAPL", 100, 150.0),
-                                SimPosition(ACCOUNT, "MSFT", 5, 400.0)]) as gw:  # fmt: skip
+    with FakeGateway(
+        positions=[SimPosition(ACCOUNT, "AAPL", 100, 150.0), SimPosition(ACCOUNT, "MSFT", 5, 400.0)]
+    ) as gw:
         owner = IB()
         owner.connect("127.0.0.1", gw.port, clientId=10, timeout=2)
         try:
@@ -471,16 +517,28 @@ def test_close_bad_symbol_exits_2(fake_gateway: FakeGateway, tmp_path: Path) -> 
 
 
 # --------------------------------------------------------------------------- legacy
-def test_legacy_example_works_with_the_real_client(fake_gateway: FakeGateway,
-                                                   tmp_path: Path) -> None:  # fmt: skip
+def test_legacy_example_works_with_the_real_client(
+    fake_gateway: FakeGateway, tmp_path: Path
+) -> None:
     fake_gateway.state.set_position(SimPosition(ACCOUNT, "AAPL", 7, 150.0))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
-           "IBKR_CONNECT_TIMEOUT": "2", "IBKR_CONNECT_MAX_RETRIES": "2"}  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "IBKR_CONNECT_TIMEOUT": "2",
+        "IBKR_CONNECT_MAX_RETRIES": "2",
+    }
     result = subprocess.run(
-        [sys.executable, str(REPO / "docs" / "examples" / "legacy_connect.py"),
-         str(fake_gateway.port)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "docs" / "examples" / "legacy_connect.py"),
+            str(fake_gateway.port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     assert "connected: account DU1234567, 1 positions" in result.stdout
     assert "disconnected: True" in result.stdout

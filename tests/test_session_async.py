@@ -123,8 +123,11 @@ def test_restart_retries_refused_then_connects_when_the_port_opens(
 ) -> None:
     """Port closed: refused attempts every 0.5 s; reopened: connected within about that."""
     fake_gateway.restart(600)  # closed until the test reopens it
-    refused = lambda: [f for f in json_logs.events("ibkr.connect.failed")  # noqa: E731
-                       if f["failure_class"] == "refused"]  # fmt: skip
+
+    def refused() -> list[dict[str, Any]]:
+        return [
+            f for f in json_logs.events("ibkr.connect.failed") if f["failure_class"] == "refused"
+        ]
 
     async def main() -> tuple[float, float, bool]:
         async def reopen_after_two_refusals() -> float:
@@ -157,8 +160,14 @@ def test_client_id_in_use_fails_fast_with_one_alert(
 
     async def main() -> None:
         nonlocal ran
-        async with session(fake_gateway, alert=alerts, timeout=2.0, max_attempts=50,
-                           max_time=60, env={"IBKR_CLIENT_ID_GRACE": "1.5"}):  # fmt: skip
+        async with session(
+            fake_gateway,
+            alert=alerts,
+            timeout=2.0,
+            max_attempts=50,
+            max_time=60,
+            env={"IBKR_CLIENT_ID_GRACE": "1.5"},
+        ):
             ran = True
 
     started = time.monotonic()
@@ -183,8 +192,9 @@ def test_connection_failure_alerts_are_deduplicated_across_runs(
     env = {"IBKR_ALERT_STATE_FILE": str(tmp_path / "alerts.json")}
 
     async def once() -> None:
-        async with ibkr_session(10, "127.0.0.1", fake_gateway.port, timeout=1, max_attempts=1,
-                                alert=alerts, env=env):  # fmt: skip
+        async with ibkr_session(
+            10, "127.0.0.1", fake_gateway.port, timeout=1, max_attempts=1, alert=alerts, env=env
+        ):
             pass
 
     for _ in range(2):
@@ -313,8 +323,9 @@ def test_cancel_during_the_retry_wait_ends_without_alert(
     alerts = RecordingAlert()
 
     async def main() -> None:
-        task = asyncio.ensure_future(session(fake_gateway, alert=alerts, max_attempts=100,
-                                             max_time=60).__aenter__())  # fmt: skip
+        task = asyncio.ensure_future(
+            session(fake_gateway, alert=alerts, max_attempts=100, max_time=60).__aenter__()
+        )
         await until(lambda: bool(json_logs.events("ibkr.connect.failed")), "a failed attempt")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -380,9 +391,12 @@ def _sigterm_after(gw: FakeGateway, tmp_path: Path, event: str) -> tuple[int, Pa
     log_file = tmp_path / "run.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-c", ASYNC_SCRIPT, str(gw.port), str(log_file)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_LOG_FORMAT": "json"},
-    )  # fmt: skip
+    )
     try:
         deadline = time.monotonic() + DEADLINE
         while not _events(log_file, event):
@@ -433,11 +447,19 @@ def test_async_bot_example_runs_against_the_simulator(tmp_path: Path) -> None:
         log_file = tmp_path / "bot.jsonl"
         proc = subprocess.run(
             [sys.executable, str(REPO / "docs" / "examples" / "async_bot.py")],
-            cwd=tmp_path, capture_output=True, text=True, timeout=60,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_HOST": "127.0.0.1",
-                 "IBKR_PORT": str(gw.port), "IBKR_LOG_FORMAT": "json",
-                 "IBKR_LOG_FILE": str(log_file), "HOME": str(tmp_path)},
-        )  # fmt: skip
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "IBKR_HOST": "127.0.0.1",
+                "IBKR_PORT": str(gw.port),
+                "IBKR_LOG_FORMAT": "json",
+                "IBKR_LOG_FILE": str(log_file),
+                "HOME": str(tmp_path),
+            },
+        )
         assert proc.returncode == 0, proc.stderr
         assert closed_by_client(gw)
     positions = _events(log_file, "bot.positions")

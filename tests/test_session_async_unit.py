@@ -248,8 +248,13 @@ def test_async_form_pings_the_healthcheck_before_its_end_line(behaviour: str, pi
     uuid = "/5f1c2a9e-3b7d-4e10-9c6a-0d2b8e4f7a13"
 
     async def main(url: str) -> None:
-        async with session(Factory(behaviour), ft, RecordingAlert(), max_attempts=1,
-                           env={"IBKR_HEALTHCHECK_URL": url}):  # fmt: skip
+        async with session(
+            Factory(behaviour),
+            ft,
+            RecordingAlert(),
+            max_attempts=1,
+            env={"IBKR_HEALTHCHECK_URL": url},
+        ):
             pass
 
     with HttpServer([(200, b"OK")], path=uuid) as pings, capture_logs() as logs:

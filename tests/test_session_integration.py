@@ -70,7 +70,7 @@ def log_lines() -> Iterator[list[dict[str, Any]]]:
                     continue
             return lines
 
-    yield View()  # type: ignore[misc]
+    yield View()
 
 
 def events(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
@@ -144,8 +144,16 @@ def test_localhost_refused_is_classified_refused(log_lines: list[dict[str, Any]]
     # the port is closed now; "localhost" makes asyncio try ::1 and 127.0.0.1
     with (
         pytest.raises(ConnectionFailed) as info,
-        ibkr_session(10, "localhost", port, timeout=0.5, max_attempts=2, max_time=5,
-                     alert=Alerts(), env=QUIET_ENV),
+        ibkr_session(
+            10,
+            "localhost",
+            port,
+            timeout=0.5,
+            max_attempts=2,
+            max_time=5,
+            alert=Alerts(),
+            env=QUIET_ENV,
+        ),
     ):
         pass
     assert info.value.failure_class == "refused"
@@ -185,8 +193,9 @@ def test_recovers_within_one_second_of_the_port_opening(
     [reopened] = [e["at"] for e in fake_gateway.events("sim.listening")][1:]  # [0]: start
     lag = ready - reopened
     assert 0 <= lag < 1.0
-    refused = [f for f in events(log_lines, "ibkr.connect.failed")
-               if f["failure_class"] == "refused"]
+    refused = [
+        f for f in events(log_lines, "ibkr.connect.failed") if f["failure_class"] == "refused"
+    ]
     assert len(refused) >= refusals  # short interval while the port is closed
     assert all(f["next_delay_s"] <= 0.5 for f in refused)
 
@@ -202,7 +211,11 @@ def test_happy_path_logs_attempt_success_and_end(
     assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 2)
     attempt = events(log_lines, "ibkr.connect.attempt")[0]
     assert (attempt["attempt"], attempt["host"], attempt["port"], attempt["client_id"]) == (
-        1, "127.0.0.1", fake_gateway.port, 10)
+        1,
+        "127.0.0.1",
+        fake_gateway.port,
+        10,
+    )
     success = events(log_lines, "ibkr.connect.success")[0]
     assert success["server_version"] == 157 and success["accounts"] == ["DU1234567"]
     end = events(log_lines, "ibkr.session.end")[0]
@@ -254,8 +267,9 @@ def test_give_up_alerts_once_through_a_real_bot_api(
         }
         with (
             pytest.raises(ConnectionFailed),
-            ibkr_session(10, "127.0.0.1", fake_gateway.port, timeout=0.5, max_attempts=2,
-                         max_time=5, env=env),
+            ibkr_session(
+                10, "127.0.0.1", fake_gateway.port, timeout=0.5, max_attempts=2, max_time=5, env=env
+            ),
         ):
             pass
     posted = [(request.path, request.json) for request in api.requests]
@@ -295,8 +309,9 @@ def test_live_account_is_refused_and_disconnected(log_lines: list[dict[str, Any]
         assert gw.wait_for(lambda: gw.connection_count() == 0, 2)
         assert len(alerts.texts) == 1 and "U1234567" in alerts.texts[0]
         # explicitly allowed: it connects
-        with ibkr_session(10, "127.0.0.1", gw.port, timeout=1, alert=alerts,
-                          env={"IBKR_ALLOW_LIVE": "1"}) as ib:
+        with ibkr_session(
+            10, "127.0.0.1", gw.port, timeout=1, alert=alerts, env={"IBKR_ALLOW_LIVE": "1"}
+        ) as ib:
             assert ib.managedAccounts() == ["U1234567"]
         assert gw.messages("placeOrder") == []
 
@@ -317,7 +332,10 @@ def _run_script(port: int, tmp_path: Path) -> tuple[subprocess.Popen[str], Path]
     log_file = tmp_path / "run.jsonl"
     proc = subprocess.Popen(
         [sys.executable, "-c", SIGTERM_SCRIPT, str(port), str(log_file)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "IBKR_LOG_FORMAT": "json"},
     )
     return proc, log_file
@@ -390,10 +408,17 @@ def test_326_gives_up_at_the_end_of_its_grace_period_far_under_the_budget(
     start = time.monotonic()
     with (
         pytest.raises(ConnectionFailed) as info,
-        ibkr_session(10, "127.0.0.1", fake_gateway.port, timeout=2.0, max_attempts=50,
-                     max_time=60, alert=alerts,
-                     env={**QUIET_ENV, "IBKR_CLIENT_ID_GRACE": "1.5"}),
-    ):  # fmt: skip
+        ibkr_session(
+            10,
+            "127.0.0.1",
+            fake_gateway.port,
+            timeout=2.0,
+            max_attempts=50,
+            max_time=60,
+            alert=alerts,
+            env={**QUIET_ENV, "IBKR_CLIENT_ID_GRACE": "1.5"},
+        ),
+    ):
         pass
     took = time.monotonic() - start
     assert info.value.failure_class == "rejected" and info.value.attempts >= 2

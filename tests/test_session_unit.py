@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def session(
     )
 
 
-def names(logs: list[dict[str, Any]]) -> list[str]:
+def names(logs: Sequence[Mapping[str, Any]]) -> list[str]:
     return [e["event"] for e in logs]
 
 

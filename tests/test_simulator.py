@@ -147,8 +147,13 @@ def test_bracket_children_wait_for_parent(fake_gateway: FakeGateway, ib_conn: IB
     ib_conn.qualifyContracts(contract)
     bracket = ib_conn.bracketOrder("BUY", 10, 500.0, takeProfitPrice=600.0, stopLossPrice=450.0)
     trades = [ib_conn.placeOrder(contract, o) for o in bracket]
-    assert wait_until(ib_conn, lambda: [compat.order_status(t) for t in trades]
-                      == ["Submitted", "PreSubmitted", "PreSubmitted"])
+    assert wait_until(
+        ib_conn,
+        lambda: (
+            [compat.order_status(t) for t in trades]
+            == ["Submitted", "PreSubmitted", "PreSubmitted"]
+        ),
+    )
     orders = {o.order_id: o for o in fake_gateway.state.order_list()}
     parent_id = bracket[0].orderId
     assert [orders[o.orderId].parent_id for o in bracket] == [0, parent_id, parent_id]
@@ -170,8 +175,12 @@ def test_orders_and_fills_are_seen_by_a_later_connection(fake_gateway: FakeGatew
     ib.qualifyContracts(contract)
     filled = ib.placeOrder(contract, MarketOrder("BUY", 3, orderRef="plan:1"))
     resting = ib.placeOrder(contract, LimitOrder("SELL", 3, 999.0, orderRef="plan:2"))
-    assert wait_until(ib, lambda: compat.order_status(filled) == "Filled"
-                      and compat.order_status(resting) == "Submitted")
+    assert wait_until(
+        ib,
+        lambda: (
+            compat.order_status(filled) == "Filled" and compat.order_status(resting) == "Submitted"
+        ),
+    )
     ib.disconnect()
 
     later = IB().connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=2)
@@ -253,8 +262,9 @@ def test_client_id_in_use_scenario(fake_gateway: FakeGateway) -> None:
     assert 0.45 <= took < 1.0
 
 
-def test_second_connection_with_same_client_id_is_refused(fake_gateway: FakeGateway,
-                                                          ib_conn: IB) -> None:
+def test_second_connection_with_same_client_id_is_refused(
+    fake_gateway: FakeGateway, ib_conn: IB
+) -> None:
     exc, _, _ = timed_connect(fake_gateway.port, timeout=0.5, client_id=10)
     assert isinstance(exc, TimeoutError)
     assert fake_gateway.events("sim.client_id_in_use")[0]["client_id"] == 10
@@ -401,8 +411,9 @@ def _closed_by_peer(s: socket.socket) -> bool:
     ],
     ids=["garbage", "short-then-eof", "short-then-silence", "huge-prefix"],
 )
-def test_malformed_input_closes_only_that_connection(payload: bytes, half_close: bool,
-                                                     reason: str) -> None:
+def test_malformed_input_closes_only_that_connection(
+    payload: bytes, half_close: bool, reason: str
+) -> None:
     with FakeGateway(partial_message_timeout=0.3) as gw:
         ib = IB().connect("127.0.0.1", gw.port, clientId=1, timeout=2)
         try:

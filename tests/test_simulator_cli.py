@@ -57,8 +57,9 @@ def test_cli_serves_positions_logs_json_and_stops_on_ctrl_c(
             proc.wait()
 
 
-def _serve_and_stop(proc: subprocess.Popen[str], err: queue.Queue[str],
-                    pumper: threading.Thread) -> None:  # fmt: skip
+def _serve_and_stop(
+    proc: subprocess.Popen[str], err: queue.Queue[str], pumper: threading.Thread
+) -> None:
     try:
         port = None
         seen: list[str] = []
@@ -72,7 +73,9 @@ def _serve_and_stop(proc: subprocess.Popen[str], err: queue.Queue[str],
         try:
             assert ib.managedAccounts() == ["DU7654321"]
             assert sorted((p.contract.symbol, p.position) for p in ib.positions()) == [
-                ("AAPL", 100.0), ("MSFT", -5.0)]
+                ("AAPL", 100.0),
+                ("MSFT", -5.0),
+            ]
         finally:
             ib.disconnect()
     finally:

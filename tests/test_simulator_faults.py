@@ -340,7 +340,12 @@ def test_wait_for_sleeps_until_a_record_arrives() -> None:
     assert rec.wait_for(predicate, 0.3) is False
     assert len(calls) == 1
     calls.clear()
-    timer = threading.Timer(0.1, lambda: (rec.event("noise"), rec.event("go")))
+
+    def noise_then_go() -> None:
+        rec.event("noise")
+        rec.event("go")
+
+    timer = threading.Timer(0.1, noise_then_go)
     timer.start()
     try:
         assert rec.wait_for(predicate, 5) is True

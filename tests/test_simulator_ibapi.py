@@ -48,8 +48,15 @@ class Recorder(ibapi_wrapper.EWrapper):  # type: ignore[misc, name-defined]
         self._hit("positionEnd")
 
     def openOrder(self, orderId: int, contract: Any, order: Any, orderState: Any) -> None:
-        self._hit("openOrder", orderId, contract.symbol, order.action,
-                  float(order.totalQuantity), order.orderRef, orderState.status)
+        self._hit(
+            "openOrder",
+            orderId,
+            contract.symbol,
+            order.action,
+            float(order.totalQuantity),
+            order.orderRef,
+            orderState.status,
+        )
 
     def openOrderEnd(self) -> None:
         self._hit("openOrderEnd")
@@ -114,8 +121,14 @@ def test_official_ibapi_client_completes_handshake_and_sync() -> None:
             app.reqAccountUpdates(True, "DU1234567")
             app.reqAccountUpdatesMulti(9001, "DU1234567", "", False)
             app.reqExecutions(9002, ExecutionFilter())
-            for end in ("positionEnd", "openOrderEnd", "completedOrdersEnd",
-                        "accountDownloadEnd", "accountUpdateMultiEnd", "execDetailsEnd"):
+            for end in (
+                "positionEnd",
+                "openOrderEnd",
+                "completedOrdersEnd",
+                "accountDownloadEnd",
+                "accountUpdateMultiEnd",
+                "execDetailsEnd",
+            ):
                 assert rec.wait(end), f"no {end} from the simulator"
 
             assert ("DU1234567", "MSFT", 7.0, 300.0) in rec.data["position"]
@@ -131,5 +144,12 @@ def test_official_ibapi_client_completes_handshake_and_sync() -> None:
             thread.join(timeout=3)
         assert not thread.is_alive()
         names = [r.name for r in gw.messages(client_id=10)]
-        assert {"startApi", "reqPositions", "reqOpenOrders", "reqCompletedOrders",
-                "reqAccountUpdates", "reqAccountUpdatesMulti", "reqExecutions"} <= set(names)
+        assert {
+            "startApi",
+            "reqPositions",
+            "reqOpenOrders",
+            "reqCompletedOrders",
+            "reqAccountUpdates",
+            "reqAccountUpdatesMulti",
+            "reqExecutions",
+        } <= set(names)

@@ -79,11 +79,22 @@ def test_relay_front_keeps_the_port_open_while_the_gateway_is_down() -> None:
 def test_cli_relay_flag() -> None:
     """``python -m ibkr_resilience.simulator --relay --scenario down``: accepted, closed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ibkr_resilience.simulator", "--port", "0", "--relay",
-         "--scenario", "down"],
-        cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "ibkr_resilience.simulator",
+            "--port",
+            "0",
+            "--relay",
+            "--scenario",
+            "down",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
         env={"PATH": "/usr/bin:/bin", "IBKR_LOG_FORMAT": "json"},
-    )  # fmt: skip
+    )
     try:
         assert proc.stderr is not None
         port = None
@@ -281,12 +292,29 @@ def test_new_order_id_at_or_below_a_reported_one_is_a_duplicate(
     """TWS API docs: after reqAllOpenOrders, new ids must exceed every id returned;
     otherwise error 103 "Duplicate order id". Modifying an own order is still allowed."""
     gw = fake_gateway
-    gw.state.add_order(SimOrder(
-        order_id=100, perm_id=gw.state.new_perm_id(), client_id=0, account="DU1234567",
-        symbol="IBM", sec_type="STK", exchange="SMART", currency="USD", con_id=8314,
-        action="BUY", quantity=1, order_type="LMT", lmt_price=100.0, aux_price=None,
-        tif="DAY", order_ref="manual", parent_id=0, transmit=True, status="Submitted",
-    ))  # fmt: skip
+    gw.state.add_order(
+        SimOrder(
+            order_id=100,
+            perm_id=gw.state.new_perm_id(),
+            client_id=0,
+            account="DU1234567",
+            symbol="IBM",
+            sec_type="STK",
+            exchange="SMART",
+            currency="USD",
+            con_id=8314,
+            action="BUY",
+            quantity=1,
+            order_type="LMT",
+            lmt_price=100.0,
+            aux_price=None,
+            tif="DAY",
+            order_ref="manual",
+            parent_id=0,
+            transmit=True,
+            status="Submitted",
+        )
+    )
     gw.state.next_order_id = 1  # TWS's id sequence for client 10 is its own
     ib = connect(gw)
     try:

@@ -74,9 +74,18 @@ def open_fds() -> dict[int, str]:
 
 
 def session(gw: FakeGateway, client_id: int, alerts: list[str]) -> Any:
-    return ibkr_session(client_id, "127.0.0.1", gw.port, timeout=5, max_attempts=1,
-                        max_time=10, alert=alerts.append, dedup=False, healthcheck=False,
-                        env={})  # fmt: skip
+    return ibkr_session(
+        client_id,
+        "127.0.0.1",
+        gw.port,
+        timeout=5,
+        max_attempts=1,
+        max_time=10,
+        alert=alerts.append,
+        dedup=False,
+        healthcheck=False,
+        env={},
+    )
 
 
 def client_socket(ib: Any) -> str:
@@ -144,8 +153,10 @@ def test_500_sequential_sessions_leak_nothing(log_buffer: io.StringIO) -> None:
     assert alerts == []
     assert ended(log_buffer) == {"ok": SEQUENTIAL + 1}  # + the warm-up
     assert took < 30  # ~1.5 s here; a leak or a stall would show long before
-    print(f"\n{SEQUENTIAL} sequential sessions: {took:.2f} s, "
-          f"{took / SEQUENTIAL * 1000:.2f} ms per enter+exit")  # fmt: skip
+    print(
+        f"\n{SEQUENTIAL} sequential sessions: {took:.2f} s, "
+        f"{took / SEQUENTIAL * 1000:.2f} ms per enter+exit"
+    )
 
 
 def test_20_concurrent_sessions_with_distinct_client_ids(log_buffer: io.StringIO) -> None:
@@ -165,8 +176,12 @@ def test_20_concurrent_sessions_with_distinct_client_ids(log_buffer: io.StringIO
                 errors: list[BaseException] = []
                 loops: list[Any] = []
 
-                def work(client_id: int, barrier: threading.Barrier = barrier,
-                         errors: list[BaseException] = errors, loops: list[Any] = loops) -> None:
+                def work(
+                    client_id: int,
+                    barrier: threading.Barrier = barrier,
+                    errors: list[BaseException] = errors,
+                    loops: list[Any] = loops,
+                ) -> None:
                     loop = ensure_event_loop()  # new in this thread
                     loops.append(loop)
                     try:
@@ -208,5 +223,7 @@ def test_20_concurrent_sessions_with_distinct_client_ids(log_buffer: io.StringIO
         assert Counter(e["client_id"] for e in closed) == {cid: ROUNDS for cid in client_ids}
     assert alerts == []
     assert ended(log_buffer) == {"ok": CONCURRENT * ROUNDS + 1}
-    print(f"\n{CONCURRENT} concurrent sessions: {max(rounds) * 1000:.0f} ms per round "
-          f"(slowest of {ROUNDS})")  # fmt: skip
+    print(
+        f"\n{CONCURRENT} concurrent sessions: {max(rounds) * 1000:.0f} ms per round "
+        f"(slowest of {ROUNDS})"
+    )

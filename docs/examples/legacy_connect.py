@@ -40,8 +40,9 @@ def parse_port(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     text = args.port if args.port is not None else os.environ.get("IBKR_PORT") or str(PAPER_PORT)
     if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
-        print(f"legacy_connect.py: error: port {text!r}: expected an integer 1-65535",
-              file=sys.stderr)
+        print(
+            f"legacy_connect.py: error: port {text!r}: expected an integer 1-65535", file=sys.stderr
+        )
         sys.exit(2)
     return int(text)
 
@@ -52,8 +53,10 @@ def main() -> None:
     try:
         account = get_account(ib)
         positions = [p for p in ib.positions() if p.account == account]
-        print(f"connected: account {account}, {len(positions)} positions, "
-              f"{len(ib.openTrades())} open orders")
+        print(
+            f"connected: account {account}, {len(positions)} positions, "
+            f"{len(ib.openTrades())} open orders"
+        )
     finally:
         disconnect(ib)
     print(f"disconnected: {not ib.isConnected()}")

@@ -87,8 +87,10 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return EXIT_FAILED
     except LiveAccountRefused as exc:
         accounts = ",".join(exc.accounts) or "-"
-        print(f"FAIL live_account: accounts={accounts}, no paper account (IBKR_ALLOW_LIVE=1 "
-              "allows it)")  # fmt: skip
+        print(
+            f"FAIL live_account: accounts={accounts}, no paper account (IBKR_ALLOW_LIVE=1 "
+            "allows it)"
+        )
         return EXIT_LIVE_ACCOUNT
     accounts = ",".join(info["accounts"]) or "-"
     paper = bool(info["accounts"]) and all(is_paper_account(a) for a in info["accounts"])
@@ -110,8 +112,11 @@ def demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             with tempfile.TemporaryFile(dir=args.dir):
                 pass
         except OSError as exc:
-            print(f"ibkr-resilience demo: error: --dir {str(args.dir)!r}: cannot write there "
-                  f"({exc.strerror or exc})", file=sys.stderr)  # fmt: skip
+            print(
+                f"ibkr-resilience demo: error: --dir {str(args.dir)!r}: cannot write there "
+                f"({exc.strerror or exc})",
+                file=sys.stderr,
+            )
             return EXIT_BAD_INPUT
     return int(run_demo(restart_s=args.restart, workdir=args.dir, env=env))
 
@@ -153,10 +158,19 @@ def _parser() -> argparse.ArgumentParser:
         "then the connect as soon as the port opens), runs it again (nothing is placed "
         "twice), then close_positions. Needs no network and no configuration.",
     )
-    d.add_argument("--restart", type=_seconds(zero_ok=True), default=4.0, metavar="SECONDS",
-                   help="how long the simulated gateway stays closed (default 4)")
-    d.add_argument("--dir", type=Path, default=None,
-                   help="where to write the journal and the JSON log (default: a new temp dir)")
+    d.add_argument(
+        "--restart",
+        type=_seconds(zero_ok=True),
+        default=4.0,
+        metavar="SECONDS",
+        help="how long the simulated gateway stays closed (default 4)",
+    )
+    d.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where to write the journal and the JSON log (default: a new temp dir)",
+    )
 
     c = sub.add_parser(
         "check",
@@ -169,20 +183,41 @@ def _parser() -> argparse.ArgumentParser:
         "pre-flights and container HEALTHCHECKs. No alert is sent unless --alert is given.",
     )
     c.add_argument("--host", default=None, help="gateway host (default IBKR_HOST or 127.0.0.1)")
-    c.add_argument("--port", type=int, default=None,
-                   help=f"gateway port (default IBKR_PORT or 7497; IB Gateway paper is "
-                        f"{GATEWAY_PAPER_PORT})")
-    c.add_argument("--client-id", type=int, default=CHECK_CLIENT_ID,
-                   help=f"client id (default {CHECK_CLIENT_ID}, kept apart from the scripts')")
-    c.add_argument("--timeout", type=_seconds(zero_ok=False), default=None, metavar="SECONDS",
-                   help="per-attempt bound (default IBKR_CONNECT_TIMEOUT or 15)")
-    c.add_argument("--wait", type=_seconds(zero_ok=True), default=None, metavar="SECONDS",
-                   help="retry for up to this long (e.g. to ride out a gateway restart), "
-                        "each attempt still bounded by --timeout; default: one attempt")
+    c.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help=f"gateway port (default IBKR_PORT or 7497; IB Gateway paper is {GATEWAY_PAPER_PORT})",
+    )
+    c.add_argument(
+        "--client-id",
+        type=int,
+        default=CHECK_CLIENT_ID,
+        help=f"client id (default {CHECK_CLIENT_ID}, kept apart from the scripts')",
+    )
+    c.add_argument(
+        "--timeout",
+        type=_seconds(zero_ok=False),
+        default=None,
+        metavar="SECONDS",
+        help="per-attempt bound (default IBKR_CONNECT_TIMEOUT or 15)",
+    )
+    c.add_argument(
+        "--wait",
+        type=_seconds(zero_ok=True),
+        default=None,
+        metavar="SECONDS",
+        help="retry for up to this long (e.g. to ride out a gateway restart), "
+        "each attempt still bounded by --timeout; default: one attempt",
+    )
     c.add_argument("--once", action="store_true", help=argparse.SUPPRESS)  # the default now
     c.add_argument("--alert", action="store_true", help="send the alert if the check fails")
-    c.add_argument("-v", "--verbose", action="store_true",
-                   help="the JSON log lines of the attempt(s) on stderr")
+    c.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="the JSON log lines of the attempt(s) on stderr",
+    )
     return ap
 
 

@@ -99,9 +99,10 @@ def run_demo(
 
     records = _read_jsonl(log_file)
     refused = [
-        r for r in records
+        r
+        for r in records
         if r.get("event") == "ibkr.connect.failed" and r.get("failure_class") == "refused"
-    ]  # fmt: skip
+    ]
     connected = [r for r in records if r.get("event") == "ibkr.connect.success"]
     journal_lines = _read_jsonl(journal)
     elapsed = time.monotonic() - started
@@ -116,12 +117,16 @@ def run_demo(
         and not positions_left
     )
     _step("summary")
-    print(f"run 1: exit {rc1}; {len(refused)} refused attempt(s) while the port was closed, "
-          f"{'connected after the restart' if reopened and connected else 'NOT connected'}; "
-          f"{placed_first} order message(s) placed")
+    print(
+        f"run 1: exit {rc1}; {len(refused)} refused attempt(s) while the port was closed, "
+        f"{'connected after the restart' if reopened and connected else 'NOT connected'}; "
+        f"{placed_first} order message(s) placed"
+    )
     print(f"run 2: exit {rc2}; {placed_second} order(s) placed (idempotent re-run)")
-    print(f"close: exit {rc3}; {closing_orders} closing order(s); "
-          f"{open_left} open order(s) and {len(positions_left)} position(s) left")
+    print(
+        f"close: exit {rc3}; {closing_orders} closing order(s); "
+        f"{open_left} open order(s) and {len(positions_left)} position(s) left"
+    )
     print(f"journal: {journal} ({len(journal_lines)} records)")
     print(f"JSON log: {log_file} ({len(records)} lines)")
     print(f"{'OK' if ok else 'FAILED'}: demo finished in {elapsed:.1f} s")

@@ -38,6 +38,7 @@ MAX_STATE_BYTES = 1024 * 1024
 LOCK_POLL_S = 0.02
 """How often a waiting run retries the lock (real sleeps: the wait spans processes)."""
 
+
 def default_state_path(environ: Mapping[str, str] | None = None) -> Path:
     """``$XDG_STATE_HOME/ibkr_resilience/alert_state.json``, else under ``~/.local/state``.
 

@@ -52,7 +52,6 @@ Send = Callable[[str], str]
 OccurrenceKind = Literal["first", "reminder", "suppressed", "unguarded"]
 
 
-
 @dataclass(frozen=True)
 class Occurrence:
     """One failure as the de-dup layer sees it; the text builder words the alert from it."""

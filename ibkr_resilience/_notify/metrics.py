@@ -71,21 +71,42 @@ def render(run: RunMetrics, last_success: float | None) -> str:
         lines.append(f"# TYPE {PREFIX}_{name} gauge")
         lines.extend(f"{PREFIX}_{name}{{{labels}}} {_number(value)}" for labels, value in samples)
 
-    gauge("last_run_timestamp_seconds", "When the last run ended (Unix time).",
-          [(job, run.finished_at)])  # fmt: skip
+    gauge(
+        "last_run_timestamp_seconds",
+        "When the last run ended (Unix time).",
+        [(job, run.finished_at)],
+    )
     if success_at is not None:
-        gauge("last_success_timestamp_seconds", "When the last run with exit code 0 ended.",
-              [(job, success_at)])  # fmt: skip
+        gauge(
+            "last_success_timestamp_seconds",
+            "When the last run with exit code 0 ended.",
+            [(job, success_at)],
+        )
     gauge("last_exit_code", "Exit code of the last run (0: success).", [(job, run.exit_code)])
     gauge("last_duration_seconds", "How long the last run took.", [(job, run.duration_s)])
-    gauge("last_connect_attempts", "Connect attempts the last run made.",
-          [(job, run.connect_attempts)])  # fmt: skip
-    gauge("last_failed", "1 when the last run failed, labelled with its failure class.",
-          [(f'{job},failure_class="{_label(run.failure_class or "none")}"',
-            0 if run.exit_code == 0 else 1)])  # fmt: skip
-    gauge("last_orders", "Orders of the last run by outcome.",
-          [(f'{job},outcome="{_label(outcome)}"', count)
-           for outcome, count in sorted(run.orders.items())])  # fmt: skip
+    gauge(
+        "last_connect_attempts",
+        "Connect attempts the last run made.",
+        [(job, run.connect_attempts)],
+    )
+    gauge(
+        "last_failed",
+        "1 when the last run failed, labelled with its failure class.",
+        [
+            (
+                f'{job},failure_class="{_label(run.failure_class or "none")}"',
+                0 if run.exit_code == 0 else 1,
+            )
+        ],
+    )
+    gauge(
+        "last_orders",
+        "Orders of the last run by outcome.",
+        [
+            (f'{job},outcome="{_label(outcome)}"', count)
+            for outcome, count in sorted(run.orders.items())
+        ],
+    )
     return "\n".join(lines) + "\n"
 
 

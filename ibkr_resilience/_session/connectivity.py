@@ -52,10 +52,16 @@ class Connectivity:
         if code in LOST and self.ib_connected:
             self.ib_connected = False
             self.changes.append((code, False))
-            self._log.warning("ibkr.session.ib_connectivity", ib_connected=False, code=code,
-                              message=str(message))  # fmt: skip
+            self._log.warning(
+                "ibkr.session.ib_connectivity", ib_connected=False, code=code, message=str(message)
+            )
         elif code in RESTORED and not self.ib_connected:
             self.ib_connected = True
             self.changes.append((code, True))
-            self._log.info("ibkr.session.ib_connectivity", ib_connected=True, code=code,
-                           message=str(message), note=RESTORED[code])  # fmt: skip
+            self._log.info(
+                "ibkr.session.ib_connectivity",
+                ib_connected=True,
+                code=code,
+                message=str(message),
+                note=RESTORED[code],
+            )

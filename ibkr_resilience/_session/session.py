@@ -143,8 +143,12 @@ class IBKRSession(AsyncSessionForm):
             refused_interval=cfg.refused_retry_interval,
             client_id_grace=cfg.client_id_grace,
         )
-        return {"policy": policy, "target": self.target, "clock": self.clock,
-                "describe": describe_ib}  # fmt: skip
+        return {
+            "policy": policy,
+            "target": self.target,
+            "clock": self.clock,
+            "describe": describe_ib,
+        }
 
     def _connected(self) -> None:
         self._notify(Connected(self.gateway))

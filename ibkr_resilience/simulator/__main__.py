@@ -39,17 +39,28 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    ap.add_argument("--port", type=int, default=GATEWAY_PAPER_PORT,
-                    help=f"port (default {GATEWAY_PAPER_PORT}, IB Gateway paper; 0 = any free)")
+    ap.add_argument(
+        "--port",
+        type=int,
+        default=GATEWAY_PAPER_PORT,
+        help=f"port (default {GATEWAY_PAPER_PORT}, IB Gateway paper; 0 = any free)",
+    )
     ap.add_argument("--scenario", default="normal", help="NAME or NAME:SECONDS (see below)")
-    ap.add_argument("--accounts", default="DU1234567",
-                    help="comma-separated managed accounts (paper ids start with D)")
-    ap.add_argument("--relay", action="store_true",
-                    help="put a socat-like relay in front (as ib-gateway-docker does): the port "
-                    "stays open while the gateway is down or restarting, and connections are "
-                    "then accepted and closed at once")
-    ap.add_argument("--positions", metavar="CSV",
-                    help="positions file: symbol,quantity[,avg_cost,account]")
+    ap.add_argument(
+        "--accounts",
+        default="DU1234567",
+        help="comma-separated managed accounts (paper ids start with D)",
+    )
+    ap.add_argument(
+        "--relay",
+        action="store_true",
+        help="put a socat-like relay in front (as ib-gateway-docker does): the port "
+        "stays open while the gateway is down or restarting, and connections are "
+        "then accepted and closed at once",
+    )
+    ap.add_argument(
+        "--positions", metavar="CSV", help="positions file: symbol,quantity[,avg_cost,account]"
+    )
     return ap
 
 
@@ -63,8 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not 0 <= args.port <= 65535:
             raise ValueError(f"--port: {args.port} is not a port number (0-65535)")
         positions = load_positions_csv(args.positions, accounts[0]) if args.positions else []
-        gateway = FakeGateway(args.port, args.host, accounts=accounts, positions=positions,
-                              scenario=scenario, relay=args.relay)
+        gateway = FakeGateway(
+            args.port,
+            args.host,
+            accounts=accounts,
+            positions=positions,
+            scenario=scenario,
+            relay=args.relay,
+        )
     except (ValueError, OSError) as exc:
         print(f"simulator: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -77,11 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         gateway.start()
     except OSError as exc:
-        print(f"simulator: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
-              file=sys.stderr)
+        print(
+            f"simulator: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
-    print(f"simulated IB Gateway on {args.host}:{gateway.port} (scenario {scenario}); "
-          "Ctrl-C to stop", file=sys.stderr, flush=True)
+    print(
+        f"simulated IB Gateway on {args.host}:{gateway.port} (scenario {scenario}); Ctrl-C to stop",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while not stop.wait(0.5):
             pass

@@ -88,8 +88,9 @@ class Broker:
         self._send(conn, m.account_download_end(account))
 
     def req_account_updates_multi(self, conn: Connection, r: c.ReqAccountUpdatesMulti) -> None:
-        self._send(conn, m.account_update_multi(r.req_id, r.account, "NetLiquidation",
-                                                f"{self.cash:.2f}"))  # fmt: skip
+        self._send(
+            conn, m.account_update_multi(r.req_id, r.account, "NetLiquidation", f"{self.cash:.2f}")
+        )
         self._send(conn, m.account_update_multi_end(r.req_id))
 
     def req_contract_details(self, conn: Connection, r: c.ReqContractDetails) -> None:
@@ -204,9 +205,10 @@ class Broker:
             if parent is not None and not parent.transmit:
                 group.insert(0, parent)
             group += [
-                o for o in self.state.orders.values()
+                o
+                for o in self.state.orders.values()
                 if o.parent_id == r.parent_id and not o.transmit and o is not order
-            ]  # fmt: skip
+            ]
         for o in group:
             o.transmit = True
         for o in group:
@@ -243,9 +245,14 @@ class Broker:
         assert conn.client_id is not None
         order = self.state.orders.get((conn.client_id, r.order_id))
         if order is None or not order.is_open:
-            self._send(conn, m.error(r.order_id, 10147,
-                                     f"OrderId {r.order_id} that needs to be cancelled "
-                                     "is not found."))  # fmt: skip
+            self._send(
+                conn,
+                m.error(
+                    r.order_id,
+                    10147,
+                    f"OrderId {r.order_id} that needs to be cancelled is not found.",
+                ),
+            )
             return
         self._cancel(order)
 
@@ -255,8 +262,14 @@ class Broker:
 
     def _cancel(self, order: SimOrder) -> None:
         order.status = "Cancelled"
-        owner = next((o for o in self._out.connections() if o.client_id == order.client_id
-                      and o.api_started), None)  # fmt: skip
+        owner = next(
+            (
+                o
+                for o in self._out.connections()
+                if o.client_id == order.client_id and o.api_started
+            ),
+            None,
+        )
         if owner is not None:
             self._send(owner, m.order_status(order))
             self._send(owner, m.error(order.order_id, 202, "Order Canceled - reason:"))

@@ -264,18 +264,39 @@ class CancelPositions(Request):
 
 
 DECODED: tuple[type[Request], ...] = (
-    StartApi, PlaceOrder, CancelOrder, ReqGlobalCancel, ReqOpenOrders, ReqAllOpenOrders,
-    ReqCompletedOrders, ReqAccountUpdates, ReqAccountUpdatesMulti, ReqExecutions, ReqIds,
-    ReqContractDetails, ReqManagedAccts, ReqCurrentTime, ReqPositions, CancelPositions,
-)  # fmt: skip
+    StartApi,
+    PlaceOrder,
+    CancelOrder,
+    ReqGlobalCancel,
+    ReqOpenOrders,
+    ReqAllOpenOrders,
+    ReqCompletedOrders,
+    ReqAccountUpdates,
+    ReqAccountUpdatesMulti,
+    ReqExecutions,
+    ReqIds,
+    ReqContractDetails,
+    ReqManagedAccts,
+    ReqCurrentTime,
+    ReqPositions,
+    CancelPositions,
+)
 _BY_ID: dict[int, type[Request]] = {kind.MSG_ID: kind for kind in DECODED}
 assert all(IN_MESSAGES[k.MSG_ID] == k.NAME for k in DECODED), "codec and protocol disagree"
 
 # What ``IB.connect()`` waits for: the requests of ib_insync's initial sync.
 SYNC_REQUESTS = frozenset(
-    k.NAME for k in (ReqOpenOrders, ReqAccountUpdates, ReqExecutions, ReqAllOpenOrders,
-                     ReqPositions, ReqAccountUpdatesMulti, ReqCompletedOrders)
-)  # fmt: skip
+    k.NAME
+    for k in (
+        ReqOpenOrders,
+        ReqAccountUpdates,
+        ReqExecutions,
+        ReqAllOpenOrders,
+        ReqPositions,
+        ReqAccountUpdatesMulti,
+        ReqCompletedOrders,
+    )
+)
 
 
 def message_id(fields: Sequence[str]) -> tuple[int, str]:

@@ -68,8 +68,7 @@ class FaultHost:
     async def remove(self, fault: Fault, spare: asyncio.Task[Any] | None = None) -> None:
         """End ``fault``; the scenario's fault gives way to ``normal`` (not announced)."""
         if fault is self.chain.scenario_fault:
-            await self.set_scenario(Scenario(), fault_for(Scenario()), announce=False,
-                                    spare=spare)  # fmt: skip
+            await self.set_scenario(Scenario(), fault_for(Scenario()), announce=False, spare=spare)
         elif fault in self.chain.added:
             self.chain.added.remove(fault)
             self._detach(fault, spare)

@@ -49,8 +49,15 @@ class Dispatcher:
         self._recorder.message(
             Received(conn.id, client_id, msg_id, name, tuple(fields), time.monotonic(), request)
         )
-        log.debug("sim.message", extra={"conn": conn.id, "client_id": conn.client_id,
-                                       "request": name, "fields": fields[1:]})  # fmt: skip
+        log.debug(
+            "sim.message",
+            extra={
+                "conn": conn.id,
+                "client_id": conn.client_id,
+                "request": name,
+                "fields": fields[1:],
+            },
+        )
         if error is not None:
             raise error
         assert request is not None
@@ -94,14 +101,17 @@ class Dispatcher:
             self._refuse(conn, answer.code, answer.text)
             return
         holder = next(
-            (c for c in self._server.connections()
-             if c is not conn and c.client_id == client_id and c.api_started
-             and not c.closed),
+            (
+                c
+                for c in self._server.connections()
+                if c is not conn and c.client_id == client_id and c.api_started and not c.closed
+            ),
             None,
-        )  # fmt: skip
+        )
         if holder is not None:
-            self._recorder.event("sim.client_id_in_use", conn=conn.id, client_id=client_id,
-                                 holder=holder.id)  # fmt: skip
+            self._recorder.event(
+                "sim.client_id_in_use", conn=conn.id, client_id=client_id, holder=holder.id
+            )
             self._refuse(conn, 326, CLIENT_ID_IN_USE_TEXT)
             return
         for code, text in answer.notices:

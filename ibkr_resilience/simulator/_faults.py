@@ -285,8 +285,9 @@ class ClientIdInUse(Fault):
     def on_start_api(self, conn: Connection, request: StartApi) -> StartApiAnswer:
         if self.client_id not in (None, request.client_id):
             return PROCEED
-        self.gateway.record_event("sim.client_id_in_use", conn=conn.id,
-                                  client_id=request.client_id, holder=None)  # fmt: skip
+        self.gateway.record_event(
+            "sim.client_id_in_use", conn=conn.id, client_id=request.client_id, holder=None
+        )
         return Fail(326, CLIENT_ID_IN_USE_TEXT)
 
 
@@ -351,8 +352,9 @@ class HoldOrders(Fault):
             self.budget -= 1
             return PROCEED
         self.held.append((conn, request))
-        self.gateway.record_event("sim.order_held", conn=conn.id, client_id=conn.client_id,
-                                  order_id=str(request.order_id))  # fmt: skip
+        self.gateway.record_event(
+            "sim.order_held", conn=conn.id, client_id=conn.client_id, order_id=str(request.order_id)
+        )
         return DROP
 
     async def release(self) -> int:

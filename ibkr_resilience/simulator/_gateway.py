@@ -68,15 +68,18 @@ class FakeGateway:
         self._faults = FaultChain()
         self._hold: HoldOrders | None = None  # hold_orders() until release_orders()
         self._server = Server(
-            host, port, server_version=server_version,
-            partial_message_timeout=partial_message_timeout, recorder=self._recorder,
-            faults=self._faults, on_message=self._on_message,
-        )  # fmt: skip
+            host,
+            port,
+            server_version=server_version,
+            partial_message_timeout=partial_message_timeout,
+            recorder=self._recorder,
+            faults=self._faults,
+            on_message=self._on_message,
+        )
         self._server.relay = relay
         self._broker = Broker(self.state, self._server, self._faults, cash)
         self._dispatcher = Dispatcher(self._server, self._broker, self._faults, self._recorder)
-        self._host = FaultHost(self._faults, self._server, self._recorder,
-                               self._dispatcher.process)  # fmt: skip
+        self._host = FaultHost(self._faults, self._server, self._recorder, self._dispatcher.process)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -150,9 +153,13 @@ class FakeGateway:
         self._recorder.event("sim.started", port=port, scenario=scenario)
         log.info(
             "sim.started",
-            extra={"port": port, "server_version": self.server_version,
-                   "accounts": self.state.accounts, "scenario": scenario},
-        )  # fmt: skip
+            extra={
+                "port": port,
+                "server_version": self.server_version,
+                "accounts": self.state.accounts,
+                "scenario": scenario,
+            },
+        )
         if self._initial_scenario != Scenario():
             self.set_scenario(self._initial_scenario)
         return self

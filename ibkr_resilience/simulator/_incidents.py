@@ -86,10 +86,13 @@ class ClientIdInUseFor(Fault):
     def on_start_api(self, conn: Connection, request: StartApi) -> StartApiAnswer:
         if self.client_id not in (None, request.client_id) or self.gateway.now() >= self.until:
             return PROCEED
-        self.gateway.record_event("sim.client_id_in_use", conn=conn.id,
-                                  client_id=request.client_id, holder=None)  # fmt: skip
-        return Fail(326, "Unable to connect as the client id is already in use. "
-                    "Retry with a unique client id.")  # fmt: skip
+        self.gateway.record_event(
+            "sim.client_id_in_use", conn=conn.id, client_id=request.client_id, holder=None
+        )
+        return Fail(
+            326,
+            "Unable to connect as the client id is already in use. Retry with a unique client id.",
+        )
 
 
 class NoCompletedOrders(Fault):
@@ -146,8 +149,9 @@ class IbOffline(Fault):
 
     def on_order(self, conn: Connection, order: PlaceOrder) -> OrderAnswer:
         self.held.append((conn, order))
-        self.gateway.record_event("sim.order_held", conn=conn.id, client_id=conn.client_id,
-                                  order_id=str(order.order_id))  # fmt: skip
+        self.gateway.record_event(
+            "sim.order_held", conn=conn.id, client_id=conn.client_id, order_id=str(order.order_id)
+        )
         return DROP
 
     def on_remove(self) -> None:

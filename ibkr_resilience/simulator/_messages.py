@@ -44,11 +44,23 @@ def current_time(now: datetime) -> list[Field]:
 
 def position(pos: SimPosition) -> list[Field]:
     return [
-        p.OUT_POSITION, 3, pos.account,
-        pos.con_id, pos.symbol, pos.sec_type, "", 0.0, "", "", pos.exchange, pos.currency,
-        pos.symbol, pos.symbol,
-        pos.quantity, pos.avg_cost,
-    ]  # fmt: skip
+        p.OUT_POSITION,
+        3,
+        pos.account,
+        pos.con_id,
+        pos.symbol,
+        pos.sec_type,
+        "",
+        0.0,
+        "",
+        "",
+        pos.exchange,
+        pos.currency,
+        pos.symbol,
+        pos.symbol,
+        pos.quantity,
+        pos.avg_cost,
+    ]
 
 
 def position_end() -> list[Field]:
@@ -68,12 +80,27 @@ def account_values(account: str, cash: float) -> list[list[Field]]:
 
 def portfolio_value(pos: SimPosition, price: float) -> list[Field]:
     return [
-        p.OUT_PORTFOLIO_VALUE, 8,
-        pos.con_id, pos.symbol, pos.sec_type, "", 0.0, "", "", "", pos.currency,
-        pos.symbol, pos.symbol,
-        pos.quantity, price, pos.quantity * price, pos.avg_cost,
-        (price - pos.avg_cost) * pos.quantity, 0.0, pos.account,
-    ]  # fmt: skip
+        p.OUT_PORTFOLIO_VALUE,
+        8,
+        pos.con_id,
+        pos.symbol,
+        pos.sec_type,
+        "",
+        0.0,
+        "",
+        "",
+        "",
+        pos.currency,
+        pos.symbol,
+        pos.symbol,
+        pos.quantity,
+        price,
+        pos.quantity * price,
+        pos.avg_cost,
+        (price - pos.avg_cost) * pos.quantity,
+        0.0,
+        pos.account,
+    ]
 
 
 def account_update_time(now: datetime) -> list[Field]:
@@ -112,72 +139,229 @@ def contract_details(req_id: int, c: SimContract) -> list[Field]:
     # Server version < 164: a message version field after the id, and the obsolete
     # mdSizeMultiplier after minTick.
     return [
-        p.OUT_CONTRACT_DATA, 8, req_id,
-        c.symbol, c.sec_type, "", 0.0, "", "SMART", c.currency, c.symbol,
-        "NMS", c.symbol, c.con_id, 0.01, 1,
-        "", "ACTIVETIM,AD,ADJUST,ALERT,ALGO,ALLOC,AVGCOST,BASKET,DAY,GTC,LMT,LOC,MKT,MOC,"
-        "OPG,STP,STPLMT,TRAIL", "SMART,AMEX,NYSE,ARCA,NASDAQ,ISLAND", 1, 0,
-        c.long_name, c.primary_exchange, "", "Technology", "Computers", "Computers",
-        "US/Eastern", "", "", "", "",
+        p.OUT_CONTRACT_DATA,
+        8,
+        req_id,
+        c.symbol,
+        c.sec_type,
+        "",
+        0.0,
+        "",
+        "SMART",
+        c.currency,
+        c.symbol,
+        "NMS",
+        c.symbol,
+        c.con_id,
+        0.01,
+        1,
+        "",
+        "ACTIVETIM,AD,ADJUST,ALERT,ALGO,ALLOC,AVGCOST,BASKET,DAY,GTC,LMT,LOC,MKT,MOC,"
+        "OPG,STP,STPLMT,TRAIL",
+        "SMART,AMEX,NYSE,ARCA,NASDAQ,ISLAND",
+        1,
+        0,
+        c.long_name,
+        c.primary_exchange,
+        "",
+        "Technology",
+        "Computers",
+        "Computers",
+        "US/Eastern",
+        "",
+        "",
+        "",
+        "",
         0,  # no secIds
-        1, "", "", "26", "", "COMMON",
-    ]  # fmt: skip
+        1,
+        "",
+        "",
+        "26",
+        "",
+        "COMMON",
+    ]
 
 
 def order_status(o: SimOrder) -> list[Field]:
     return [
-        p.OUT_ORDER_STATUS, o.order_id, o.status, o.filled, o.remaining,
-        o.avg_fill_price, o.perm_id, o.parent_id,
-        o.avg_fill_price, o.client_id, "", 0.0,
-    ]  # fmt: skip
+        p.OUT_ORDER_STATUS,
+        o.order_id,
+        o.status,
+        o.filled,
+        o.remaining,
+        o.avg_fill_price,
+        o.perm_id,
+        o.parent_id,
+        o.avg_fill_price,
+        o.client_id,
+        "",
+        0.0,
+    ]
 
 
 def open_order(o: SimOrder) -> list[Field]:
     """openOrder for a plain (non-combo, non-algo, unconditioned) order."""
     return [
-        p.OUT_OPEN_ORDER, o.order_id,
+        p.OUT_OPEN_ORDER,
+        o.order_id,
         # contract
-        o.con_id, o.symbol, o.sec_type, "", 0.0, "", "", o.exchange, o.currency,
-        o.symbol, o.symbol,
+        o.con_id,
+        o.symbol,
+        o.sec_type,
+        "",
+        0.0,
+        "",
+        "",
+        o.exchange,
+        o.currency,
+        o.symbol,
+        o.symbol,
         # order basics
-        o.action, o.quantity, o.order_type, o.lmt_price, o.aux_price, o.tif,
-        "", o.account, "", 0, o.order_ref, o.client_id, o.perm_id,
-        False, False, 0.0, "",
+        o.action,
+        o.quantity,
+        o.order_type,
+        o.lmt_price,
+        o.aux_price,
+        o.tif,
+        "",
+        o.account,
+        "",
+        0,
+        o.order_ref,
+        o.client_id,
+        o.perm_id,
+        False,
+        False,
+        0.0,
+        "",
         "",  # sharesAllocation (deprecated)
-        "", "", "", "", "",  # FA group/method/percentage/profile, modelCode
-        "", "", UNSET, "", 0, "", -1,  # goodTillDate, rule80A, percentOffset, ...
-        0, UNSET, UNSET, UNSET, UNSET, UNSET,  # auction strategy .. stockRangeUpper
-        UNSET, 0, False, False, UNSET, 3, False, False, UNSET,
-        o.parent_id, 0,  # parentId, triggerMethod
-        UNSET, UNSET, "", UNSET,  # volatility, volatilityType, deltaNeutral type/aux
-        False, UNSET, UNSET, UNSET, UNSET, UNSET, "",  # continuousUpdate .. comboLegsDescrip
-        0, 0, 0,  # combo legs, order combo legs, smart combo routing params
-        UNSET, UNSET, UNSET,  # scale init/subs level size, price increment
+        "",
+        "",
+        "",
+        "",
+        "",  # FA group/method/percentage/profile, modelCode
+        "",
+        "",
+        UNSET,
+        "",
+        0,
+        "",
+        -1,  # goodTillDate, rule80A, percentOffset, ...
+        0,
+        UNSET,
+        UNSET,
+        UNSET,
+        UNSET,
+        UNSET,  # auction strategy .. stockRangeUpper
+        UNSET,
+        0,
+        False,
+        False,
+        UNSET,
+        3,
+        False,
+        False,
+        UNSET,
+        o.parent_id,
+        0,  # parentId, triggerMethod
+        UNSET,
+        UNSET,
+        "",
+        UNSET,  # volatility, volatilityType, deltaNeutral type/aux
+        False,
+        UNSET,
+        UNSET,
+        UNSET,
+        UNSET,
+        UNSET,
+        "",  # continuousUpdate .. comboLegsDescrip
+        0,
+        0,
+        0,  # combo legs, order combo legs, smart combo routing params
+        UNSET,
+        UNSET,
+        UNSET,  # scale init/subs level size, price increment
         "",  # hedgeType
-        False, "", "", False,  # optOutSmartRouting, clearing account/intent, notHeld
+        False,
+        "",
+        "",
+        False,  # optOutSmartRouting, clearing account/intent, notHeld
         False,  # no delta-neutral contract
         "",  # algoStrategy
-        False, False,  # solicited, whatIf
+        False,
+        False,  # solicited, whatIf
         o.status,
-        "", "", "", "", "", "", "", "", "",  # margin before/change/after
-        UNSET, UNSET, UNSET, "", "",  # commission, min, max, currency, warning
-        False, False,  # randomizeSize, randomizePrice
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",  # margin before/change/after
+        UNSET,
+        UNSET,
+        UNSET,
+        "",
+        "",  # commission, min, max, currency, warning
+        False,
+        False,  # randomizeSize, randomizePrice
         0,  # conditions
-        "", UNSET, UNSET, UNSET, UNSET, UNSET, UNSET, 0,  # adjusted order fields
-        "", "", "",  # soft dollar tier name, value, display name
-        UNSET, False, False, False, "",  # cashQty .. usePriceMgmtAlgo
-    ]  # fmt: skip
+        "",
+        UNSET,
+        UNSET,
+        UNSET,
+        UNSET,
+        UNSET,
+        UNSET,
+        0,  # adjusted order fields
+        "",
+        "",
+        "",  # soft dollar tier name, value, display name
+        UNSET,
+        False,
+        False,
+        False,
+        "",  # cashQty .. usePriceMgmtAlgo
+    ]
 
 
 def execution(req_id: int, e: SimExecution) -> list[Field]:
     # Server version >= 136: no message version field.
     return [
-        p.OUT_EXECUTION_DATA, req_id, e.order_id,
-        e.con_id, e.symbol, e.sec_type, "", 0.0, "", "", e.exchange, e.currency,
-        e.symbol, e.symbol,
-        e.exec_id, ib_time(e.time), e.account, e.exchange, e.side, e.shares, e.price,
-        e.perm_id, e.client_id, 0, e.shares, e.price, e.order_ref, "", "", "", 1,
-    ]  # fmt: skip
+        p.OUT_EXECUTION_DATA,
+        req_id,
+        e.order_id,
+        e.con_id,
+        e.symbol,
+        e.sec_type,
+        "",
+        0.0,
+        "",
+        "",
+        e.exchange,
+        e.currency,
+        e.symbol,
+        e.symbol,
+        e.exec_id,
+        ib_time(e.time),
+        e.account,
+        e.exchange,
+        e.side,
+        e.shares,
+        e.price,
+        e.perm_id,
+        e.client_id,
+        0,
+        e.shares,
+        e.price,
+        e.order_ref,
+        "",
+        "",
+        "",
+        1,
+    ]
 
 
 def commission_report(e: SimExecution) -> list[Field]:

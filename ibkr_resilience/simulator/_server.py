@@ -209,8 +209,9 @@ class Server:
         # The close is on record before the connection leaves the table, and both after
         # its socket is closed: a test that saw the count drop also sees the event, and
         # the peer has seen the close.
-        self._recorder.event("sim.connection.close", conn=conn.id, client_id=conn.client_id,
-                             reason=reason)  # fmt: skip
+        self._recorder.event(
+            "sim.connection.close", conn=conn.id, client_id=conn.client_id, reason=reason
+        )
         self._conns.pop(conn.id, None)
         log.info(
             "sim.connection.close",
@@ -293,8 +294,9 @@ class Server:
         if body is None:
             return
         low, high, options = p.parse_version_range(body)
-        self._recorder.event("sim.handshake", conn=conn.id, min_version=low, max_version=high,
-                             options=options)  # fmt: skip
+        self._recorder.event(
+            "sim.handshake", conn=conn.id, min_version=low, max_version=high, options=options
+        )
         if not low <= self.server_version <= high:
             raise ProtocolError(
                 f"client versions {low}..{high} exclude server version {self.server_version}"

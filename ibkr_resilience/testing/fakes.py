@@ -1,10 +1,10 @@
 """Fake time and a recording alert: inject them instead of patching anything.
 
-    ft = FakeTime()
-    alert = RecordingAlert()
-    with ibkr_session(..., clock=ft.clock, sleep=ft.sleep, alert=alert):
-        ...
-    assert ft.sleeps == [0.5, 0.5] and alert.texts == []
+ft = FakeTime()
+alert = RecordingAlert()
+with ibkr_session(..., clock=ft.clock, sleep=ft.sleep, alert=alert):
+    ...
+assert ft.sleeps == [0.5, 0.5] and alert.texts == []
 """
 
 from __future__ import annotations

@@ -114,8 +114,15 @@ def recovery_lag(restart_s: float, policy: str) -> float | None:
         gw.restart(restart_s + random.uniform(0.0, 0.5))
         try:
             if policy == "session":
-                with ibkr_session(10, "127.0.0.1", gw.port, timeout=5,
-                                  max_time=restart_s + 30, alert=no_alert, env=QUIET):
+                with ibkr_session(
+                    10,
+                    "127.0.0.1",
+                    gw.port,
+                    timeout=5,
+                    max_time=restart_s + 30,
+                    alert=no_alert,
+                    env=QUIET,
+                ):
                     ready = time.monotonic()
             else:
                 ib = old_connect("127.0.0.1", gw.port, 10, timeout=5)
@@ -133,8 +140,15 @@ def time_to_give_up(scenario: str, policy: str, timeout: float, budget: float) -
         t0 = time.monotonic()
         try:
             if policy == "session":
-                with ibkr_session(10, "127.0.0.1", gw.port, timeout=timeout, max_time=budget,
-                                  alert=no_alert, env=QUIET):
+                with ibkr_session(
+                    10,
+                    "127.0.0.1",
+                    gw.port,
+                    timeout=timeout,
+                    max_time=budget,
+                    alert=no_alert,
+                    env=QUIET,
+                ):
                     pass
             else:
                 old_connect("127.0.0.1", gw.port, 10, timeout=timeout).disconnect()
@@ -182,9 +196,17 @@ def closed_port() -> int:
 def give_up_with_alert(alert: Callable[[str], object], alert_timeout: float) -> float:
     port = closed_port()
     t0 = time.monotonic()
-    with contextlib.suppress(ConnectionFailed), ibkr_session(
-        10, "127.0.0.1", port, timeout=1, max_attempts=1, alert=alert,
-        env={"IBKR_ALERT_TIMEOUT": str(alert_timeout)},
+    with (
+        contextlib.suppress(ConnectionFailed),
+        ibkr_session(
+            10,
+            "127.0.0.1",
+            port,
+            timeout=1,
+            max_attempts=1,
+            alert=alert,
+            env={"IBKR_ALERT_TIMEOUT": str(alert_timeout)},
+        ),
     ):
         pass
     return time.monotonic() - t0
@@ -192,8 +214,9 @@ def give_up_with_alert(alert: Callable[[str], object], alert_timeout: float) -> 
 
 def alert_path(alert_timeout: float) -> dict[str, float]:
     def telegram(port: int) -> TelegramAlert:
-        return TelegramAlert("123:bench-token", "42", api_url=f"http://127.0.0.1:{port}",
-                             timeout=alert_timeout)
+        return TelegramAlert(
+            "123:bench-token", "42", api_url=f"http://127.0.0.1:{port}", timeout=alert_timeout
+        )
 
     base = statistics.median(give_up_with_alert(no_alert, alert_timeout) for _ in range(5))
     with black_hole() as port:
@@ -224,8 +247,13 @@ def plot(results: dict[str, Any], path: str) -> None:
     gave_up = [d for d, v in zip(restarts, old, strict=True) if v is None]
     if gave_up:
         top = max([v for v in new + old if v is not None] + [1.0]) * 1.1
-        ax.plot(gave_up, [top] * len(gave_up), "rx", markersize=10,
-                label="old policy gave up (no connection)")
+        ax.plot(
+            gave_up,
+            [top] * len(gave_up),
+            "rx",
+            markersize=10,
+            label="old policy gave up (no connection)",
+        )
     ax.set_xscale("log")
     ax.set_xticks(restarts, [f"{d:g}" for d in restarts])
     ax.set_xlabel("gateway restart length (s)")
@@ -245,8 +273,11 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=5.0, help="per-attempt timeout T")
     ap.add_argument("--budget", type=float, default=20.0, help="session budget B")
     ap.add_argument("--alert-timeout", type=float, default=5.0, help="alert deadline")
-    ap.add_argument("--quick", action="store_true",
-                    help="small version: 50 runs, restarts 1,3, T=1, B=4, deadline 1")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="small version: 50 runs, restarts 1,3, T=1, B=4, deadline 1",
+    )
     ap.add_argument("--sections", default="1,2,3,4", help="which sections to run, e.g. 1,4")
     ap.add_argument("--json", help="also write the results as JSON here")
     ap.add_argument("--plot", help="write the recovery-lag plot (PNG; needs matplotlib)")
@@ -258,8 +289,10 @@ def main() -> int:
     devnull = open(os.devnull, "w")  # noqa: SIM115  (kept open for the whole run)
     configure_logging(format="json", level="INFO", stream=devnull, script="bench", env={})
     results: dict[str, Any] = {"python": sys.version.split()[0], "args": vars(args)}
-    print(f"python {results['python']}; T={args.timeout:g} s, B={args.budget:g} s, "
-          f"alert deadline {args.alert_timeout:g} s")
+    print(
+        f"python {results['python']}; T={args.timeout:g} s, B={args.budget:g} s, "
+        f"alert deadline {args.alert_timeout:g} s"
+    )
 
     sections = {int(x) for x in args.sections.split(",")}
     if 1 in sections:
@@ -281,14 +314,18 @@ def main() -> int:
 def report_happy_path(args: argparse.Namespace, results: dict[str, Any]) -> None:
     h = happy_path(args.runs, args.old_runs)
     results["happy"] = h
-    print(f"\n1. happy path enter+exit (median; ~{args.runs} runs each, alternating blocks; "
-          f"old policy {args.old_runs})")
+    print(
+        f"\n1. happy path enter+exit (median; ~{args.runs} runs each, alternating blocks; "
+        f"old policy {args.old_runs})"
+    )
     print(f"   raw ib_insync   {h['raw_ms']:9.2f} ms")
-    print(f"   ibkr_session    {h['session_ms']:9.2f} ms   ratio to raw "
-          f"{h['session_ms'] / h['raw_ms']:.2f} (goal <= 1.10)")
-    print(f"   old policy      {h['old_ms']:9.2f} ms   ratio to raw "
-          f"{h['old_ms'] / h['raw_ms']:.0f}")
-
+    print(
+        f"   ibkr_session    {h['session_ms']:9.2f} ms   ratio to raw "
+        f"{h['session_ms'] / h['raw_ms']:.2f} (goal <= 1.10)"
+    )
+    print(
+        f"   old policy      {h['old_ms']:9.2f} ms   ratio to raw {h['old_ms'] / h['raw_ms']:.0f}"
+    )
 
 
 def report_recovery(args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -297,24 +334,26 @@ def report_recovery(args: argparse.Namespace, results: dict[str, Any]) -> None:
     for d in (float(x) for x in args.restarts.split(",")):
         new_lag = recovery_lag(d, "session")
         old_lag = recovery_lag(d, "old")
-        results["recovery"].append({"restart_s": d, "session_lag_s": new_lag,
-                                    "old_lag_s": old_lag})
-        print(f"   restart {d:4g} s: ibkr_session {fmt_lag(new_lag)} | old policy "
-              f"{fmt_lag(old_lag)}")
-
+        results["recovery"].append({"restart_s": d, "session_lag_s": new_lag, "old_lag_s": old_lag})
+        print(
+            f"   restart {d:4g} s: ibkr_session {fmt_lag(new_lag)} | old policy {fmt_lag(old_lag)}"
+        )
 
 
 def report_give_up(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    print(f"\n3. time to give up (session: T={args.timeout:g} s, B={args.budget:g} s; "
-          f"old: T={args.timeout:g} s, 3 attempts 5 s apart)")
+    print(
+        f"\n3. time to give up (session: T={args.timeout:g} s, B={args.budget:g} s; "
+        f"old: T={args.timeout:g} s, 3 attempts 5 s apart)"
+    )
     results["give_up"] = []
     for scenario in GIVE_UP_SCENARIOS:
         new_s = time_to_give_up(scenario, "session", args.timeout, args.budget)
         old_s = time_to_give_up(scenario, "old", args.timeout, args.budget)
         results["give_up"].append({"scenario": scenario, "session_s": new_s, "old_s": old_s})
-        print(f"   {scenario:<17} ibkr_session {new_s:6.2f} s ({new_s / args.budget:4.2f} B) "
-              f"| old policy {old_s:6.2f} s")
-
+        print(
+            f"   {scenario:<17} ibkr_session {new_s:6.2f} s ({new_s / args.budget:4.2f} B) "
+            f"| old policy {old_s:6.2f} s"
+        )
 
 
 def report_alert_path(args: argparse.Namespace, results: dict[str, Any]) -> None:

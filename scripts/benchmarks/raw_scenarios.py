@@ -19,8 +19,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway
 
-SCENARIOS = ("down", "hang", "close_on_accept", "not_logged_in", "client_id_in_use",
-             "stall_sync", "slow:0.2")  # fmt: skip
+SCENARIOS = (
+    "down",
+    "hang",
+    "close_on_accept",
+    "not_logged_in",
+    "client_id_in_use",
+    "stall_sync",
+    "slow:0.2",
+)
 
 
 def main() -> int:

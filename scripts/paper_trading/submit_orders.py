@@ -14,7 +14,7 @@ import sys
 if __package__:  # python -m scripts.paper_trading.submit_orders
     from .lib.job_entry import job_main
 else:  # python scripts/paper_trading/submit_orders.py: this folder is sys.path[0]
-    from lib.job_entry import job_main
+    from lib.job_entry import job_main  # type: ignore[no-redef]
 
 main = job_main("submit")
 

@@ -56,18 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
         "position and every open order of the account is affected.",
     )
     parser.add_argument(
-        "--symbols", nargs="+", metavar="SYMBOL",
+        "--symbols",
+        nargs="+",
+        metavar="SYMBOL",
         help="only these symbols (space- or comma-separated); their open orders are "
         "cancelled even where there is no position",
-    )  # fmt: skip
-    parser.add_argument("--moc", action="store_true",
-                        help="close with market-on-close orders instead of market orders")
+    )
     parser.add_argument(
-        "--global-cancel", action="store_true",
+        "--moc",
+        action="store_true",
+        help="close with market-on-close orders instead of market orders",
+    )
+    parser.add_argument(
+        "--global-cancel",
+        action="store_true",
         help="cancel with reqGlobalCancel: EVERY open order of the login (all accounts, all "
         "symbols, orders entered in TWS); for when another client id holding orders is "
         "still connected. Not with --symbols",
-    )  # fmt: skip
+    )
     add_common_arguments(parser, CLIENT_ID)
     return parser
 
@@ -99,20 +105,32 @@ def _run(run: ScriptRun) -> None:
     args = run.args
     symbols = parse_symbols(args.symbols)
     if args.global_cancel and symbols:
-        raise UsageError("--global-cancel cancels every order of the login; it cannot be "
-                         "combined with --symbols")  # fmt: skip
+        raise UsageError(
+            "--global-cancel cancels every order of the login; it cannot be combined with --symbols"
+        )
     order_type = "MOC" if args.moc else "MKT"
 
     def start(journal: Journal, config: SessionConfig) -> Callable[[Any], None]:
         scope = ", ".join(symbols) if symbols else "all positions"
         mode = " (dry run: nothing is cancelled or placed)" if args.dry_run else ""
         run.state.header = f"{SCRIPT}: close {scope} with {order_type} orders{mode}"
-        log.info("close.start", symbols=symbols or None, order_type=order_type,
-                 dry_run=args.dry_run, journal=str(journal.path))  # fmt: skip
+        log.info(
+            "close.start",
+            symbols=symbols or None,
+            order_type=order_type,
+            dry_run=args.dry_run,
+            journal=str(journal.path),
+        )
         return Closer(
-            journal, run.state, config, symbols=symbols, order_type=order_type,
-            timeout=run.ack_timeout, dry_run=args.dry_run, global_cancel=args.global_cancel,
-        ).run  # fmt: skip
+            journal,
+            run.state,
+            config,
+            symbols=symbols,
+            order_type=order_type,
+            timeout=run.ack_timeout,
+            dry_run=args.dry_run,
+            global_cancel=args.global_cancel,
+        ).run
 
     run_in_session(run, SCRIPT, start)
 
@@ -147,17 +165,23 @@ class Closer:
         book = Book.read(ib, params.account, self.day)
         scope = book.scope(self.symbols)
         to_cancel = book.to_cancel(scope)
-        log.info("close.checked", account=params.account, trading_date=self.day.isoformat(),
-                 positions={s: p.position for s, p in book.positions.items() if s in scope},
-                 to_cancel=len(to_cancel), pending_closes=len(book.pending))  # fmt: skip
+        log.info(
+            "close.checked",
+            account=params.account,
+            trading_date=self.day.isoformat(),
+            positions={s: p.position for s, p in book.positions.items() if s in scope},
+            to_cancel=len(to_cancel),
+            pending_closes=len(book.pending),
+        )
         idle = book.idle(self.symbols)
         if idle:
             self.state.footer.append(f"no position and no open order: {', '.join(idle)}")
         if self.dry_run:
             self._preview(ib, book, scope, to_cancel, record, closing_orders)
             return
-        canceller = Canceller(self.config, record, timeout=self.timeout,
-                              global_cancel=self.global_cancel)  # fmt: skip
+        canceller = Canceller(
+            self.config, record, timeout=self.timeout, global_cancel=self.global_cancel
+        )
         blocked = canceller.cancel(ib, to_cancel)
         if to_cancel:
             # Anything may have filled before its cancel landed: close what is there now.
@@ -165,9 +189,14 @@ class Closer:
         self._close(ib, book, scope, blocked, record, closing_orders)
 
     def _close(
-        self, ib: Any, book: Book, scope: set[str], blocked: dict[str, str],
-        record: CloseRecorder, closing_orders: ClosingOrders,
-    ) -> None:  # fmt: skip
+        self,
+        ib: Any,
+        book: Book,
+        scope: set[str],
+        blocked: dict[str, str],
+        record: CloseRecorder,
+        closing_orders: ClosingOrders,
+    ) -> None:
         """One outcome per position in scope: closed, skipped, or why it was not."""
         live = book.live_by_symbol()
         closing = book.closing(scope)
@@ -188,9 +217,14 @@ class Closer:
                 closing_orders.place(ib, pos)
 
     def _preview(
-        self, ib: Any, book: Book, scope: set[str], to_cancel: list[Any],
-        record: CloseRecorder, closing_orders: ClosingOrders,
-    ) -> None:  # fmt: skip
+        self,
+        ib: Any,
+        book: Book,
+        scope: set[str],
+        to_cancel: list[Any],
+        record: CloseRecorder,
+        closing_orders: ClosingOrders,
+    ) -> None:
         """The dry run: what would be cancelled and closed (contracts are qualified)."""
         for t in to_cancel:
             record.cancel(t, DRY_RUN, "would cancel")

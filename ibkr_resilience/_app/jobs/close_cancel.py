@@ -30,9 +30,13 @@ class Canceller:
     """Cancels orders, waits until the gateway confirms, says which symbols stay blocked."""
 
     def __init__(
-        self, config: SessionConfig, record: CloseRecorder, *, timeout: float,
+        self,
+        config: SessionConfig,
+        record: CloseRecorder,
+        *,
+        timeout: float,
         global_cancel: bool,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.config = config
         self.record = record
         self.account = record.params.account
@@ -105,9 +109,7 @@ class Canceller:
         for t in to_cancel:
             symbol = t.contract.symbol
             if order_key(t.order) in failed:
-                reason = blocked.get(symbol) or (
-                    f"cancel not confirmed within {self.timeout:g} s"
-                )
+                reason = blocked.get(symbol) or (f"cancel not confirmed within {self.timeout:g} s")
                 blocked.setdefault(symbol, f"order {t.order.orderId} not cancelled: {reason}")
                 self.record.cancel(t, CANCEL_FAILED, reason)
             else:

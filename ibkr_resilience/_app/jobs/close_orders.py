@@ -46,10 +46,13 @@ class ClosingOrders:
     def order_for(self, pos: Any) -> Any:
         """The DAY order that flattens ``pos``, marked with today's close ref."""
         return compat.Order(
-            orderType=self.params.order_type, action=closing_side(pos),
-            totalQuantity=abs(pos.position), tif="DAY", account=self.params.account,
+            orderType=self.params.order_type,
+            action=closing_side(pos),
+            totalQuantity=abs(pos.position),
+            tif="DAY",
+            account=self.params.account,
             orderRef=close_ref(pos.contract.symbol, self.params.day),
-        )  # fmt: skip
+        )
 
     def place(self, ib: Any, pos: Any) -> None:
         """Send the closing order for ``pos`` (qualified first) and record its outcome."""
@@ -60,10 +63,13 @@ class ClosingOrders:
 
         def cut_short(cause: str) -> None:
             self.record.close(
-                pos, UNCONFIRMED, trade=trade, order=order,
+                pos,
+                UNCONFIRMED,
+                trade=trade,
+                order=order,
                 message=f"{cause} while placing, before the gateway confirmed; a re-run "
                 "skips it if it is still pending",
-            )  # fmt: skip
+            )
 
         with journal_if_cut_short(cut_short):
             trade = ib.placeOrder(contract, order)
@@ -76,30 +82,39 @@ class ClosingOrders:
         remaining = trade.orderStatus.remaining or order.totalQuantity
         if order.action != closing_side(pos) or remaining != abs(pos.position):
             self.record.close(
-                pos, NOT_PLACED, trade=trade,
+                pos,
+                NOT_PLACED,
+                trade=trade,
                 message=f"a pending closing order {order.orderId} ({order.action} "
                 f"{qty(remaining)}) does not match the position; not sending another: "
                 "check TWS",
-            )  # fmt: skip
+            )
             return
         self.record.close(
-            pos, SKIPPED, trade=trade,
+            pos,
+            SKIPPED,
+            trade=trade,
             message=f"closing order {order.orderId} already pending ({compat.order_status(trade)})",
-        )  # fmt: skip
+        )
 
     def preview(self, pos: Any, pending: Any | None) -> str:
         """What :meth:`place` or :meth:`skip_pending` would do, for a dry run."""
         if pending is not None:
             return f"would skip: closing order {pending.order.orderId} already pending"
         order = self.order_for(pos)
-        return f"would place {order.action} {qty(order.totalQuantity)} " \
-            f"{pos.contract.symbol} {self.params.order_type}"  # fmt: skip
+        return (
+            f"would place {order.action} {qty(order.totalQuantity)} "
+            f"{pos.contract.symbol} {self.params.order_type}"
+        )
 
 
 def _closing_contract(pos: Any) -> Any:
     """The position's contract, routed SMART (positions come without an exchange)."""
     c = pos.contract
     return compat.Contract(
-        conId=c.conId, symbol=c.symbol, secType=c.secType or "STK", exchange="SMART",
+        conId=c.conId,
+        symbol=c.symbol,
+        secType=c.secType or "STK",
+        exchange="SMART",
         currency=c.currency or "USD",
-    )  # fmt: skip
+    )

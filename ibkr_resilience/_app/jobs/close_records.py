@@ -67,19 +67,31 @@ class CloseRecorder:
             "message": message,
         }
         self.journal.append(event, **fields)
-        what = (f"cancel {order.action} {qty(order.totalQuantity)} {trade.contract.symbol} "
-                f"{order.orderType} (client {order.clientId})")  # fmt: skip
+        what = (
+            f"cancel {order.action} {qty(order.totalQuantity)} {trade.contract.symbol} "
+            f"{order.orderType} (client {order.clientId})"
+        )
         self.state.outcomes.append(
             Outcome(event, what, order.orderRef, fields["status"], order.orderId, message)
         )
-        log.info("close.cancel", outcome=event, order_id=order.orderId,
-                 client_id=order.clientId, symbol=trade.contract.symbol,
-                 message=message or None)  # fmt: skip
+        log.info(
+            "close.cancel",
+            outcome=event,
+            order_id=order.orderId,
+            client_id=order.clientId,
+            symbol=trade.contract.symbol,
+            message=message or None,
+        )
 
     def close(
-        self, pos: Any, event: str, *, trade: Any = None, message: str = "",
+        self,
+        pos: Any,
+        event: str,
+        *,
+        trade: Any = None,
+        message: str = "",
         order: Any = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Record what became of one position; ``order`` when no ``trade`` exists yet."""
         symbol = pos.contract.symbol
         side = closing_side(pos)
@@ -103,8 +115,17 @@ class CloseRecorder:
             "message": message,
         }
         self.journal.append(event, **fields)
-        what = f"close {symbol} {qty(pos.position):+}: {side} {qty(abs(pos.position))} " \
-            f"{fields['order_type']}"  # fmt: skip
+        what = (
+            f"close {symbol} {qty(pos.position):+}: {side} {qty(abs(pos.position))} "
+            f"{fields['order_type']}"
+        )
         self.state.outcomes.append(Outcome(event, what, ref, status, order_id, message))
-        log.info("close.order", outcome=event, symbol=symbol, order_ref=ref,
-                 order_id=order_id, status=status, message=message or None)  # fmt: skip
+        log.info(
+            "close.order",
+            outcome=event,
+            symbol=symbol,
+            order_ref=ref,
+            order_id=order_id,
+            status=status,
+            message=message or None,
+        )

@@ -81,9 +81,10 @@ class Book:
     def to_cancel(self, scope: set[str]) -> list[Any]:
         """The live orders on ``scope`` that could reopen a position (not our closes)."""
         return [
-            t for t in self.orders
+            t
+            for t in self.orders
             if t.contract.symbol in scope and order_key(t.order) not in self.pending
-        ]  # fmt: skip
+        ]
 
     def idle(self, symbols: Sequence[str]) -> list[str]:
         """Asked-for symbols with neither a position nor an open order, sorted."""

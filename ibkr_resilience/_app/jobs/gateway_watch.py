@@ -101,8 +101,7 @@ class GatewayWatch:
             self.lost_text = message
         elif code in (IB_RESTORED, IB_RESTORED_DATA_LOST):
             self.lost_at = None
-        log.warning("gateway.connectivity", code=code, message=message,
-                    in_outage=self.in_outage)  # fmt: skip
+        log.warning("gateway.connectivity", code=code, message=message, in_outage=self.in_outage)
         self.on_change(code, message)
 
     def wait_out_outage(self) -> None:

@@ -61,30 +61,42 @@ def add_common_arguments(parser: argparse.ArgumentParser, client_id: int) -> Non
     conn = parser.add_argument_group("connection (override IBKR_HOST / IBKR_PORT)")
     conn.add_argument("--host", help="gateway host (default: $IBKR_HOST, else 127.0.0.1)")
     conn.add_argument(
-        "--port", type=_int_arg("port"),
+        "--port",
+        type=_int_arg("port"),
         help=f"gateway API port (default: $IBKR_PORT, else {PAPER_PORT}, TWS paper; IB Gateway "
         f"paper is {GATEWAY_PAPER_PORT})",
-    )  # fmt: skip
+    )
     conn.add_argument(
-        "--client-id", type=_int_arg("client id"), default=client_id,
+        "--client-id",
+        type=_int_arg("client id"),
+        default=client_id,
         help=f"API client id (default: {client_id})",
-    )  # fmt: skip
+    )
     run = parser.add_argument_group("run")
     run.add_argument(
-        "--journal", metavar="PATH",
+        "--journal",
+        metavar="PATH",
         help="trade journal (default: $IBKR_JOURNAL, else "
         "$XDG_STATE_HOME/ibkr_resilience/journal.jsonl, else "
         "~/.local/state/ibkr_resilience/journal.jsonl)",
-    )  # fmt: skip
-    run.add_argument("--log-file", metavar="PATH", help="also write JSON log lines here "
-                     "(default: $IBKR_LOG_FILE)")  # fmt: skip
+    )
     run.add_argument(
-        "--ack-timeout", metavar="SECONDS", type=_seconds_arg,
+        "--log-file",
+        metavar="PATH",
+        help="also write JSON log lines here (default: $IBKR_LOG_FILE)",
+    )
+    run.add_argument(
+        "--ack-timeout",
+        metavar="SECONDS",
+        type=_seconds_arg,
         help=f"how long to wait for the gateway to confirm each order or cancel "
         f"(default: $IBKR_ACK_TIMEOUT, else {DEFAULT_ACK_TIMEOUT:g})",
-    )  # fmt: skip
-    run.add_argument("--dry-run", action="store_true",
-                     help="connect, check and report what would be done; send no order")
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="connect, check and report what would be done; send no order",
+    )
 
 
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:

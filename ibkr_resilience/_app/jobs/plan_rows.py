@@ -38,6 +38,7 @@ OPTIONAL_COLUMNS = (
 )
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
+
 @dataclass(frozen=True)
 class Limits:
     """The fat-finger guard: the most one row may order (shares) and be worth (quantity x
@@ -155,9 +156,13 @@ class _Row:
     """One data row's cells plus the problem sink, so each check stays one line."""
 
     def __init__(
-        self, line: int, header: list[str], cells: list[str], missing: set[str],
+        self,
+        line: int,
+        header: list[str],
+        cells: list[str],
+        missing: set[str],
         problems: list[tuple[int, str]],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.line, self.missing, self.problems = line, missing, problems
         self.cells: dict[str, str] = {}
         for i, cell in enumerate(cells):
@@ -236,15 +241,32 @@ def _parse_row(row: _Row, row_id: str) -> PlannedOrder | None:
             _check_bracket(row, side, order_type, tif, prices)
     if (
         len(row.problems) > before
-        or symbol is None or side is None or qty is None or order_type is None
-        or tif is None or exchange is None or currency is None
-    ):  # fmt: skip
+        or symbol is None
+        or side is None
+        or qty is None
+        or order_type is None
+        or tif is None
+        or exchange is None
+        or currency is None
+    ):
         return None
     lmt, stp, tp, sl = (None if v is None else float(v) for v in prices.values())
     return PlannedOrder(
-        "", row_id, row.line, symbol, side, int(qty), order_type, tif,
-        lmt, stp, tp, sl, exchange=exchange, currency=currency,
-    )  # fmt: skip
+        "",
+        row_id,
+        row.line,
+        symbol,
+        side,
+        int(qty),
+        order_type,
+        tif,
+        lmt,
+        stp,
+        tp,
+        sl,
+        exchange=exchange,
+        currency=currency,
+    )
 
 
 def _within(row: _Row, order: PlannedOrder, limits: Limits) -> bool:

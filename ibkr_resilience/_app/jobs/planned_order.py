@@ -77,9 +77,7 @@ class PlannedOrder:
         """A fresh, unqualified contract (qualifying fills it in place)."""
         return compat.Stock(self.symbol, self.exchange, self.currency)
 
-    def build_orders(
-        self, next_id: Callable[[], int], *, account: str = ""
-    ) -> list[compat.Order]:
+    def build_orders(self, next_id: Callable[[], int], *, account: str = "") -> list[compat.Order]:
         """The order(s) to place, in placing order.
 
         ``next_id`` is usually ``ib.client.getReqId``; taking it as a callable keeps this
@@ -100,13 +98,23 @@ class PlannedOrder:
             **common,
         }
         take_profit = compat.LimitOrder(
-            exit_side, self.quantity, self.take_profit, orderId=next_id(),
-            orderRef=f"{self.order_ref}:tp", transmit=False, **legs,
-        )  # fmt: skip
+            exit_side,
+            self.quantity,
+            self.take_profit,
+            orderId=next_id(),
+            orderRef=f"{self.order_ref}:tp",
+            transmit=False,
+            **legs,
+        )
         stop_loss = compat.StopOrder(
-            exit_side, self.quantity, self.stop_loss, orderId=next_id(),
-            orderRef=f"{self.order_ref}:sl", transmit=True, **legs,
-        )  # fmt: skip
+            exit_side,
+            self.quantity,
+            self.stop_loss,
+            orderId=next_id(),
+            orderRef=f"{self.order_ref}:sl",
+            transmit=True,
+            **legs,
+        )
         return [parent, take_profit, stop_loss]
 
     def _entry_order(self, order_id: int, **common: Any) -> compat.Order:

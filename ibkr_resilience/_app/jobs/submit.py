@@ -89,11 +89,22 @@ def _run(run: ScriptRun) -> None:
         log_file = args.log_file or env_value("IBKR_LOG_FILE", run.env)
         if log_file:
             run.state.footer.append(f"log: {log_file}")
-        log.info("submit.start", plan=plan.source, plan_id=plan.plan_id, rows=len(plan),
-                 dry_run=args.dry_run, journal=str(journal.path))  # fmt: skip
-        return Submitter(plan, journal, run.state, timeout=run.ack_timeout,
-                         dry_run=args.dry_run,
-                         outage_wait=run.settings.outage_wait).run  # fmt: skip
+        log.info(
+            "submit.start",
+            plan=plan.source,
+            plan_id=plan.plan_id,
+            rows=len(plan),
+            dry_run=args.dry_run,
+            journal=str(journal.path),
+        )
+        return Submitter(
+            plan,
+            journal,
+            run.state,
+            timeout=run.ack_timeout,
+            dry_run=args.dry_run,
+            outage_wait=run.settings.outage_wait,
+        ).run
 
     run_in_session(run, SCRIPT, start)
 
@@ -121,13 +132,16 @@ def placed_refs(ib: Any, account: str) -> dict[str, Found]:
         order = trade.order
         if order.orderRef and order.account in (account, ""):
             status = order_status(trade)
-            found.setdefault(order.orderRef, Found("open order", order.orderId or None,
-                                                   order.permId or None, status))  # fmt: skip
+            found.setdefault(
+                order.orderRef,
+                Found("open order", order.orderId or None, order.permId or None, status),
+            )
     for fill in [*ib.reqExecutions(), *ib.fills()]:
         ex = fill.execution
         if ex.orderRef and ex.acctNumber in (account, ""):
-            found.setdefault(ex.orderRef, Found("execution", ex.orderId or None,
-                                                ex.permId or None, "Filled"))  # fmt: skip
+            found.setdefault(
+                ex.orderRef, Found("execution", ex.orderId or None, ex.permId or None, "Filled")
+            )
     return found
 
 
@@ -164,8 +178,13 @@ class Submitter:
         contracts = self.plan.contracts()
         failures = qualify(ib, contracts)
         placed = placed_refs(ib, self.account)
-        log.info("submit.checked", account=self.account, contracts=len(contracts),
-                 unqualified=len(failures), refs_in_account=len(placed))  # fmt: skip
+        log.info(
+            "submit.checked",
+            account=self.account,
+            contracts=len(contracts),
+            unqualified=len(failures),
+            refs_in_account=len(placed),
+        )
         next_id: Callable[[], int] = (
             itertools.count(1).__next__ if self.dry_run else ib.client.getReqId
         )
@@ -182,8 +201,11 @@ class Submitter:
                 continue
             orders = row.build_orders(next_id, account=self.account)
             if self.dry_run:
-                legs = f" + take-profit {row.take_profit} / stop-loss {row.stop_loss}" \
-                    if row.is_bracket else ""  # fmt: skip
+                legs = (
+                    f" + take-profit {row.take_profit} / stop-loss {row.stop_loss}"
+                    if row.is_bracket
+                    else ""
+                )
                 self._record(row, DRY_RUN, message=f"would place {_describe(row)}{legs}")
                 continue
             self._place(ib, row, contracts[row.contract_key], orders)
@@ -274,9 +296,13 @@ class Submitter:
         missing = [r for r in row.order_refs if r not in found]
         note = f"; not found: {', '.join(missing)}" if missing else ""
         self._record(
-            row, SKIPPED, status=entry.status, order_id=entry.order_id, perm_id=entry.perm_id,
+            row,
+            SKIPPED,
+            status=entry.status,
+            order_id=entry.order_id,
+            perm_id=entry.perm_id,
             message=f"already placed ({seen}){note}",
-        )  # fmt: skip
+        )
 
     def _record(
         self,
@@ -298,22 +324,39 @@ class Submitter:
             perm_id = entry.orderStatus.permId or entry.order.permId or None
             if len(trades) > 1:
                 legs = [
-                    {"order_ref": t.order.orderRef, "order_id": t.order.orderId,
-                     "perm_id": t.orderStatus.permId or t.order.permId or None,
-                     "status": order_status(t)}
+                    {
+                        "order_ref": t.order.orderRef,
+                        "order_id": t.order.orderId,
+                        "perm_id": t.orderStatus.permId or t.order.permId or None,
+                        "status": order_status(t),
+                    }
                     for t in trades
-                ]  # fmt: skip
-        fields.update(account=self.account, order_id=order_id, perm_id=perm_id,
-                      status=status, message=message)  # fmt: skip
+                ]
+        fields.update(
+            account=self.account, order_id=order_id, perm_id=perm_id, status=status, message=message
+        )
         if legs:
             fields["legs"] = legs
         self.journal.append(event, **fields)
         self.state.outcomes.append(
-            Outcome(event, f"line {row.line} {row.row_id}: {_describe(row)}", row.order_ref,
-                    status, order_id, message)
-        )  # fmt: skip
-        log.info("submit.order", outcome=event, order_ref=row.order_ref, line=row.line,
-                 order_id=order_id, status=status, message=message or None)  # fmt: skip
+            Outcome(
+                event,
+                f"line {row.line} {row.row_id}: {_describe(row)}",
+                row.order_ref,
+                status,
+                order_id,
+                message,
+            )
+        )
+        log.info(
+            "submit.order",
+            outcome=event,
+            order_ref=row.order_ref,
+            line=row.line,
+            order_id=order_id,
+            status=status,
+            message=message or None,
+        )
 
 
 def _describe(row: PlannedOrder) -> str:

@@ -164,3 +164,12 @@ def test_all_lists_exactly_the_public_names(public: str) -> None:
         and name != "annotations"
     }
     assert public_names - exported == set()
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """One module per idea: a module past 400 lines is doing more than one thing."""
+    sizes = {name: len(path.read_text().splitlines()) for name, path in modules().items()}
+    assert {n: s for n, s in sizes.items() if s > MAX_MODULE_LINES} == {}

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ibkr_resilience._connect import compat
-from ibkr_resilience._core.config import CLIENT_LIBRARIES
+from ibkr_resilience._core.validators import CLIENT_LIBRARIES
 from ibkr_resilience.errors import ConfigError
 
 

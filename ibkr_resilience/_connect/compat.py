@@ -59,7 +59,8 @@ from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final
 
-from .._core.config import CLIENT_LIBRARIES, env_value
+from .._core.config import env_value
+from .._core.validators import CLIENT_LIBRARIES
 from ..errors import ConfigError
 
 LIBRARY_ENV: Final = "IBKR_CLIENT_LIBRARY"

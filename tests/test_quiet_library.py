@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ibkr_resilience._connect import compat
 from ibkr_resilience._core.twslevels import TwsLevels
 from ibkr_resilience.simulator import FakeGateway
 from ibkr_resilience.testing import closed_port_url
@@ -114,7 +115,9 @@ def test_a_restart_with_a_log_file_leaves_a_handful_of_stderr_lines_and_no_error
     records = [json.loads(x) for x in log.read_text().splitlines()]
     failed = [r for r in records if r["event"] == "ibkr.connect.failed"]
     assert len(failed) >= 2 and {r["level"] for r in failed} == {"info"}
-    foreign = [r for r in records if r["logger"].startswith("ib_insync") and r.get("expected")]
+    foreign = [
+        r for r in records if r["logger"].startswith(compat.LOGGER_PREFIX) and r.get("expected")
+    ]
     assert foreign and {r["level"] for r in foreign} == {"info"}
     assert not [r for r in records if r["level"] == "error"]
 

@@ -157,9 +157,9 @@ def test_read_only_refuses_the_sync_and_every_order_with_321(fake_gateway: FakeG
     try:
         assert 0.45 <= time.monotonic() - start < 1.5
         trade = aapl_limit(ib)
-        assert wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
-        assert trade.log[-1].errorCode == 321
-        assert "Read-Only mode" in trade.log[-1].message
+        assert wait_until(ib, lambda: compat.order_status(trade) == "Cancelled")
+        code, message = compat.order_errors(trade)[-1]
+        assert code == 321 and "Read-Only mode" in message
         assert fake_gateway.state.order_list() == []
     finally:
         ib.disconnect()
@@ -171,10 +171,10 @@ def test_read_only_after_orders_serves_the_first_ones(fake_gateway: FakeGateway)
     ib = connect(fake_gateway, timeout=2)
     try:
         first = aapl_limit(ib)
-        assert wait_until(ib, lambda: first.orderStatus.status == "Submitted")
+        assert wait_until(ib, lambda: compat.order_status(first) == "Submitted")
         second = aapl_limit(ib)
-        assert wait_until(ib, lambda: second.orderStatus.status == "Cancelled")
-        assert second.log[-1].errorCode == 321
+        assert wait_until(ib, lambda: compat.order_status(second) == "Cancelled")
+        assert compat.order_errors(second)[-1][0] == 321
         codes: list[int] = []
         ib.errorEvent += lambda req_id, code, *_: codes.append(code)
         ib.cancelOrder(first.order)
@@ -204,9 +204,9 @@ def test_ib_offline_pushes_1100_holds_orders_then_1102(fake_gateway: FakeGateway
             late.disconnect()
         trade = aapl_limit(ib)
         assert gw.wait_for(lambda: bool(gw.events("sim.order_held")), 2)
-        assert trade.orderStatus.status == "PendingSubmit"
+        assert compat.order_status(trade) == "PendingSubmit"
         gw.normal()  # the outage ends (or after its seconds)
-        assert wait_until(ib, lambda: trade.orderStatus.status == "Submitted")
+        assert wait_until(ib, lambda: compat.order_status(trade) == "Submitted")
         assert codes == [1100, 1102]
     finally:
         ib.disconnect()
@@ -277,8 +277,9 @@ def test_order_notices_then_acceptance(
     ib.errorEvent += lambda req_id, c, *_: codes.append(c)
     try:
         trade = aapl_limit(ib)
-        assert wait_until(ib, lambda: trade.orderStatus.status == "Submitted")
-        assert [(e.status, e.errorCode) for e in trade.log] == log
+        assert wait_until(ib, lambda: compat.order_status(trade) == "Submitted")
+        if compat.LIBRARY == "ib_insync":  # how the client keeps its log is its own affair
+            assert [(e.status, e.errorCode) for e in trade.log] == log
         assert codes == [code]
         assert [o.status for o in fake_gateway.state.order_list()] == ["Submitted"]
     finally:
@@ -322,8 +323,8 @@ def test_new_order_id_at_or_below_a_reported_one_is_a_duplicate(
         low = LimitOrder("BUY", 1, 100.0)
         low.orderId = 50
         trade = aapl_limit(ib, low)
-        assert wait_until(ib, lambda: trade.orderStatus.status == "Cancelled")
-        assert trade.log[-1].errorCode == 103
+        assert wait_until(ib, lambda: compat.order_status(trade) == "Cancelled")
+        assert compat.order_errors(trade)[-1][0] == 103
         ok = aapl_limit(ib)  # ib_insync's own id, already raised past 100
         assert ok.order.orderId > 100
         assert wait_until(ib, lambda: ok.orderStatus.status == "Submitted")

@@ -246,3 +246,12 @@ def test_the_outcome_is_decided_by_when_the_call_ended(ended_at: float, timed_ou
     assert result.elapsed_ms == 1060.0
     if not timed_out:
         assert result.value is False
+
+
+def test_an_exception_text_carrying_the_token_is_scrubbed_in_the_alert() -> None:
+    """A failed HTTP call inside the block quotes its URL (``/bot<token>/...``): the alert
+    that quotes the exception must not carry the token to any channel."""
+    sent: list[str] = []
+    text = f"Error: ConnectionError: url: /bot{TOKEN}/sendMessage and bare {TOKEN}"
+    assert deliver_alert(sent.append, text, 2.0) == "sent"
+    assert TOKEN not in sent[0] and "bot[REDACTED]" in sent[0]

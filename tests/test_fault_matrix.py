@@ -89,6 +89,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "bot_unresolvable": (1, None),
     "alert_state_file_unusable": (1, "IBKR CONNECTION FAILED"),
     "read_only_mid_run": (5, "IBKR SESSION FAILED"),
+    "read_only_at_connect": (5, "IBKR CONNECTION FAILED"),
     "ib_outage_restored": (0, None),
     "ib_outage_never_clears": (1, "IBKR SESSION FAILED"),
     "silent_gateway": (1, "IBKR SESSION FAILED"),
@@ -773,6 +774,23 @@ def test_read_only_mid_run(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
     assert len(rejected) == 1 and rejected[0]["message"].startswith("error 321:"), rejected
     assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.rejected": 1}
     assert any("Read-Only API" in line for line in run.human_stderr())
+    gateway_closed_cleanly(gw)
+
+
+def test_read_only_at_connect(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """Read-Only API from the start: the sync's open-orders request gets 321; one attempt,
+    no retry (a setting), exit 5 as for a 321 mid-run, the alert says what to untick."""
+    gw = fake_gateway
+    gw.set_scenario("read_only")
+    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    code, title = EXPECTED["read_only_at_connect"]
+    assert run.code == code, run.stderr
+    gave_up = run.one("ibkr.connect.gave_up")
+    assert (gave_up["failure_class"], gave_up["attempts"]) == ("read_only", 1)
+    assert gave_up["elapsed_ms"] < 1000 * CONNECT_TIMEOUT  # at once, not at the bound
+    wire_alert(bot_api, title, "Failure: read_only", "Read-Only API", "ReadOnlyApi=no")
+    assert gw.messages("placeOrder") == []
+    assert "Traceback" not in run.stderr
     gateway_closed_cleanly(gw)
 
 

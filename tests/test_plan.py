@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from ibkr_resilience._app.jobs.plan import (
     MAX_ORDER_REF_LEN,
+    MAX_PLAN_BYTES,
     Limits,
     Plan,
     PlanError,
@@ -461,3 +463,22 @@ def test_the_fat_finger_guard_names_the_row_and_the_setting() -> None:
         "(IBKR_MAX_ORDER_NOTIONAL)",
     ]
     assert len(parse_plan(text, limits=Limits(50_000, 5_000_000.0))) == 3
+
+
+def test_a_plan_that_is_a_device_or_a_fifo_is_refused_without_reading_it(tmp_path: Path) -> None:
+    """``--plan /dev/zero`` would read forever, a FIFO with no writer would block."""
+    fifo = tmp_path / "plan.csv"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        with pytest.raises(PlanError) as info:
+            load_plan(path)
+        assert "is not a regular file" in str(info.value)
+
+
+def test_a_plan_over_the_size_cap_is_refused(tmp_path: Path) -> None:
+    big = tmp_path / "big.csv"
+    with open(big, "wb") as f:
+        f.truncate(MAX_PLAN_BYTES + 1)
+    with pytest.raises(PlanError) as info:
+        load_plan(big)
+    assert f"(cap {MAX_PLAN_BYTES})" in str(info.value)

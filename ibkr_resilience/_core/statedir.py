@@ -48,13 +48,9 @@ def open_regular(path: str | os.PathLike[str], flags: int, mode: int = 0o600) ->
     return fd
 
 
-def read_small_file(path: str | os.PathLike[str], max_bytes: int) -> str:
-    """The UTF-8 text of a regular file of at most ``max_bytes`` bytes.
-
-    Raises ``FileNotFoundError`` when it does not exist, :class:`UnusableStateFile` when
-    it is not a regular file or is larger than ``max_bytes`` (nothing beyond the cap is
-    read), ``UnicodeDecodeError`` / ``OSError`` otherwise.
-    """
+def read_small_bytes(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` bytes (same rules and errors
+    as :func:`read_small_file`, without the decoding)."""
     fd = open_regular(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
@@ -65,7 +61,17 @@ def read_small_file(path: str | os.PathLike[str], max_bytes: int) -> str:
         os.close(fd)
     if len(data) > max_bytes:
         raise UnusableStateFile(f"{os.fspath(path)!r} is over {max_bytes} bytes")
-    return data.decode("utf-8")
+    return data
+
+
+def read_small_file(path: str | os.PathLike[str], max_bytes: int) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` bytes.
+
+    Raises ``FileNotFoundError`` when it does not exist, :class:`UnusableStateFile` when
+    it is not a regular file or is larger than ``max_bytes`` (nothing beyond the cap is
+    read), ``UnicodeDecodeError`` / ``OSError`` otherwise.
+    """
+    return read_small_bytes(path, max_bytes).decode("utf-8")
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:

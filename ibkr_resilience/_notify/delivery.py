@@ -36,6 +36,9 @@ def deliver_alert(alert: Alert, text: str, timeout: float) -> AlertOutcome:
     Whatever the alert does (raise, hang in DNS, return ``False``), the caller gets an
     outcome back within the deadline and nothing propagates; the outcome is logged.
     """
+    # The texts quote exception messages from the job, which may carry a secret (a failed
+    # HTTP call's URL holds the Bot API token): every channel gets the scrubbed text.
+    text = scrub(text)
     if not getattr(alert, "enabled", True):
         with contextlib.suppress(Exception):  # a disabled alert only logs
             alert(text)

@@ -42,7 +42,7 @@ exit codes:
   3    some orders were rejected, unconfirmed within the deadline, or not placed
        (see the summary and the journal)
   4    the gateway offers no paper account: live account refused, nothing was sent
-  5    the gateway's API is read-only (error 321 on an order): untick "Read-Only API"
+  5    the gateway's API is read-only (error 321 at connect or on an order): untick "Read-Only API"
        (IBC: ReadOnlyApi=no); the refused order is journaled, no further order was sent
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM); the order in flight is journaled as order.unconfirmed

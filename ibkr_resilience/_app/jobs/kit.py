@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ..._connect.failures import FailureClass
 from ..._core.config import (
     DEFAULT_ACK_TIMEOUT,
     DEFAULT_CLIENT_ID,
@@ -299,7 +300,12 @@ def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | N
     except (ConfigError, PlanError, JournalError, UsageError) as exc:
         code, reason = ExitCode.BAD_INPUT, str(exc)
     except ConnectionFailed as exc:
-        code, reason = ExitCode.CONNECT_FAILED, f"could not connect: {exc}"
+        # Read-Only API is its own code whether it shows at connect (the sync's open-orders
+        # request refused with 321) or on the first order: a setting to change, not a
+        # gateway to wait for.
+        read_only = exc.failure_class == FailureClass.READ_ONLY
+        code = ExitCode.READ_ONLY_API if read_only else ExitCode.CONNECT_FAILED
+        reason = f"could not connect: {exc}"
         state.failure_class = exc.failure_class
     except LiveAccountRefused as exc:
         code, reason = ExitCode.LIVE_ACCOUNT, f"live account refused, nothing sent: {exc}"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..._connect import compat
+from ..._core.statedir import UnusableStateFile, read_small_bytes
 from .plan_rows import (
     COLUMNS,
     OPTIONAL_COLUMNS,
@@ -85,13 +86,19 @@ class Plan:
         return {ref: o for o in self.orders for ref in o.order_refs}
 
 
+MAX_PLAN_BYTES = 10 * 1024 * 1024
+"""A plan file larger than this is refused (a day's plan is a few kB)."""
+
+
 def load_plan(path: str | os.PathLike[str], limits: Limits | None = None) -> Plan:
     """Read and validate a plan file; raise :class:`PlanError` on any problem.
 
     ``limits`` is the fat-finger guard (default: :class:`Limits`' documented values)."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        data = read_small_bytes(p, MAX_PLAN_BYTES)
+    except UnusableStateFile as exc:  # a FIFO, a device, or over the size cap
+        raise PlanError(f"cannot read order plan {p}: {exc}") from None
     except OSError as exc:
         raise PlanError(f"cannot read order plan {p}: {exc.strerror or exc}") from None
     try:

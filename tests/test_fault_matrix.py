@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_simulator_incidents import seed_other_clients_order
 
-from ibkr_resilience.simulator import FakeGateway, PlaceOrder, SimOrder
+from ibkr_resilience.simulator import FakeGateway, PlaceOrder
 from ibkr_resilience.testing import BlackHole, BotApi, closed_port_url, parse_json_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -905,29 +906,7 @@ def test_order_id_rule(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Pat
     """Another client's open order has id 100 while this client's id sequence starts at
     1: after reqAllOpenOrders every new id is above 100, so no 103."""
     gw = fake_gateway
-    gw.state.add_order(
-        SimOrder(
-            order_id=100,
-            perm_id=gw.state.new_perm_id(),
-            client_id=0,
-            account="DU1234567",
-            symbol="IBM",
-            sec_type="STK",
-            exchange="SMART",
-            currency="USD",
-            con_id=8314,
-            action="BUY",
-            quantity=1,
-            order_type="LMT",
-            lmt_price=100.0,
-            aux_price=None,
-            tif="DAY",
-            order_ref="manual",
-            parent_id=0,
-            transmit=True,
-            status="Submitted",
-        )
-    )
+    seed_other_clients_order(gw, 100)
     gw.state.next_order_id = 1
     run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
     code, title = EXPECTED["order_id_rule"]

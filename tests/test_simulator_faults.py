@@ -45,7 +45,7 @@ READ_ONLY_TEXT = (
 )
 
 
-def wait_until(ib: IB, predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
+def wait_until(ib: IB, predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
     """Run the client's loop until ``predicate()`` holds (no fixed sleeps)."""
     deadline = time.monotonic() + timeout
     while not predicate():

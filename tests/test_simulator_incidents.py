@@ -10,10 +10,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_simulator_faults import wait_until
 
 from ibkr_resilience._connect import compat
 from ibkr_resilience._connect.compat import IB
@@ -24,14 +24,31 @@ LimitOrder = compat.LimitOrder
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait_until(ib: IB, predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Run ib_insync's loop until ``predicate()`` holds (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        ib.waitOnUpdate(timeout=0.05)
-    return True
+def seed_other_clients_order(gw: FakeGateway, order_id: int) -> None:
+    """Another client's (client 0, a manual TWS order) working IBM order ``order_id``."""
+    gw.state.add_order(
+        SimOrder(
+            order_id=order_id,
+            perm_id=gw.state.new_perm_id(),
+            client_id=0,
+            account="DU1234567",
+            symbol="IBM",
+            sec_type="STK",
+            exchange="SMART",
+            currency="USD",
+            con_id=8314,
+            action="BUY",
+            quantity=1,
+            order_type="LMT",
+            lmt_price=100.0,
+            aux_price=None,
+            tif="DAY",
+            order_ref="manual",
+            parent_id=0,
+            transmit=True,
+            status="Submitted",
+        )
+    )
 
 
 def connect(gw: FakeGateway, client_id: int = 10, timeout: float = 2.0) -> IB:
@@ -293,29 +310,7 @@ def test_new_order_id_at_or_below_a_reported_one_is_a_duplicate(
     """TWS API docs: after reqAllOpenOrders, new ids must exceed every id returned;
     otherwise error 103 "Duplicate order id". Modifying an own order is still allowed."""
     gw = fake_gateway
-    gw.state.add_order(
-        SimOrder(
-            order_id=100,
-            perm_id=gw.state.new_perm_id(),
-            client_id=0,
-            account="DU1234567",
-            symbol="IBM",
-            sec_type="STK",
-            exchange="SMART",
-            currency="USD",
-            con_id=8314,
-            action="BUY",
-            quantity=1,
-            order_type="LMT",
-            lmt_price=100.0,
-            aux_price=None,
-            tif="DAY",
-            order_ref="manual",
-            parent_id=0,
-            transmit=True,
-            status="Submitted",
-        )
-    )
+    seed_other_clients_order(gw, 100)
     gw.state.next_order_id = 1  # TWS's id sequence for client 10 is its own
     ib = connect(gw)
     try:

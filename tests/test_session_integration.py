@@ -95,14 +95,17 @@ AT_ONCE_TIMEOUT = 5.0  # failures detected at once are asserted far under it, no
 
 
 @pytest.mark.parametrize(
+    # per_attempt_max: the bound T plus room for a loaded machine's scheduling (measured
+    # 0.88 s once under load 5 on 2 cores), still under 2 x T, which the sync alone
+    # would take without the session's own bound.
     "scenario, failure_class, timeout, per_attempt_max",
     [
         ("down", "refused", AT_ONCE_TIMEOUT, 1.0),
-        ("hang", "timeout", 0.5, 0.75),
-        ("not_logged_in", "not_logged_in", 0.5, 0.75),
+        ("hang", "timeout", 0.5, 0.95),
+        ("not_logged_in", "not_logged_in", 0.5, 0.95),
         # detected at once, not after the timeout
         ("client_id_in_use", "rejected", AT_ONCE_TIMEOUT, 1.0),
-        ("stall_sync", "incomplete_sync", 0.5, 0.75),  # one bound for the whole sync, not 2 x T
+        ("stall_sync", "incomplete_sync", 0.5, 0.95),  # one bound for the whole sync, < 2 x T
         ("close_on_accept", "closed", AT_ONCE_TIMEOUT, 1.0),  # detected at once
     ],
 )

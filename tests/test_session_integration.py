@@ -96,7 +96,7 @@ AT_ONCE_TIMEOUT = 5.0  # failures detected at once are asserted far under it, no
 
 @pytest.mark.parametrize(
     # per_attempt_max: the bound T plus room for a loaded machine's scheduling (measured
-    # 0.88 s once under load 5 on 2 cores), still under 2 x T, which the sync alone
+    # 757 ms once under load 5 on 2 cores), still under 2 x T, which the sync alone
     # would take without the session's own bound.
     "scenario, failure_class, timeout, per_attempt_max",
     [

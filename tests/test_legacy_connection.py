@@ -14,6 +14,7 @@ import structlog
 
 import ibkr_resilience
 from ibkr_resilience._connect import compat
+from ibkr_resilience.testing import BotApi, JsonLogCapture, closed_port_url
 from scripts.paper_trading.lib import connection
 
 MODULE = "scripts.paper_trading.lib.connection"
@@ -263,3 +264,37 @@ def test_package_level_connect_is_the_same_contract(
         ibkr_resilience.connect(max_retries=2, retry_delay=0.25)
     assert sleep.call_args_list == [mock.call(0.25)]
     mock_alert.assert_called_once()
+
+
+@pytest.mark.parametrize(
+    ("answer", "outcome"),
+    [((200, {"ok": True, "result": {}}), "ibkr.alert.sent"), ((500, {"ok": False}), None)],
+)
+def test_connect_logs_the_real_alert_outcome(
+    answer: tuple[int, dict[str, object]],
+    outcome: str | None,
+    bot_api: BotApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed post is never logged as ``ibkr.alert.sent`` (the real Bot API on loopback,
+    a closed gateway port)."""
+    monkeypatch.setenv("IFDS_TELEGRAM_BOT_TOKEN", "123:legacy-token")
+    monkeypatch.setenv("IFDS_TELEGRAM_CHAT_ID", "99")
+    monkeypatch.setenv("IFDS_TELEGRAM_API_URL", bot_api.url)
+    bot_api.answer(answer)
+    port = int(closed_port_url().rsplit(":", 1)[1])
+    with JsonLogCapture() as logs, pytest.raises(SystemExit):
+        connection.connect(port=port, max_retries=1, retry_delay=0, timeout=1)
+    assert len(bot_api.requests) >= 1
+    events = [r["event"] for r in logs.records if r["event"].startswith("ibkr.alert")]
+    assert ("ibkr.alert.sent" in events) == (outcome is not None), events
+    if outcome is None:
+        assert "ibkr.alert.failed" in events or "ibkr.alert.telegram.failed" in events
+
+
+def test_connect_without_telegram_logs_disabled_only() -> None:
+    port = int(closed_port_url().rsplit(":", 1)[1])
+    with JsonLogCapture() as logs, pytest.raises(SystemExit):
+        connection.connect(port=port, max_retries=1, retry_delay=0, timeout=1)
+    events = [r["event"] for r in logs.records if r["event"].startswith("ibkr.alert")]
+    assert events == ["ibkr.alert.disabled"]

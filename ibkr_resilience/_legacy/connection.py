@@ -83,6 +83,23 @@ def _send_telegram_alert(message: str) -> None:
         log.error("ibkr.alert.failed", error_type=type(exc).__name__, error=str(exc))
 
 
+def legacy_alert(
+    send: Callable[[str], object], default: Callable[[str], object]
+) -> Callable[[str], object]:
+    """What ``connect`` alerts through: the Telegram channel itself while ``send`` is the
+    module's own ``_send_telegram_alert`` (``default``), else ``send`` as given.
+
+    ``_send_telegram_alert`` returns ``None`` by contract, so through it the delivery
+    could not tell sent from failed or unconfigured and logged ``ibkr.alert.sent`` after
+    a refused post. Old callers' suites patch ``_send_telegram_alert``: their
+    replacement is still what gets called.
+    """
+    return TelegramAlert.from_env() if send is default else send
+
+
+_SEND_TELEGRAM_ALERT = _send_telegram_alert
+
+
 def connect_impl(
     host: str,
     port: int,
@@ -146,7 +163,7 @@ def connect(
         env_delay if retry_delay is None else retry_delay,
         env_timeout if timeout is None else timeout,
         ib_class=lambda: IB(),
-        send_alert=lambda message: _send_telegram_alert(message),
+        send_alert=legacy_alert(_send_telegram_alert, _SEND_TELEGRAM_ALERT),
     )
 
 

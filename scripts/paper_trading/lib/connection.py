@@ -44,6 +44,9 @@ def _send_telegram_alert(message: str) -> None:
     _legacy._send_telegram_alert(message)
 
 
+_SEND_TELEGRAM_ALERT = _send_telegram_alert
+
+
 def connect(
     host: str = "127.0.0.1",
     port: int = PAPER_PORT,
@@ -62,7 +65,7 @@ def connect(
         timeout,
         # Looked up here, at call time, so patching this module's names works.
         ib_class=lambda: IB(),
-        send_alert=lambda message: _send_telegram_alert(message),
+        send_alert=_legacy.legacy_alert(_send_telegram_alert, _SEND_TELEGRAM_ALERT),
     )
     return result
 

@@ -8,7 +8,9 @@ import pytest
 from freezegun import freeze_time
 
 from ibkr_resilience._app.jobs.close import close_ref, parse_symbols, trading_date
+from ibkr_resilience._app.jobs.close import main as close_main
 from ibkr_resilience._app.jobs.kit import UsageError, ack_timeout
+from ibkr_resilience._app.jobs.submit import main as submit_main
 from ibkr_resilience.errors import ConfigError
 
 
@@ -49,3 +51,26 @@ def test_ack_timeout_option_then_environment_then_default() -> None:
     for bad in ("0", "-1", "nan", "inf", "soon"):
         with pytest.raises(ConfigError, match="IBKR_ACK_TIMEOUT"):
             ack_timeout(None, {"IBKR_ACK_TIMEOUT": bad})
+
+
+@pytest.mark.parametrize(
+    ("job", "argv", "needle"),
+    [
+        (
+            "submit",
+            ["--plan", "p.csv", "--port", "70000"],
+            "--port='70000': expected an integer port",
+        ),
+        ("submit", ["--plan", "p.csv", "--client-id", "99999999999"], "between 0 and 2147483647"),
+        ("submit", ["--plan", "p.csv", "--ack-timeout", "-3"], "--ack-timeout='-3'"),
+        ("submit", [], "required: --plan"),
+        ("close", ["--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_a_usage_mistake_is_one_line_and_exit_2(
+    job: str, argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main = submit_main if job == "submit" else close_main
+    assert main(argv, env={}) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and needle in err[0] and err[0].endswith("(see --help)"), err

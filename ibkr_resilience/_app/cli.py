@@ -17,11 +17,12 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from .._connect.accounts import is_paper_account
 from .._core.config import GATEWAY_PAPER_PORT, check_setting
 from ..errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from .usage import OneLineErrorParser
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -121,13 +122,6 @@ def demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return int(run_demo(restart_s=args.restart, workdir=args.dir, env=env))
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line on stderr (and exit 2), as everywhere."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _seconds(*, zero_ok: bool) -> Callable[[str], float]:
     """An argparse type: a finite number of seconds (> 0, or >= 0 with ``zero_ok``)."""
 
@@ -144,7 +138,7 @@ def _seconds(*, zero_ok: bool) -> Callable[[str], float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = _Parser(
+    ap = OneLineErrorParser(
         prog="ibkr-resilience",
         description="Resilient IB Gateway sessions: offline demo and connection check.",
     )

@@ -33,6 +33,7 @@ from ..._core.log import get_logger
 from ..._core.logconfig import configure_logging
 from ..._session.session import ibkr_session
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from ..usage import OneLineErrorParser
 from .exits import EXIT_CODES_HELP, LOST_GATEWAY, ExitCode, how_stopped
 from .journal import (
     CANCEL_FAILED,
@@ -63,13 +64,13 @@ def add_common_arguments(parser: argparse.ArgumentParser, client_id: int) -> Non
     conn.add_argument("--host", help="gateway host (default: $IBKR_HOST, else 127.0.0.1)")
     conn.add_argument(
         "--port",
-        type=_int_arg("port"),
+        type=_setting_arg("port", "--port"),
         help=f"gateway API port (default: $IBKR_PORT, else {PAPER_PORT}, TWS paper; IB Gateway "
         f"paper is {GATEWAY_PAPER_PORT})",
     )
     conn.add_argument(
         "--client-id",
-        type=_int_arg("client id"),
+        type=_setting_arg("client_id", "--client-id"),
         default=client_id,
         help=f"API client id (default: {client_id})",
     )
@@ -89,7 +90,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, client_id: int) -> Non
     run.add_argument(
         "--ack-timeout",
         metavar="SECONDS",
-        type=_seconds_arg,
+        type=_setting_arg("ack_timeout", "--ack-timeout"),
         help=f"how long to wait for the gateway to confirm each order or cancel "
         f"(default: $IBKR_ACK_TIMEOUT, else {DEFAULT_ACK_TIMEOUT:g})",
     )
@@ -101,7 +102,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, client_id: int) -> Non
 
 
 def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    return OneLineErrorParser(
         prog=prog,
         description=textwrap.fill(description, 79),
         epilog=EXIT_CODES_HELP,
@@ -109,22 +110,17 @@ def new_parser(prog: str, description: str) -> argparse.ArgumentParser:
     )
 
 
-def _int_arg(what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
+def _setting_arg(name: str, option: str) -> Callable[[str], Any]:
+    """An option checked by the same rule (and message) as its setting: ``--port 70000``
+    fails like ``IBKR_PORT=70000``, naming the option."""
+
+    def parse(text: str) -> Any:
         try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, not {text!r}") from None
+            return check_setting(name, text, label=option)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
-
-
-def _seconds_arg(text: str) -> float:
-    """``--ack-timeout``, checked by the same rule (and message) as ``$IBKR_ACK_TIMEOUT``."""
-    try:
-        return float(check_setting("ack_timeout", text, label="--ack-timeout"))
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Any:

@@ -21,15 +21,16 @@ MAX_ORDER_QUANTITY = 1e9
 def unreadable_number(r: c.PlaceOrder) -> str | None:
     """TWS's 320 text for a quantity or price that is not a finite number, or None.
 
-    Python clients send ``str(float)``: ``nan``, ``inf``, ``-inf``, which Java's
-    ``Double.parseDouble`` rejects. (``inf`` as a price reads as TWS's "unset" here, so
-    a limit order with it is refused as one without a price.)
+    Python clients send ``nan`` (``str(float)``) and ``Infinite`` (ib_insync's spelling
+    of infinity), which Java's ``Double.parseDouble`` rejects.
     """
-    for value in (r.quantity, r.lmt_price, r.aux_price):
-        if value is not None and not math.isfinite(value):
+    texts = [r.unreadable] if r.unreadable else []
+    texts += [str(v) for v in (r.quantity, r.lmt_price, r.aux_price) if v is not None]
+    for text in texts:
+        if text == r.unreadable or not math.isfinite(float(text)):
             return (
                 "Error reading request. Unable to parse data. "
-                f'java.lang.NumberFormatException: For input string: "{value}"'
+                f'java.lang.NumberFormatException: For input string: "{text}"'
             )
     return None
 

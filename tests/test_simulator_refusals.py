@@ -5,6 +5,8 @@ from TWS, and none becomes an order or a position that breaks the next client.""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from test_simulator_faults import wait_until
@@ -13,7 +15,7 @@ from test_simulator_incidents import aapl_limit, connect
 from ibkr_resilience._connect import compat
 from ibkr_resilience.simulator import FakeGateway
 
-CASES = {
+CASES: dict[str, tuple[Callable[[], Any], int, str]] = {
     "nan_quantity": (
         lambda: compat.LimitOrder("BUY", math.nan, 100.0),
         320,

@@ -291,13 +291,14 @@ def removed_refs(
     current = {r.order_ref for r in rows}
     prefix = f"{plan_id}:"
     gone: dict[str, Found | Placement] = {}
-    for ref, placement in journal.items():
-        if ref not in current:
-            gone[ref] = placement
-    for ref, seen in found.items():
+    for ref, seen in found.items():  # the gateway's view first: it is the current one
         entry = ref.removesuffix(":tp").removesuffix(":sl")
-        if ref.startswith(prefix) and entry not in current and entry not in gone:
+        mine = ref.startswith(prefix) and entry not in current
+        if mine and (entry not in gone or ref == entry):  # the entry's own order wins
             gone[entry] = seen
+    for ref, placement in journal.items():
+        if ref not in current and ref not in gone:
+            gone[ref] = placement
     return gone
 
 

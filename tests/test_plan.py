@@ -19,6 +19,7 @@ from ibkr_resilience._app.jobs.plan import (
     Plan,
     PlanError,
     PlannedOrder,
+    check_plan_id,
     load_plan,
     parse_plan,
 )
@@ -293,10 +294,55 @@ def test_plan_id_is_stable_across_loads(tmp_path: Path) -> None:
     assert first.orders[1].order_ref == f"{first.plan_id}:m1"
 
 
-def test_plan_id_changes_when_the_content_changes(tmp_path: Path) -> None:
-    before = load_plan(write(tmp_path, ALL_TYPES)).plan_id
-    after = load_plan(write(tmp_path, ALL_TYPES.replace("aapl,buy,10", "aapl,buy,11"))).plan_id
-    assert before != after
+def test_plan_id_survives_edits_and_the_row_fingerprint_follows_the_content(
+    tmp_path: Path,
+) -> None:
+    """Item 3 of issue 11: the id names the plan, not its content, so every row keeps its
+    orderRef when another row is edited; the edited row's fingerprint changes."""
+    before = load_plan(write(tmp_path, ALL_TYPES))
+    after = load_plan(write(tmp_path, ALL_TYPES.replace("aapl,buy,10", "aapl,buy,11")))
+    assert before.plan_id == after.plan_id
+    assert [o.order_ref for o in before] == [o.order_ref for o in after]
+    changed = [
+        o.row_id for o, n in zip(before, after, strict=True) if o.fingerprint != n.fingerprint
+    ]
+    assert len(changed) == 1
+    assert after.orders[0].journal_fields()["fingerprint"] == after.orders[0].fingerprint
+
+
+def test_same_file_name_in_two_directories_is_two_plans(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = load_plan(write(tmp_path / "a", ALL_TYPES, "2026-11-30.csv"))
+    b = load_plan(write(tmp_path / "b", ALL_TYPES, "2026-11-30.csv"))
+    assert a.plan_id.startswith("2026-11-30-") and b.plan_id.startswith("2026-11-30-")
+    assert a.plan_id != b.plan_id
+
+
+def test_a_symlink_names_the_plan_it_points_to(tmp_path: Path) -> None:
+    target = write(tmp_path, ALL_TYPES, "2026-11-30.csv")
+    (tmp_path / "today.csv").symlink_to(target)
+    assert load_plan(tmp_path / "today.csv").plan_id == load_plan(target).plan_id
+
+
+def test_explicit_plan_id_is_used_verbatim_and_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, ALL_TYPES)
+    plan = load_plan(path, plan_id="momentum-2026-11-30")
+    assert plan.orders[0].order_ref.startswith("momentum-2026-11-30:")
+    assert check_plan_id("A.b_c-1") == "A.b_c-1"
+    for bad in ("", "-x", "a:b", "x" * 22, "a b"):
+        with pytest.raises(ValueError, match="plan id"):
+            check_plan_id(bad)
+
+
+def test_fingerprint_ignores_position_and_number_format() -> None:
+    one = parse_plan("id,symbol,side,quantity,order_type,limit_price\na,AAPL,BUY,10,LMT,190\n")
+    two = parse_plan(
+        "# moved\nid,symbol,side,quantity,order_type,limit_price\n"
+        "b,MSFT,SELL,1,MKT,\na,aapl,buy,10.0,lmt,190.00\n"
+    )
+    assert one.orders[0].fingerprint == two.orders[1].fingerprint
+    assert one.orders[0].line != two.orders[1].line
 
 
 def test_plan_id_changes_with_the_file_name_even_past_the_visible_stem(tmp_path: Path) -> None:
@@ -422,7 +468,8 @@ def test_journal_fields_are_plain_json(tmp_path: Path) -> None:
 def test_load_plan_accepts_str_paths(tmp_path: Path) -> None:
     src = REPO / "docs" / "examples" / "plan.csv"
     shutil.copy(src, tmp_path / "plan.csv")
-    assert load_plan(str(tmp_path / "plan.csv")).plan_id == load_plan(src).plan_id
+    assert load_plan(str(tmp_path / "plan.csv")).plan_id == load_plan(tmp_path / "plan.csv").plan_id
+    assert load_plan(str(src)).orders == load_plan(src).orders
 
 
 # -- hostile numbers, huge cells and the fat-finger guard --------------------------------------

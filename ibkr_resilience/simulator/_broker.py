@@ -21,6 +21,7 @@ from ._faults import Drop, Fail, FaultChain
 from ._protocol import Field
 from ._server import Connection
 from ._state import IMMEDIATE_FILL_TYPES, GatewayState, SimOrder
+from ._validation import order_problem, unreadable_number
 
 NO_SECURITY_DEFINITION = "No security definition has been found for the request"
 
@@ -150,6 +151,9 @@ class Broker:
         order_id = r.order_id
         existing = self.state.orders.get((conn.client_id, order_id))
         reused = existing is not None and not existing.is_open and existing.transmit
+        if reused and existing is not None and existing.status == "Filled":
+            self._send(conn, m.error(order_id, 104, "Can't modify a filled order"))
+            return
         if reused or (existing is None and order_id <= conn.max_reported_order_id):
             # TWS API docs, order submission: after reqAllOpenOrders, "subsequent orders
             # placed by that client must have order IDs greater than the order IDs of all
@@ -160,13 +164,32 @@ class Broker:
         if contract is None:
             self._send(conn, m.error(order_id, 200, NO_SECURITY_DEFINITION))
             return
+        unreadable = unreadable_number(r)
+        if unreadable:
+            # What TWS's Java decoder answers to a number it cannot parse ("nan", "inf").
+            self._send(conn, m.error(order_id, 320, unreadable))
+            return
+        # TWS API docs, "Modifying Orders": placeOrder with the id of a working order
+        # modifies it; the contract and side of an order cannot change.
+        modifying = existing if existing is not None and existing.is_open else None
+        if modifying is not None and (
+            modifying.symbol != contract.symbol or modifying.action != r.action
+        ):
+            self._send(
+                conn, m.error(order_id, 105, "Order being modified does not match original order.")
+            )
+            return
         account = r.account or self.state.accounts[0]
-        problem = _order_problem(r, account, self.state.accounts)
+        problem = order_problem(r, account, self.state.accounts)
         if problem:
             self._send(conn, m.error(order_id, 321, f"Error validating request: {problem}"))
             return
         answer = self._faults.on_order(conn, r)
         if isinstance(answer, Drop):
+            return
+        if modifying is not None and isinstance(answer, Fail):
+            # A refused modification leaves the working order as it was.
+            self._send(conn, m.error(order_id, answer.code, answer.text))
             return
         assert r.quantity is not None  # _order_problem checked it
         order = SimOrder(
@@ -188,6 +211,8 @@ class Broker:
             order_ref=r.order_ref,
             parent_id=r.parent_id,
             transmit=r.transmit,
+            filled=modifying.filled if modifying is not None else 0.0,
+            avg_fill_price=modifying.avg_fill_price if modifying is not None else 0.0,
         )
         if isinstance(answer, Fail):
             order.status = "Cancelled"
@@ -295,21 +320,6 @@ class Broker:
     def _price(self, symbol: str, fallback: float) -> float:
         contract = self.state.contract_for(symbol)
         return contract.price if contract is not None else fallback
-
-
-def _order_problem(r: c.PlaceOrder, account: str, accounts: list[str]) -> str | None:
-    """Why TWS would refuse this order with error 321, or None."""
-    if account not in accounts:
-        return f"Invalid account {account}"
-    if r.action not in ("BUY", "SELL", "SSHORT"):
-        return f"Invalid action {r.action!r}"
-    if r.quantity is None or r.quantity <= 0:
-        return "Order quantity must be positive"
-    if r.order_type in ("LMT", "LOC", "STP LMT") and r.lmt_price is None:
-        return f"{r.order_type} order needs a limit price"
-    if r.order_type in ("STP", "STP LMT") and r.aux_price is None:
-        return f"{r.order_type} order needs a stop price"
-    return None
 
 
 def _parse_filter_time(text: str) -> datetime | None:

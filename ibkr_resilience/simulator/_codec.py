@@ -96,22 +96,30 @@ class PlaceOrder(Request):
     order_ref: str
     transmit: bool
     parent_id: int  # 0 = no parent
+    unreadable: str = ""
+    """A quantity or price field that is not a number (``Infinite``): TWS answers 320
+    for the order instead of dropping the connection, so the decoder keeps it."""
 
     @classmethod
     def decode(cls, f: Sequence[str]) -> PlaceOrder:
+        numbers = [f[17], f[19], f[20]]
+        unreadable = next((t for t in numbers if t and not _is_number(t)), "")
+        if unreadable:
+            numbers = [t if _is_number(t) else "nan" for t in numbers]
         return cls(
             order_id=int(f[1]),
             contract=read_contract(f, 2),
             action=f[16],
-            quantity=float(f[17]) if f[17] else None,
+            quantity=float(numbers[0]) if numbers[0] else None,
             order_type=f[18],
-            lmt_price=to_float(f[19]),
-            aux_price=to_float(f[20]),
+            lmt_price=to_float(numbers[1]),
+            aux_price=to_float(numbers[2]),
             tif=f[21],
             account=f[23],
             order_ref=f[26],
             transmit=f[27] != "0",
             parent_id=int(f[28] or 0),
+            unreadable=unreadable,
         )
 
     @property
@@ -320,3 +328,11 @@ def decode(fields: Sequence[str]) -> Request:
         return kind.decode(fields)
     except (IndexError, ValueError) as exc:
         raise ProtocolError(f"bad {name} message: {exc}") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

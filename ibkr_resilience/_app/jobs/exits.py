@@ -39,8 +39,9 @@ exit codes:
        IBKR_OUTAGE_WAIT) during the run
   2    bad input or configuration: arguments, environment, plan or journal (one line on
        stderr; nothing was sent)
-  3    some orders were rejected, unconfirmed within the deadline, or not placed
-       (see the summary and the journal)
+  3    some orders were rejected, unconfirmed within the deadline, or not placed, or a
+       plan row placed earlier was changed or removed since: not re-placed, see
+       --amend (see the summary and the journal)
   4    the gateway offers no paper account: live account refused, nothing was sent
   5    the gateway's API is read-only (error 321 at connect or on an order): untick "Read-Only API"
        (IBC: ReadOnlyApi=no); the refused order is journaled, no further order was sent

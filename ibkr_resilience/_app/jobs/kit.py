@@ -44,12 +44,13 @@ from .journal import (
     JournalError,
     journal_path,
 )
+from .placements import PLACEMENT_PROBLEMS
 from .plan import PlanError
 from .run_metrics import write_run_metrics
 
 log = get_logger("ibkr_resilience.script")
 
-PROBLEM_EVENTS = frozenset({REJECTED, UNCONFIRMED, CANCEL_FAILED, NOT_PLACED})
+PROBLEM_EVENTS = frozenset({REJECTED, UNCONFIRMED, CANCEL_FAILED, NOT_PLACED, *PLACEMENT_PROBLEMS})
 """Outcomes that make a run exit 3 (see :data:`.exits.EXIT_CODES_HELP`)."""
 
 

@@ -8,19 +8,37 @@ untouched. The format is documented in ``docs/order-plan.md``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..._connect import compat
 
 MAX_ORDER_REF_LEN = 40
-# Row ids and the plan-id stem are limited so that the longest ref,
-# "<stem 12>-<hash 8>:<id 14>:tp", stays within MAX_ORDER_REF_LEN and uses only
-# characters TWS passes through untouched.
+# Row ids and plan ids are limited so that the longest ref, "<plan id 21>:<id 14>:tp"
+# (a derived plan id is "<stem 12>-<hash 8>"), stays within MAX_ORDER_REF_LEN and uses
+# only characters TWS passes through untouched.
 ROW_ID_LEN = 14
 PLAN_STEM_LEN = 12
 PLAN_HASH_LEN = 8
+PLAN_ID_LEN = PLAN_STEM_LEN + 1 + PLAN_HASH_LEN
+
+CONTENT_FIELDS = (
+    "contract",
+    "side",
+    "quantity",
+    "order_type",
+    "tif",
+    "limit_price",
+    "stop_price",
+    "take_profit",
+    "stop_loss",
+)
+"""The journal fields that say what a row orders (not where it is in the file): a change
+in any of them after the row was placed is a changed row (docs/order-plan.md)."""
+FINGERPRINT_LEN = 12
 
 NEEDS_LIMIT = frozenset({"LMT", "STP LMT", "LOC"})
 """Order types that need a ``limit_price``."""
@@ -134,13 +152,25 @@ class PlannedOrder:
             kw["lmtPrice"] = lmt
         return compat.Order(orderType=self.order_type, action=side, totalQuantity=qty, **kw)
 
+    @property
+    def fingerprint(self) -> str:
+        """The row's content fingerprint (:func:`content_fingerprint`)."""
+        return content_fingerprint(self._content())
+
     def journal_fields(self) -> dict[str, Any]:
         """The row as the journal records it (see ``docs/order-plan.md``)."""
+        fields = self._content()
         return {
             "plan_id": self.plan_id,
             "row_id": self.row_id,
             "line": self.line,
             "order_ref": self.order_ref,
+            **fields,
+            "fingerprint": content_fingerprint(fields),
+        }
+
+    def _content(self) -> dict[str, Any]:
+        return {
             "contract": {
                 "symbol": self.symbol,
                 "sec_type": self.sec_type,
@@ -156,6 +186,28 @@ class PlannedOrder:
             "take_profit": self.take_profit,
             "stop_loss": self.stop_loss,
         }
+
+
+def content_fingerprint(fields: Mapping[str, Any]) -> str:
+    """12 hex digits of SHA-256 over a row's :data:`CONTENT_FIELDS` as the journal
+    records them (``PlannedOrder.journal_fields()`` or a journal record read back).
+
+    Numbers are compared as floats, so ``10`` and ``10.0`` (or a record written by an
+    older version) give the same fingerprint; fields a record lacks count as ``null``.
+    """
+    canonical = {k: _canonical(fields.get(k)) for k in CONTENT_FIELDS}
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:FINGERPRINT_LEN]
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    return str(value).upper()
 
 
 def _price_or(value: float | None, needed: bool, col: str) -> float:

@@ -17,6 +17,7 @@ import argparse
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from ..._connect.compat import order_status
@@ -32,7 +33,7 @@ from .gateway_watch import (
     gateway_answers,
     probe_timeout,
 )
-from .journal import DRY_RUN, REJECTED, SKIPPED, UNCONFIRMED, Journal
+from .journal import DRY_RUN, REJECTED, UNCONFIRMED, Journal
 from .kit import (
     Outcome,
     RunState,
@@ -46,13 +47,21 @@ from .orders import (
     classify,
     paper_account,
     qualify,
-    respect_reported_ids,
     trade_errors,
     trade_outcome,
     wait_for_update,
 )
-from .plan import Plan, PlannedOrder, load_plan
+from .placements import (
+    CHANGED,
+    Placement,
+    placed_refs,
+    read_placements,
+    removed_refs,
+    review,
+)
+from .plan import Plan, PlannedOrder, check_plan_id, load_plan
 from .plan_rows import Limits
+from .submit_review import ReviewedRows
 
 log = get_logger("ibkr_resilience.submit")
 
@@ -68,6 +77,20 @@ def build_parser() -> argparse.ArgumentParser:
         "orders or executions are skipped, so re-running after a crash is safe.",
     )
     parser.add_argument("--plan", required=True, metavar="PATH", help="the order plan CSV")
+    parser.add_argument(
+        "--plan-id",
+        type=_plan_id_arg,
+        metavar="ID",
+        help="name the plan in every orderRef (1-21 of A-Z a-z 0-9 _ . -) instead of deriving "
+        "it from the file's path: for a plan file that moves or is regenerated under another "
+        "name (see docs/order-plan.md)",
+    )
+    parser.add_argument(
+        "--amend",
+        action="store_true",
+        help="modify in place (same order id) the working order of a row whose quantity or "
+        "price changed after it was placed; without it such a row is only reported",
+    )
     add_common_arguments(parser, CLIENT_ID)
     return parser
 
@@ -81,7 +104,8 @@ def _run(run: ScriptRun) -> None:
     args = run.args
     settings = run.settings
     limits = Limits(settings.max_order_quantity, settings.max_order_notional)
-    plan = load_plan(args.plan, limits)  # the whole plan is checked before anything happens
+    # The whole plan is checked before anything happens.
+    plan = load_plan(args.plan, limits, plan_id=args.plan_id)
 
     def start(journal: Journal, config: SessionConfig) -> Callable[[Any], None]:
         mode = " (dry run: nothing is placed)" if args.dry_run else ""
@@ -104,49 +128,15 @@ def _run(run: ScriptRun) -> None:
             timeout=run.ack_timeout,
             dry_run=args.dry_run,
             outage_wait=run.settings.outage_wait,
+            amend=args.amend,
+            placements=read_placements(journal.path, plan.plan_id),
         ).run
 
     run_in_session(run, SCRIPT, start)
 
 
-@dataclass(frozen=True)
-class Found:
-    """An orderRef the account already has, and where it was seen."""
-
-    source: str  # "open order" or "execution"
-    order_id: int | None
-    perm_id: int | None
-    status: str
-
-
-def placed_refs(ib: Any, account: str) -> dict[str, Found]:
-    """Every orderRef in ``account``'s open orders (every client's) and executions.
-
-    Executions are whatever the gateway reports, which is the current day unless TWS
-    keeps more; the refs embed the plan id, so an older match is the same plan anyway.
-    ``openTrades()``/``fills()`` add what this session itself saw, in case a request
-    answer was cut short.
-    """
-    found: dict[str, Found] = {}
-    for trade in [*respect_reported_ids(ib, ib.reqAllOpenOrders()), *ib.openTrades()]:
-        order = trade.order
-        if order.orderRef and order.account in (account, ""):
-            status = order_status(trade)
-            found.setdefault(
-                order.orderRef,
-                Found("open order", order.orderId or None, order.permId or None, status),
-            )
-    for fill in [*ib.reqExecutions(), *ib.fills()]:
-        ex = fill.execution
-        if ex.orderRef and ex.acctNumber in (account, ""):
-            found.setdefault(
-                ex.orderRef, Found("execution", ex.orderId or None, ex.permId or None, "Filled")
-            )
-    return found
-
-
 @dataclass
-class Submitter:
+class Submitter(ReviewedRows):
     """One run over a plan; records every row's outcome in the journal and the summary."""
 
     plan: Plan
@@ -158,6 +148,11 @@ class Submitter:
     dry_run: bool
     outage_wait: float = 300.0
     """Seconds to wait for IB to come back after error 1100 (``IBKR_OUTAGE_WAIT``)."""
+    amend: bool = False
+    """``--amend``: modify a changed row's working order in place."""
+    placements: Mapping[str, Placement] = field(default_factory=dict)
+    """What the journal says this plan placed before (:func:`read_placements`)."""
+    today: Callable[[], str] = lambda: f"{datetime.now(UTC):%Y-%m-%d}"
     account: str = field(default="", init=False)
     """The paper account traded, known once connected."""
     watch: GatewayWatch | None = field(default=None, init=False)
@@ -188,16 +183,20 @@ class Submitter:
         next_id: Callable[[], int] = (
             itertools.count(1).__next__ if self.dry_run else ib.client.getReqId
         )
+        today = self.today()
         for row in self.plan:
             if not self.state.check_connected(ib):
                 return
+            seen = review(row, placed, self.placements.get(row.order_ref), today)
+            if seen.action == "skip":
+                self._record_skipped(row, seen)
+                continue
+            if seen.action == "changed":
+                self._changed(ib, row, seen)
+                continue
             failure = failures.get(row.contract_key)
             if failure is not None:
                 self._record(row, REJECTED, message=failure)
-                continue
-            found = {ref: placed[ref] for ref in row.order_refs if ref in placed}
-            if found:
-                self._record_skipped(row, found)
                 continue
             orders = row.build_orders(next_id, account=self.account)
             if self.dry_run:
@@ -209,6 +208,10 @@ class Submitter:
                 self._record(row, DRY_RUN, message=f"would place {_describe(row)}{legs}")
                 continue
             self._place(ib, row, contracts[row.contract_key], orders)
+        for ref, earlier in removed_refs(
+            self.plan.plan_id, self.plan, placed, self.placements
+        ).items():
+            self._record_removed(ref, earlier)
 
     def _place(self, ib: Any, row: PlannedOrder, contract: Any, orders: list[Any]) -> None:
         assert self.watch is not None
@@ -287,23 +290,6 @@ class Submitter:
         self.journal.append(event, code=code, message=message, account=self.account)
         self.state.outcomes.append(Outcome(event, f"error {code}: {message}", ""))
 
-    def _record_skipped(self, row: PlannedOrder, found: dict[str, Found]) -> None:
-        entry = found.get(row.order_ref) or next(iter(found.values()))
-        seen = "; ".join(
-            f"{ref.removeprefix(row.order_ref) or 'entry'}: {f.source} {f.order_id} ({f.status})"
-            for ref, f in found.items()
-        )
-        missing = [r for r in row.order_refs if r not in found]
-        note = f"; not found: {', '.join(missing)}" if missing else ""
-        self._record(
-            row,
-            SKIPPED,
-            status=entry.status,
-            order_id=entry.order_id,
-            perm_id=entry.perm_id,
-            message=f"already placed ({seen}){note}",
-        )
-
     def _record(
         self,
         row: PlannedOrder,
@@ -314,6 +300,7 @@ class Submitter:
         order_id: int | None = None,
         perm_id: int | None = None,
         message: str = "",
+        placed_fingerprint: str | None = None,
     ) -> None:
         fields = row.journal_fields()
         legs: list[dict[str, Any]] = []
@@ -335,6 +322,8 @@ class Submitter:
         fields.update(
             account=self.account, order_id=order_id, perm_id=perm_id, status=status, message=message
         )
+        if placed_fingerprint is not None or event == CHANGED:
+            fields["placed_fingerprint"] = placed_fingerprint
         if legs:
             fields["legs"] = legs
         self.journal.append(event, **fields)
@@ -357,6 +346,13 @@ class Submitter:
             status=status,
             message=message or None,
         )
+
+
+def _plan_id_arg(text: str) -> str:
+    try:
+        return check_plan_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _describe(row: PlannedOrder) -> str:

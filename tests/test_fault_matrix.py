@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 from test_simulator_incidents import seed_other_clients_order
+from token_audit import AUDIT, TOKEN
 
 from ibkr_resilience.simulator import FakeGateway, PlaceOrder
 from ibkr_resilience.testing import BlackHole, BotApi, closed_port_url, parse_json_lines
@@ -44,7 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 SUBMIT = REPO / "scripts" / "paper_trading" / "submit_orders.py"
 PLAN = REPO / "docs" / "examples" / "plan.csv"
 RELIABILITY_DOC = REPO / "docs" / "reliability.md"
-TOKEN = "424242:FaultMatrixToken_not-real"
 CHAT_ID = "-100200"
 
 # The short timings every row runs with (seconds); rows override some.
@@ -191,6 +191,7 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], str]:
 
 def run_job(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Run:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    AUDIT.process(result.stdout, result.stderr)  # the token audit greps every output
     log, text = read_log(Path(env["IBKR_LOG_FILE"]))
     return Run(result.returncode, result.stdout, result.stderr, log, text)
 
@@ -231,7 +232,9 @@ class Running:
     def wait(self, timeout: float = 60) -> Run:
         code = self.proc.wait(timeout)
         log, text = read_log(self.log_file)
-        return Run(code, self.out.read_text(), self.err.read_text(), log, text)
+        run = Run(code, self.out.read_text(), self.err.read_text(), log, text)
+        AUDIT.process(run.stdout, run.stderr)  # the token audit greps every output
+        return run
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -1013,10 +1016,13 @@ def test_bad_environment_variable(
 def test_the_reliability_table_states_what_the_tests_assert() -> None:
     """Each row of the tables in docs/reliability.md names its test and states the exit
     code (and alert) that test asserts: ``EXPECTED`` for the faults, exit 2 and the bad
-    value for the variables; and no row of the matrix is missing from the tables."""
-    tests = set(globals()) | set(
-        re.findall(r"^def (test_\w+)", (REPO / "tests" / "test_soak.py").read_text(), re.M)
-    )
+    value for the variables; and no row of the matrix is missing from the tables. Rows of
+    the sibling files (``test_fault_matrix_*.py``) are checked there against their own
+    ``EXPECTED``; here only their test names must exist."""
+    siblings = [REPO / "tests" / "test_soak.py", *(REPO / "tests").glob("test_fault_matrix_*.py")]
+    tests = set(globals()) | {
+        name for path in siblings for name in re.findall(r"^def (test_\w+)", path.read_text(), re.M)
+    }
     rows: dict[str, list[str]] = {}
     for line in RELIABILITY_DOC.read_text().splitlines():
         found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)

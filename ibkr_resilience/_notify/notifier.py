@@ -13,7 +13,9 @@ Routing, in one table (:meth:`Notifier.notify`):
   failures, rare and each actionable: always sent;
 * start and end of the session ping the healthcheck, from the outermost session of the
   process only, so a helper session opened inside a job (``close_positions`` cancelling
-  as another client id) cannot report the job as finished or failed.
+  as another client id) cannot report the job as finished or failed. The trading scripts
+  open theirs with ``healthcheck=False`` and ping per run (``_app/jobs/run_alerts.py``);
+  ``failure_reported`` tells them whether this session already alerted the run's failure.
 """
 
 from __future__ import annotations

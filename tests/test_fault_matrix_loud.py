@@ -110,7 +110,7 @@ def test_all_rejected(
     wire_alert(
         bot_api,
         f"{title}: submit_orders.py exit 3",
-        "Job: submit_orders.py",
+        "Script: submit_orders.py",
         "Exit code: 3 (orders rejected",
         "Reason: orders not all placed: 5 rejected",
         "Summary:",

@@ -156,7 +156,9 @@ def run_failed_text(
     ``summary``: the printed run summary, of which the last lines are quoted.
     """
     reminder = occurrence is not None and occurrence.kind == "reminder"
-    facts: list[tuple[str, object]] = [("Job", script), ("Exit code", f"{code} ({meaning})")]
+    # The title names the script: ``alert_text``'s "Script:" line is the process's
+    # (the same under cron; ``ibkr-resilience`` when the demo runs the job in-process).
+    facts: list[tuple[str, object]] = [("Exit code", f"{code} ({meaning})")]
     if reason:
         facts.append(("Reason", reason))
     notes: list[str] = []

@@ -28,6 +28,7 @@ bounded (``IBKR_ALERT_TIMEOUT`` per message) and never raises.
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -40,11 +41,11 @@ from ..._notify.healthcheck import Healthcheck
 from ..._notify.notifier import alert_from_config, dedup_from_config
 from ..._notify.texts import run_failed_text, run_recovered_text
 from ...errors import ConfigError
-from .exits import ExitCode
+from .exits import EXIT_CODES_HELP, ExitCode
 
 log = get_logger("ibkr_resilience.script")
 
-__all__ = ["EXIT_MEANINGS", "SIGNAL_CODES", "RunAlerts"]
+__all__ = ["EXIT_MEANINGS", "SIGNAL_CODES", "RunAlerts", "exit_meaning"]
 
 EXIT_MEANINGS: dict[int, str] = {
     ExitCode.CONNECT_FAILED: "could not connect, or lost the gateway",
@@ -57,6 +58,16 @@ EXIT_MEANINGS: dict[int, str] = {
     ExitCode.TERMINATED: "terminated (SIGTERM)",
 }
 """A few words per exit code for the alert (the full table is ``EXIT_CODES_HELP``)."""
+
+
+def exit_meaning(code: int) -> str:
+    """:data:`EXIT_MEANINGS`, else the code's first line in ``EXIT_CODES_HELP`` (a code
+    added there is worded in the alert without a change here), else ``failed``."""
+    if code in EXIT_MEANINGS:
+        return EXIT_MEANINGS[code]
+    found = re.search(rf"^  {code}\s+(.+)$", EXIT_CODES_HELP, re.M)
+    return found.group(1).strip() if found else "failed"
+
 
 SIGNAL_CODES = frozenset({ExitCode.HANGUP, ExitCode.INTERRUPTED, ExitCode.TERMINATED})
 """Exit codes of a run stopped by a signal: pinged as ``/fail``, not ``/<code>``."""
@@ -137,7 +148,7 @@ class RunAlerts:
         with contextlib.suppress(Exception):  # a side channel never fails the run
             if logging_ready:
                 for var, error in self.problems.items():
-                    log.error(
+                    log.warning(
                         "script.alert_setting_unusable",
                         variable=var,
                         error=error,
@@ -153,7 +164,7 @@ class RunAlerts:
     def _alert(
         self, code: int, reason: str, summary: str, gateway: tuple[str, int, int] | None
     ) -> None:
-        meaning = EXIT_MEANINGS.get(code, "failed")
+        meaning = exit_meaning(code)
         if self.dedup is None:
             self._send(run_failed_text(self.script, code, meaning, reason, None, summary))
             return

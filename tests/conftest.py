@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["ibkr_resilience.testing.pytest_plugin"]
+pytest_plugins = ["ibkr_resilience.testing.pytest_plugin", "token_audit"]
 
 
 @pytest.fixture(autouse=True)

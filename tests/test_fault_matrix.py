@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 from test_simulator_incidents import seed_other_clients_order
+from token_audit import AUDIT, TOKEN
 
 from ibkr_resilience.simulator import FakeGateway, PlaceOrder
 from ibkr_resilience.testing import BlackHole, BotApi, closed_port_url, parse_json_lines
@@ -44,7 +45,6 @@ REPO = Path(__file__).resolve().parents[1]
 SUBMIT = REPO / "scripts" / "paper_trading" / "submit_orders.py"
 PLAN = REPO / "docs" / "examples" / "plan.csv"
 RELIABILITY_DOC = REPO / "docs" / "reliability.md"
-TOKEN = "424242:FaultMatrixToken_not-real"
 CHAT_ID = "-100200"
 
 # The short timings every row runs with (seconds); rows override some.
@@ -79,8 +79,8 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "slow_under_bound": (0, None),
     "drop_mid_session": (1, "IBKR CONNECTION LOST"),
     "exception_in_block": (1, "IBKR SESSION FAILED"),
-    "sigterm_in_block": (143, None),
-    "sigint_in_block": (130, None),
+    "sigterm_in_block": (143, "IBKR JOB FAILED"),
+    "sigint_in_block": (130, "IBKR JOB FAILED"),
     "sigterm_in_retry_wait": (143, None),
     "bot_400": (1, None),
     "bot_429_retry_after": (1, "IBKR CONNECTION FAILED"),
@@ -191,6 +191,7 @@ def read_log(path: Path) -> tuple[list[dict[str, Any]], str]:
 
 def run_job(cmd: list[str], env: dict[str, str], cwd: Path, timeout: float = 60) -> Run:
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    AUDIT.process(result.stdout, result.stderr)  # the token audit greps every output
     log, text = read_log(Path(env["IBKR_LOG_FILE"]))
     return Run(result.returncode, result.stdout, result.stderr, log, text)
 
@@ -231,7 +232,9 @@ class Running:
     def wait(self, timeout: float = 60) -> Run:
         code = self.proc.wait(timeout)
         log, text = read_log(self.log_file)
-        return Run(code, self.out.read_text(), self.err.read_text(), log, text)
+        run = Run(code, self.out.read_text(), self.err.read_text(), log, text)
+        AUDIT.process(run.stdout, run.stderr)  # the token audit greps every output
+        return run
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -543,7 +546,8 @@ def test_signal_in_block(
     ctrl_c_reaches_children: None,
 ) -> None:
     """Stopped while the 1st order waits for its acknowledgement: the documented exit
-    code, no alert (stopped on purpose), the order journaled unconfirmed, disconnected."""
+    code, one run-level alert naming it (the order in flight is unconfirmed: someone must
+    look), the order journaled unconfirmed, disconnected."""
     gw = fake_gateway
     gw.hold_orders(after=0)
     job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"), tmp_path)
@@ -554,7 +558,7 @@ def test_signal_in_block(
     assert run.at("ibkr.session.end") - sent < 2.0  # stopped, disconnected and logged
     assert f"submit_orders.py: error: {reason}" in run.human_stderr()
     assert "Traceback" not in run.stderr
-    wire_alert(bot_api, title)
+    wire_alert(bot_api, title, f"submit_orders.py exit {code}", reason)
     stopped = run.one(event)
     assert stopped["phase"] == "block"
     if signum == signal.SIGTERM:
@@ -562,8 +566,11 @@ def test_signal_in_block(
     assert run.one("ibkr.session.end")["outcome"] == outcome
     end = run.one("script.end")
     assert end["exit_code"] == code and end["outcomes"] == {"order.unconfirmed": 1}
-    assert run.events("ibkr.alert.sent") == [] and run.events("ibkr.session.error") == []
-    run.assert_in_order("ibkr.connect.success", event, "ibkr.session.end", "script.end")
+    assert end["level"] == "error" and end["reason"] == reason
+    assert run.events("ibkr.session.error") == []
+    run.assert_in_order(
+        "ibkr.connect.success", event, "ibkr.session.end", "script.end", "ibkr.alert.sent"
+    )
     gateway_closed_cleanly(gw)
 
 
@@ -951,6 +958,14 @@ BAD_VALUES: dict[str, str] = {
 }
 FAIL_OPEN = {"IBKR_ALERT_STATE_FILE", "IBKR_METRICS_DIR"}  # a warning, the run goes on
 SECRET = {"IFDS_TELEGRAM_BOT_TOKEN", "IBKR_HEALTHCHECK_URL"}
+# A bad value here makes the Telegram channel itself unusable; IBKR_CLIENT_LIBRARY is read
+# when the package is imported, so the run cannot load the code that alerts.
+NO_ALERT = {
+    "IFDS_TELEGRAM_BOT_TOKEN",
+    "IFDS_TELEGRAM_CHAT_ID",
+    "IFDS_TELEGRAM_API_URL",
+    "IBKR_CLIENT_LIBRARY",
+}
 
 
 def documented_variables() -> set[str]:
@@ -975,8 +990,9 @@ def test_every_variable_has_a_bad_value_row() -> None:
 def test_bad_environment_variable(
     var: str, fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
 ) -> None:
-    """Exit 2, one line on stderr naming the variable, no traceback, the gateway and the
-    Bot API untouched, nothing journaled."""
+    """Exit 2, one line on stderr naming the variable, no traceback, the gateway
+    untouched, nothing journaled; one run-level alert naming the variable (a cron job that
+    never ran its plan must be heard), unless the bad variable is the alert channel's own."""
     value = BAD_VALUES[var].format(tmp=tmp_path)
     env = job_env(tmp_path, bot_api.url, **{var: value})
     run = run_job(submit_cmd(fake_gateway), env, tmp_path)
@@ -988,18 +1004,24 @@ def test_bad_environment_variable(
     if var in SECRET:
         assert value not in run.stderr and "secret-uuid" not in run.stderr
     assert fake_gateway.events("sim.connection.open") == []
-    assert bot_api.requests == []
+    if var in NO_ALERT:
+        wire_alert(bot_api, None)
+    else:
+        wire_alert(bot_api, "IBKR JOB FAILED: submit_orders.py exit 2", f"Reason: {var}")
     assert not (tmp_path / "journal.jsonl").exists()
+    no_secret_leaked(run)
 
 
 # --------------------------------------------------------------------------- the table
 def test_the_reliability_table_states_what_the_tests_assert() -> None:
     """Each row of the tables in docs/reliability.md names its test and states the exit
     code (and alert) that test asserts: ``EXPECTED`` for the faults, exit 2 and the bad
-    value for the variables; and no row of the matrix is missing from the tables."""
-    others = [REPO / "tests" / "test_soak.py", *(REPO / "tests").glob("test_fault_matrix_*.py")]
+    value for the variables; and no row of the matrix is missing from the tables. Rows of
+    the sibling files (``test_fault_matrix_*.py``) are checked there against their own
+    ``EXPECTED``; here only their test names must exist."""
+    siblings = [REPO / "tests" / "test_soak.py", *(REPO / "tests").glob("test_fault_matrix_*.py")]
     tests = set(globals()) | {
-        name for path in others for name in re.findall(r"^def (test_\w+)", path.read_text(), re.M)
+        name for path in siblings for name in re.findall(r"^def (test_\w+)", path.read_text(), re.M)
     }
     rows: dict[str, list[str]] = {}
     for line in RELIABILITY_DOC.read_text().splitlines():

@@ -12,7 +12,9 @@ twelve times an hour with the same news. Each run is a new process, so the memor
 
 A key is ``host:port``, client id and failure class: a refused port and a gateway that
 is up but not logged in need different actions, and two jobs with different client ids
-fail (and recover) independently.
+fail (and recover) independently. A script's failed run (any non-zero exit the session
+did not already alert) has a key of its own (:func:`run_key`: script and exit code), kept
+apart from the connect keys and cleared by the next run of the script that exits 0.
 
 The de-dup layer must never cost an alert. So it fails open: if the state cannot be
 locked, read or written, the alert is sent anyway and the problem is logged; a failed
@@ -198,8 +200,39 @@ class AlertDeduplicator:
         send: Send,
     ) -> Recovery | None:
         """A connect succeeded: clear its failures; one "recovered" if any was alerted."""
+        return self._clear(
+            lambda key: key.same_session(host, port, client_id) and not is_run_key(key),
+            (host, port, client_id),
+            build,
+            send,
+        )
+
+    def run_succeeded(
+        self,
+        script: str,
+        gateway: tuple[str, int, int] | None,
+        build: Callable[[Recovery], str],
+        send: Send,
+    ) -> Recovery | None:
+        """A run of ``script`` exited 0: clear its run failures (:func:`run_key`) for this
+        gateway and those recorded without one; one "recovered" if any was alerted."""
+
+        def matches(key: FailureKey) -> bool:
+            if not key.failure_class.startswith(f"{RUN_PREFIX}{script}:"):
+                return False
+            return not key.host or (gateway is not None and key.same_session(*gateway))
+
+        return self._clear(matches, gateway or ("", 0, 0), build, send)
+
+    def _clear(
+        self,
+        matches: Callable[[FailureKey], bool],
+        gateway: tuple[str, int, int],
+        build: Callable[[Recovery], str],
+        send: Send,
+    ) -> Recovery | None:
         entries, healthy = self.store.peek()
-        if healthy and not _matching(entries.values(), host, port, client_id):
+        if healthy and not _matching(entries.values(), matches):
             return None  # the common case: no lock, no write, no directory created
         try:
             txn = self.store.begin()
@@ -212,7 +245,7 @@ class AlertDeduplicator:
             )
             return None
         try:
-            matched = _matching(txn.entries.values(), host, port, client_id)
+            matched = _matching(txn.entries.values(), matches)
             if not matched:
                 return None
             for entry in matched:
@@ -220,9 +253,7 @@ class AlertDeduplicator:
             txn.dirty = True
             now = self.now()
             recovery = Recovery(
-                host,
-                port,
-                client_id,
+                *gateway,
                 since=min(e.first_failure_at for e in matched),
                 now=now,
                 failures=sum(e.failures for e in matched),
@@ -246,5 +277,24 @@ class AlertDeduplicator:
             txn.close()
 
 
-def _matching(entries: Iterable[Entry], host: str, port: int, client_id: int) -> list[Entry]:
-    return [e for e in entries if e.key.same_session(host, port, client_id)]
+RUN_PREFIX = "run:"
+"""The failure class of a run-level key starts with this (:func:`run_key`)."""
+
+
+def run_key(script: str, code: int, gateway: tuple[str, int, int] | None) -> FailureKey:
+    """The de-dup key of a failed run: script and exit code, on its gateway when known.
+
+    Kept apart from the connect keys (``same_session`` ignores them), so a successful
+    connect in a run that then exits 3 neither clears that run's failure nor says
+    "connection recovered"; only a run of the script that exits 0 clears it.
+    """
+    host, port, client_id = gateway or ("", 0, 0)
+    return FailureKey(host, port, client_id, f"{RUN_PREFIX}{script}:exit {code}")
+
+
+def is_run_key(key: FailureKey) -> bool:
+    return key.failure_class.startswith(RUN_PREFIX)
+
+
+def _matching(entries: Iterable[Entry], matches: Callable[[FailureKey], bool]) -> list[Entry]:
+    return [e for e in entries if matches(e.key)]

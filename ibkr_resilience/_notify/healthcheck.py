@@ -2,8 +2,10 @@
 
 An alert says "it failed"; it cannot say "it did not run at all" (crontab broken, box
 down, job hung before connecting). A dead man's switch can: the job pings
-``<url>/start`` when it begins, ``<url>`` when it succeeds and ``<url>/fail`` when it
-fails, and the monitoring service complains when the pings stop or a run takes too long.
+``<url>/start`` when it begins, ``<url>`` when it succeeds and ``<url>/fail`` (or
+``<url>/<exit status>``, which healthchecks.io records and counts as a failure unless it
+is 0) when it fails, and the monitoring service complains when the pings stop or a run
+takes too long.
 
 Pings are best-effort, exactly like alerts: each runs in a daemon thread behind the same
 hard bound (``IBKR_ALERT_TIMEOUT``), errors are logged as warnings and swallowed; a
@@ -27,10 +29,21 @@ from .http import HttpPost, PooledPost
 
 log = get_logger("ibkr_resilience.healthcheck")
 
-PingKind = Literal["start", "success", "fail"]
+PingKind = Literal["start", "success", "fail"] | int
+"""A named ping, or an exit status 0-255 (``<url>/<status>``)."""
 PingOutcome = Literal["sent", "failed", "timed_out"]
 
-_SUFFIX: dict[PingKind, str] = {"start": "/start", "success": "", "fail": "/fail"}
+_SUFFIX: dict[str, str] = {"start": "/start", "success": "", "fail": "/fail"}
+
+
+def _suffix(kind: PingKind) -> str:
+    if isinstance(kind, int):
+        # healthchecks.io takes 0-255 (what a process can exit with); anything else is a
+        # plain failure rather than a 404 that would lose the ping.
+        return f"/{kind}" if 0 <= kind <= 255 else "/fail"
+    return _SUFFIX[kind]
+
+
 MAX_BODY_CHARS = 10_000
 """healthchecks.io keeps the first 100 kB of a ping body; ours are a few lines."""
 REQUESTS_TIMEOUT_SHARE = 0.8
@@ -68,7 +81,7 @@ class Healthcheck:
 
     def target(self, kind: PingKind) -> str:
         """What the logs show: ``https://hc-ping.com/.../fail``, never the secret path."""
-        return f"{self.endpoint}/...{_SUFFIX[kind]}"
+        return f"{self.endpoint}/...{_suffix(kind)}"
 
     def start_in_background(self, run_id: str | None = None) -> None:
         """Send ``/start`` from a daemon thread: the connect never waits for monitoring.
@@ -103,7 +116,7 @@ class Healthcheck:
             start.join(bound)
             bound = max(MIN_PING_WINDOW, bound - (time.monotonic() - began))
         parts = urlsplit(self._url)
-        url = urlunsplit(parts._replace(path=parts.path.rstrip("/") + _SUFFIX[kind]))
+        url = urlunsplit(parts._replace(path=parts.path.rstrip("/") + _suffix(kind)))
         params = {"rid": run_id} if run_id else None
         data = body[:MAX_BODY_CHARS].encode("utf-8", "replace")
         # requests' own timeouts end a silent server just inside the hard bound (a clean

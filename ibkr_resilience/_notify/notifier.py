@@ -13,7 +13,9 @@ Routing, in one table (:meth:`Notifier.notify`):
   failures, rare and each actionable: always sent;
 * start and end of the session ping the healthcheck, from the outermost session of the
   process only, so a helper session opened inside a job (``close_positions`` cancelling
-  as another client id) cannot report the job as finished or failed.
+  as another client id) cannot report the job as finished or failed. The trading scripts
+  open theirs with ``healthcheck=False`` and ping per run (``_app/jobs/run_alerts.py``);
+  ``failure_reported`` tells them whether this session already alerted the run's failure.
 """
 
 from __future__ import annotations
@@ -134,14 +136,17 @@ class Notifier:
         self._pinging = False
         self._started = False
         self._ping_rid = str(uuid.uuid4())
+        self.failure_reported = False
+        """Whether a failure of this session went to the alert path (sent, failed to send,
+        or suppressed by the de-dup layer): a script's run-level alert then stays quiet."""
         self.log = log.bind(host=config.host, port=config.port, client_id=config.client_id)
         self._routes: dict[type[Any], Callable[[Any], object]] = {
             SessionStarted: self._session_started,
             Connected: self._connected,
             ConnectGaveUp: self._gave_up,
-            LiveAccountFound: lambda e: self._send(live_account_text(e)),
-            ConnectionLost: lambda e: self._send(lost_text(e)),
-            BlockFailed: lambda e: self._send(block_failed_text(e)),
+            LiveAccountFound: lambda e: self._send_failure(live_account_text(e)),
+            ConnectionLost: lambda e: self._send_failure(lost_text(e)),
+            BlockFailed: lambda e: self._send_failure(block_failed_text(e)),
             SessionEnded: self._session_ended,
         }
 
@@ -156,6 +161,10 @@ class Notifier:
     def _send(self, text: str) -> AlertOutcome:
         return deliver_alert(self.alert, text, self.timeout)
 
+    def _send_failure(self, text: str) -> AlertOutcome:
+        self.failure_reported = True
+        return self._send(text)
+
     def _connected(self, event: Connected) -> None:
         """If earlier runs alerted a failure of this session, say it recovered."""
         if self.dedup is None:
@@ -167,6 +176,7 @@ class Notifier:
             self._dedup_failed(exc)
 
     def _gave_up(self, event: ConnectGaveUp) -> None:
+        self.failure_reported = True
         if self.dedup is None:
             self._send(gave_up_text(event))
             return

@@ -12,6 +12,9 @@ from .._core.timefmt import format_duration, iso_utc
 from .dedup import Occurrence, Recovery
 from .events import BlockFailed, ConnectGaveUp, ConnectionLost, LiveAccountFound
 
+MAX_SUMMARY_LINES = 12
+"""A run alert quotes at most this many lines of the summary (the healthcheck ping has it all)."""
+
 
 def alert_text(title: str, facts: list[tuple[str, object]], notes: list[str] | None = None) -> str:
     """A plain-text alert: ``title``, ``key: value`` facts, machine and script, notes."""
@@ -134,5 +137,66 @@ def block_failed_text(event: BlockFailed) -> str:
             ("Phase", event.phase),
             ("Error", f"{event.error_type}: {event.error}"),
             ("Connected for", _connected_for(event.connected_s)),
+        ],
+    )
+
+
+def run_failed_text(
+    script: str,
+    code: int,
+    meaning: str,
+    reason: str,
+    occurrence: Occurrence | None = None,
+    summary: str = "",
+) -> str:
+    """A script run ended with a non-zero exit that the session had not alerted.
+
+    ``meaning``: the exit code's line from the documented table; ``reason``: the run's
+    own error line; ``occurrence``: how the de-dup layer sees it (first or reminder);
+    ``summary``: the printed run summary, of which the last lines are quoted.
+    """
+    reminder = occurrence is not None and occurrence.kind == "reminder"
+    # The title names the script: ``alert_text``'s "Script:" line is the process's
+    # (the same under cron; ``ibkr-resilience`` when the demo runs the job in-process).
+    facts: list[tuple[str, object]] = [("Exit code", f"{code} ({meaning})")]
+    if reason:
+        facts.append(("Reason", reason))
+    notes: list[str] = []
+    if occurrence is not None and reminder:
+        facts.append(
+            (
+                "Failing for",
+                f"{format_duration(occurrence.down_s)} "
+                f"(since {_utc_hm(occurrence.first_failure_at)})",
+            )
+        )
+        facts.append(("Failed runs", occurrence.failures))
+    lines = summary.strip().splitlines()
+    if lines:
+        cut = lines[-MAX_SUMMARY_LINES:]
+        notes.append("Summary:" + ("\n  ..." if len(cut) < len(lines) else ""))
+        notes.extend(f"  {line.strip()}" for line in cut)
+    if occurrence is not None and occurrence.kind in ("first", "reminder"):
+        interval = format_duration(occurrence.repeat_interval)
+        notes.append(
+            f"Repeats are not alerted for {interval}; a message follows when a run succeeds."
+        )
+    title = "IBKR JOB STILL FAILING" if reminder else "IBKR JOB FAILED"
+    return alert_text(f"{title}: {script} exit {code}", facts, notes)
+
+
+def run_recovered_text(script: str, recovery: Recovery) -> str:
+    """The first successful run of ``script`` after alerted failed runs."""
+    codes = ", ".join(c.rpartition(":")[2] for c in recovery.failure_classes)
+    return alert_text(
+        f"IBKR JOB RECOVERED: {script}",
+        [
+            ("Job", script),
+            (
+                "Failing for",
+                f"{format_duration(recovery.down_s)} (since {_utc_hm(recovery.since)})",
+            ),
+            ("Failed runs", recovery.failures),
+            ("Failures", codes),
         ],
     )

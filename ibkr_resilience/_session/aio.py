@@ -18,7 +18,7 @@ the session's own methods, called in the same order. Only three things differ:
   ``disconnectedEvent`` callback included). That wait outlasts a cancellation: the
   cancellation is remembered, and raised once the records are delivered unless an
   exception is already on its way out.
-* **SIGTERM cancels the session's task** (:meth:`.signals.SignalGuard.install_in_loop`):
+* **SIGTERM (or SIGHUP) cancels the session's task** (:meth:`.signals.SignalGuard.install_in_loop`):
   the session ends with outcome ``terminated``, disconnects, alerts nothing and raises
   ``SystemExit(143)``. Any other cancellation (``task.cancel()``, ``asyncio.timeout``)
   ends with outcome ``cancelled``, a disconnect, no alert, and the ``CancelledError``
@@ -38,7 +38,7 @@ from .._connect.attempt import bounded_connect_async
 from .._connect.policy import connect_with_retries_async
 from .._core.config import SessionConfig
 from .._notify.notifier import Notifier
-from .signals import SIGTERM_EXIT_CODE, SignalGuard
+from .signals import SignalGuard
 
 ExcType = type[BaseException] | None
 Exc = BaseException | None
@@ -158,10 +158,10 @@ class AsyncSessionForm(ABC):
         return False  # never swallow: the block's exception propagates unchanged
 
     def _exit_terminated(self) -> None:
-        """End as the sync form does on SIGTERM; the cancellation was ours, take it back."""
+        """End as the sync form does on SIGTERM/SIGHUP; the cancellation was ours, take it back."""
         if self._task is not None and self._task.cancelling():
             self._task.uncancel()
-        raise SystemExit(SIGTERM_EXIT_CODE) from None
+        raise SystemExit(self._signals.exit_code) from None
 
 
 def _awaiting(sleep: Callable[[float], object]) -> Callable[[float], Awaitable[None]]:

@@ -8,8 +8,8 @@ never leave a client id held on the gateway (the next run would be rejected with
    the paper-account guard;
 2. inside the block: notice a dropped connection (``disconnectedEvent``), never
    reconnect (orders may be in flight);
-3. exit, on every way out of the block (SIGTERM included, :mod:`.signals`): classify how
-   it ended, disconnect, log the end.
+3. exit, on every way out of the block (SIGTERM and SIGHUP included, :mod:`.signals`):
+   classify how it ended, disconnect, log the end.
 
 Everything else (alert wording, de-duplication across runs, healthcheck pings) belongs
 to :class:`.._notify.notifier.Notifier`, which the session tells what happened through
@@ -213,7 +213,7 @@ class IBKRSession(AsyncSessionForm):
         finally:
             self._signals.restore()
         if self._signals.deferred and exc is None:
-            raise SystemExit(SIGTERM_EXIT_CODE)
+            raise SystemExit(self._signals.exit_code)
         return False  # never swallow: the block's exception propagates unchanged
 
     def _close(
@@ -241,7 +241,8 @@ class IBKRSession(AsyncSessionForm):
             self.log.warning("ibkr.session.interrupted", phase=phase)
             return "interrupted"
         if isinstance(exc, SystemExit | asyncio.CancelledError) and self._signals.received:
-            # SIGTERM: SystemExit in the sync form, the session's task cancelled in the async one
+            # SIGTERM/SIGHUP: SystemExit in the sync form, the session's task cancelled in
+            # the async one
             self.log.warning("ibkr.session.terminated", phase=phase, signal=self._signals.received)
             return "terminated"
         if isinstance(exc, asyncio.CancelledError):

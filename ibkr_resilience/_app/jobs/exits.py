@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 
-from ..._session.signals import SIGTERM_EXIT_CODE
+from ..._session.signals import SIGHUP_EXIT_CODE, SIGTERM_EXIT_CODE
 from .journal import JournalError
 
 
@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     ORDERS_FAILED = 3
     LIVE_ACCOUNT = 4
     READ_ONLY_API = 5
+    HANGUP = SIGHUP_EXIT_CODE
     INTERRUPTED = 130
     TERMINATED = SIGTERM_EXIT_CODE
 
@@ -45,8 +46,14 @@ exit codes:
   4    the gateway offers no paper account: live account refused, nothing was sent
   5    the gateway's API is read-only (error 321 at connect or on an order): untick "Read-Only API"
        (IBC: ReadOnlyApi=no); the refused order is journaled, no further order was sent
+  129  hung up (SIGHUP: the terminal or ssh session went away); as for 143
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM); the order in flight is journaled as order.unconfirmed
+
+Every non-zero exit is alerted (Telegram, de-duplicated across runs: a job failing
+every 5 minutes alerts once, then reminds) unless the session already alerted the same
+failure, and pings IBKR_HEALTHCHECK_URL with <url>/<exit code> (<url>/fail for 129,
+130, 143); exit 0 pings <url>. Each failing run logs one ERROR line, script.end.
 
 environment: IBKR_HOST, IBKR_PORT, IBKR_CONNECT_* (see docs/configuration.md),
 IBKR_ACK_TIMEOUT, IBKR_OUTAGE_WAIT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE. Options override them.
@@ -74,7 +81,8 @@ class Stop:
 
     code: ExitCode
     cause: str
-    """``interrupted (Ctrl-C)``, ``terminated (SIGTERM)`` or ``<exception type>: <text>``."""
+    """``interrupted (Ctrl-C)``, ``terminated (SIGTERM)``, ``hung up (SIGHUP)`` or
+    ``<exception type>: <text>``."""
     lost_gateway: bool = False
 
     @property
@@ -84,11 +92,12 @@ class Stop:
 
 
 def how_stopped(exc: BaseException) -> Stop | None:
-    """The :class:`Stop` for Ctrl-C, SIGTERM or a connection error; ``None`` for the rest.
+    """The :class:`Stop` for Ctrl-C, SIGTERM, SIGHUP or a connection error; ``None`` for the rest.
 
     The session raises ``ConnectionError``/``TimeoutError`` when the gateway goes away
     or stops answering mid-run; SIGTERM arrives as ``SystemExit(143)`` from the signal
-    guard. Anything else is not a stop but a failure or a bug, for the caller to judge.
+    guard, SIGHUP as ``SystemExit(129)``. Anything else is not a stop but a failure or
+    a bug, for the caller to judge.
     """
     if isinstance(exc, KeyboardInterrupt):
         return Stop(ExitCode.INTERRUPTED, "interrupted (Ctrl-C)")
@@ -96,6 +105,8 @@ def how_stopped(exc: BaseException) -> Stop | None:
         return Stop(exc.code, str(exc))
     if isinstance(exc, SystemExit) and exc.code == SIGTERM_EXIT_CODE:
         return Stop(ExitCode.TERMINATED, "terminated (SIGTERM)")
+    if isinstance(exc, SystemExit) and exc.code == SIGHUP_EXIT_CODE:
+        return Stop(ExitCode.HANGUP, "hung up (SIGHUP)")
     if isinstance(exc, ConnectionError | TimeoutError):
         return Stop(ExitCode.CONNECT_FAILED, _exception_text(exc), lost_gateway=True)
     return None

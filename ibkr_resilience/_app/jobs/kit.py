@@ -46,7 +46,9 @@ from .journal import (
 )
 from .placements import PLACEMENT_PROBLEMS
 from .plan import PlanError
+from .run_alerts import RunAlerts
 from .run_metrics import write_run_metrics
+from .summary import print_summary, problems_reason
 
 log = get_logger("ibkr_resilience.script")
 
@@ -151,6 +153,12 @@ def script_main(
     environ = os.environ if env is None else env
     args = parse_args(build_parser(), argv)
     if not isinstance(args, argparse.Namespace):
+        if args:  # a cron line with a bad option fails every day: as loud as a bad setting
+            usage = RunAlerts(script, environ)
+            reason = "bad command line (argparse's message is on stderr)"
+            usage.finish(
+                int(args), reason, reason, gateway=None, alerted=False, logging_ready=False
+            )
         return int(args)
     state = RunState(script)
 
@@ -161,11 +169,33 @@ def script_main(
         body(ScriptRun(args, environ, state, run_id, settings))
 
     code = int(ExitCode.CONNECT_FAILED)  # what Python exits with if a bug escapes
+    state.reason = "unexpected error (see the traceback on stderr)"
+    loud = RunAlerts(script, environ)
+    loud.start()  # before the settings and the plan: a missing plan is start + failure
     try:
         code = run_script(state, setup_and_run)
         return code
     finally:
         write_run_metrics(state, code, environ)
+        loud.finish(
+            code,
+            state.reason,
+            state.summary,
+            gateway=_gateway(state, args, environ),
+            alerted=bool(getattr(getattr(state.session, "notifier", None), "failure_reported", 0)),
+            logging_ready=state.logging_ready,
+        )
+
+
+def _gateway(state: RunState, args: argparse.Namespace, env: Mapping[str, str]) -> Any:
+    """``(host, port, client_id)`` of the run, for its de-dup key; ``None`` if unknown."""
+    config = getattr(state.session, "config", None)
+    if config is None:
+        try:
+            config = session_config(args, env)
+        except ConfigError:
+            return None
+    return (config.host, config.port, config.client_id)
 
 
 @dataclass(frozen=True)
@@ -220,9 +250,16 @@ def run_in_session(
     with open_journal(run, script=script) as journal:
         run.state.footer = [f"journal: {journal.path}"]
         job = start(journal, config)
-        run.state.session = ibkr_session(client_id=config.client_id, config=config)
+        # The run pings the healthcheck itself (start before the plan is read, the exit
+        # code at the end: .run_alerts), so the session must not report its own outcome.
+        run.state.session = ibkr_session(
+            client_id=config.client_id, config=config, healthcheck=False
+        )
         with run.state.session as ib:
             job(ib)
+            # The gateway lost while the last row waited for its answer is a lost
+            # gateway (exit 1) like on any other row, not just an unconfirmed order.
+            run.state.check_connected(ib)
 
 
 def session_config(args: Any, env: Mapping[str, str]) -> SessionConfig:
@@ -261,6 +298,8 @@ class RunState:
     started: float = field(default_factory=time.monotonic)
     session: Any = None  # the run's ibkr_session (its connect attempts go to the metrics)
     failure_class: str | None = None  # of the connect failure that ended the run
+    reason: str = ""  # why the run failed, for its ERROR line, alert and ping
+    summary: str = ""  # the printed summary (the healthcheck ping's body)
 
     def check_connected(self, ib: Any) -> bool:
         """Before each order: stop cleanly (exit 1) when the session lost the gateway.
@@ -281,9 +320,10 @@ class RunState:
 def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | None = None) -> int:
     """Run ``body`` and turn how it ended into the documented exit code.
 
-    Expected failures become one line on stderr, never a traceback; the session has
-    already logged and alerted about connection problems, so nothing here alerts again.
-    Unexpected exceptions propagate: they are bugs and deserve their traceback.
+    Expected failures become one line on stderr, never a traceback, and one ERROR line
+    in the log (``script.end``) with the exit code and the reason; the alert and the
+    healthcheck ping are :func:`script_main`'s (:mod:`.run_alerts`). Unexpected
+    exceptions propagate: they are bugs and deserve their traceback.
     """
     err = sys.stderr if stderr is None else stderr
     code: int
@@ -311,32 +351,16 @@ def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | N
         if stop is None:
             raise
         code, reason = stop.code, stop.reason
+    state.reason = reason or problems_reason(state, code)
     if state.header:
         print_summary(state, code)
     if reason:
         print(f"{state.script}: error: {reason}", file=err)
+    state.summary = "\n".join(filter(None, [state.summary, reason and f"error: {reason}"]))
     if state.logging_ready:
         counts: dict[str, int] = {}
         for o in state.outcomes:
             counts[o.event] = counts.get(o.event, 0) + 1
-        log.info("script.end", exit_code=int(code), outcomes=counts, reason=reason or None)
+        end = log.error if code else log.info
+        end("script.end", exit_code=int(code), outcomes=counts, reason=state.reason or None)
     return int(code)
-
-
-def print_summary(state: RunState, code: int, out: IO[str] | None = None) -> None:
-    stream = sys.stdout if out is None else out
-    lines = [state.header]
-    for o in state.outcomes:
-        event = o.event.removeprefix("order.")
-        order = f"#{o.order_id}" if o.order_id is not None else ""
-        lines.append(f"  {event:<13} {o.status or '-':<12} {order:<7} {o.what}")
-        if o.message:
-            lines.append(f"  {'':<13} {o.message}")
-    counts: dict[str, int] = {}
-    for o in state.outcomes:
-        key = o.event.removeprefix("order.")
-        counts[key] = counts.get(key, 0) + 1
-    tally = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no order handled"
-    lines.append(f"result: {tally}; exit {code}")
-    lines.extend(state.footer)
-    print("\n".join(lines), file=stream, flush=True)

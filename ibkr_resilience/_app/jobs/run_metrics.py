@@ -25,6 +25,7 @@ FAILURE_BY_EXIT_CODE = {
     2: "bad_input",
     3: "orders_failed",
     4: "live_account",
+    129: "hung_up",
     130: "interrupted",
     143: "terminated",
 }

@@ -1,0 +1,68 @@
+"""The run summary the scripts print at the end, and the reason of a run that ended 3.
+
+The summary is a courtesy to whoever watches the terminal; the record is the journal,
+the log and the exit code. So printing it must never change how the run ends: a closed
+stdout (``| head -1``, a terminal that went away) is ignored without a traceback, and
+the text is kept (``RunState.summary``) as the body of the run's healthcheck ping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .kit import RunState
+
+__all__ = ["print_summary", "problems_reason"]
+
+
+def problems_reason(state: RunState, code: int) -> str:
+    """The reason of a run that ended 3: how many rows of each problem."""
+    if not code:
+        return ""
+    counts: dict[str, int] = {}
+    for o in state.problems:
+        key = o.event.removeprefix("order.")
+        counts[key] = counts.get(key, 0) + 1
+    listed = ", ".join(f"{n} {k}" for k, n in counts.items())
+    return f"orders not all placed: {listed}; see the summary and the journal" if listed else ""
+
+
+def print_summary(state: RunState, code: int, out: IO[str] | None = None) -> None:
+    """Print the summary (and keep it in ``state.summary``); a closed stdout is ignored."""
+    stream = sys.stdout if out is None else out
+    lines = [state.header]
+    for o in state.outcomes:
+        event = o.event.removeprefix("order.")
+        order = f"#{o.order_id}" if o.order_id is not None else ""
+        lines.append(f"  {event:<13} {o.status or '-':<12} {order:<7} {o.what}")
+        if o.message:
+            lines.append(f"  {'':<13} {o.message}")
+    counts: dict[str, int] = {}
+    for o in state.outcomes:
+        key = o.event.removeprefix("order.")
+        counts[key] = counts.get(key, 0) + 1
+    tally = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no order handled"
+    lines.append(f"result: {tally}; exit {code}")
+    lines.extend(state.footer)
+    state.summary = "\n".join(lines)
+    try:
+        print(state.summary, file=stream, flush=True)
+    except BrokenPipeError:
+        # `| head -1`, a dead terminal: the run's outcome is in the journal, the log and
+        # the exit code; the summary is a courtesy. Point stdout at /dev/null so that
+        # Python's flush at exit does not fail again (a traceback, exit 120).
+        if out is None:
+            _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, sys.stdout.fileno())
+        finally:
+            os.close(devnull)

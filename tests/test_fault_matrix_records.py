@@ -45,6 +45,7 @@ EXPECTED: dict[str, int] = {
     "lock_fifo": 2,
     "lock_directory": 2,
     "crash_between_send_and_ack": -signal.SIGKILL,
+    "sigterm_waiting_for_lock": 143,
 }
 
 SECOND_CLIENT_ID = 20
@@ -170,6 +171,27 @@ def test_overlapping_runs_lock_holder_finishes(
     counts = plan_ref_count(gw)
     assert len(counts) == 7 and set(counts.values()) == {1}, counts
     no_token(second_run)
+
+
+def test_sigterm_waiting_for_lock(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
+    """SIGTERM while the second run waits for the lock: exit 143 at once (not at the end of
+    the wait), one line, no traceback; the first run is untouched and finishes."""
+    gw = fake_gateway
+    first, first_env = start_holder(gw, tmp_path, bot_api.url, running)
+    env = second_run_env(tmp_path, first_env, bot_api.url, IBKR_LOCK_WAIT="60")
+    cmd = [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)]
+    second = running(cmd, env, tmp_path / "second")
+    second.wait_for_log(lambda r: r.get("event") == "script.lock.waiting")
+    run, sent = second.signal_and_wait(signal.SIGTERM)
+    assert run.code == EXPECTED["sigterm_waiting_for_lock"], run.stderr
+    assert human_lines(run) == ["submit_orders.py: error: terminated (SIGTERM)"]
+    assert run.at("script.end") - sent < 1  # a poll interval, not the 60 s wait
+    assert len(gw.events("sim.connection.open")) == 1
+    assert gw.release_orders() == 1
+    assert first.wait().code == 0
+    assert placed(gw, SECOND_CLIENT_ID) == []
 
 
 @pytest.mark.parametrize("kind", ["lock_fifo", "lock_directory"])

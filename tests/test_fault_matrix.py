@@ -904,7 +904,7 @@ def test_order_notices(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Pat
     wire_alert(bot_api, title)
     assert run.one("script.end")["outcomes"] == {"order.submitted": 5}
     events = {r["event"] for r in journal_records(tmp_path)}
-    assert events == {"order.submitted"}
+    assert events == {"run.start", "order.sending", "order.submitted"}
     assert len(gw.messages("placeOrder")) == 7
     gateway_closed_cleanly(gw)
 
@@ -954,6 +954,7 @@ BAD_VALUES: dict[str, str] = {
     "IBKR_MAX_ORDER_QUANTITY": "0",
     "IBKR_MAX_ORDER_NOTIONAL": "-1",
     "IBKR_OUTAGE_WAIT": "-1",
+    "IBKR_LOCK_WAIT": "soon",
     "IBKR_CLIENT_LIBRARY": "ib_nonesuch",
 }
 FAIL_OPEN = {"IBKR_ALERT_STATE_FILE", "IBKR_METRICS_DIR"}  # a warning, the run goes on

@@ -66,8 +66,15 @@ def sent(gw: FakeGateway) -> list[PlaceOrder]:
     return [r.request for r in gw.messages("placeOrder") if isinstance(r.request, PlaceOrder)]
 
 
+NOT_OUTCOMES = {"run.start", "order.sending"}
+"""Records before the outcome; tests/test_fault_matrix_records.py checks them."""
+
+
 def events_of(records: list[dict[str, Any]], run_id: str) -> Counter[str]:
-    return Counter(r["event"] for r in records if r["run_id"] == run_id)
+    """The run's outcome records, by event."""
+    return Counter(
+        r["event"] for r in records if r["run_id"] == run_id and r["event"] not in NOT_OUTCOMES
+    )
 
 
 def last_run_id(tmp_path: Path) -> str:

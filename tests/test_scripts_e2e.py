@@ -27,7 +27,7 @@ from ibkr_resilience._app.jobs import close as close_job
 from ibkr_resilience._app.jobs import orders as orders_module
 from ibkr_resilience._app.jobs import submit as submit_job
 from ibkr_resilience._app.jobs.close import close_ref, trading_date
-from ibkr_resilience._app.jobs.journal import read_journal
+from ibkr_resilience._app.jobs.journal import RUN_START, SENDING, read_journal
 from ibkr_resilience._app.jobs.plan import load_plan
 from ibkr_resilience._connect import compat
 from ibkr_resilience._connect.compat import IB
@@ -82,7 +82,9 @@ def close(gw: FakeGateway, tmp_path: Path, *extra: str) -> int:
 
 
 def journal(tmp_path: Path) -> list[dict[str, Any]]:
-    return read_journal(tmp_path / "j.jsonl").records
+    """The outcome records (``run.start`` and ``order.sending``: test_journal_records.py)."""
+    records = read_journal(tmp_path / "j.jsonl").records
+    return [r for r in records if r["event"] not in (RUN_START, SENDING)]
 
 
 def placed_refs(gw: FakeGateway, client_id: int | None = None) -> Counter[str]:

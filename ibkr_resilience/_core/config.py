@@ -41,6 +41,8 @@ DEFAULT_ACK_TIMEOUT = 10.0
 """Seconds the trading jobs wait for the gateway to confirm each order or cancel."""
 DEFAULT_OUTAGE_WAIT = 300.0
 """Seconds the trading jobs wait for IB to come back after error 1100 (socket still up)."""
+DEFAULT_LOCK_WAIT = 60.0
+"""Seconds a trading job waits for another run's lock on the same gateway."""
 
 
 _Kind = Literal[
@@ -163,6 +165,8 @@ class JobSettings:
     """Seconds to wait for 1101/1102 after error 1100 before giving up (>= 0)."""
     metrics_dir: str | None = None
     """``$IBKR_METRICS_DIR``: node-exporter textfile directory; ``None``: no metrics."""
+    lock_wait: float = DEFAULT_LOCK_WAIT
+    """Seconds to wait for another run's lock on the same gateway before exit 6 (>= 0)."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)
@@ -217,6 +221,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("max_order_notional", "IBKR_MAX_ORDER_NOTIONAL", "amount", owner="job"),
     _Spec("outage_wait", "IBKR_OUTAGE_WAIT", "non_negative", owner="job"),
     _Spec("metrics_dir", "IBKR_METRICS_DIR", "path", optional=True, owner="job"),
+    _Spec("lock_wait", "IBKR_LOCK_WAIT", "non_negative", owner="job"),
     # Read once, when the package is imported (_connect/compat.py): the client library.
     _Spec("client_library", "IBKR_CLIENT_LIBRARY", "client_library", True, "process"),
 )

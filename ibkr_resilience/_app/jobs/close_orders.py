@@ -71,6 +71,7 @@ class ClosingOrders:
                 "skips it if it is still pending",
             )
 
+        self.record.sending(pos, order)  # a failure here raises: nothing is sent
         with journal_if_cut_short(cut_short):
             trade = ib.placeOrder(contract, order)
             event, message = acknowledgement(ib, [trade], self.timeout)

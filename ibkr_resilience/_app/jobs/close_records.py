@@ -83,6 +83,20 @@ class CloseRecorder:
             message=message or None,
         )
 
+    def sending(self, pos: Any, order: Any) -> None:
+        """Journal (fsynced) the closing ``order`` for ``pos`` right before it is sent."""
+        self.journal.sending(
+            order_ref=order.orderRef,
+            order_id=order.orderId,
+            account=self.params.account,
+            contract=contract_fields(pos.contract),
+            side=order.action,
+            quantity=qty(order.totalQuantity),
+            order_type=order.orderType,
+            tif=order.tif,
+            position=qty(pos.position),
+        )
+
     def close(
         self,
         pos: Any,

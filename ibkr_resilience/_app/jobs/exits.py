@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 from ..._session.signals import SIGHUP_EXIT_CODE, SIGTERM_EXIT_CODE
 from .journal import JournalError
@@ -27,6 +28,8 @@ class ExitCode(IntEnum):
     ORDERS_FAILED = 3
     LIVE_ACCOUNT = 4
     READ_ONLY_API = 5
+    LOCKED = 6
+    UNRECORDED = 7
     HANGUP = SIGHUP_EXIT_CODE
     INTERRUPTED = 130
     TERMINATED = SIGTERM_EXIT_CODE
@@ -38,14 +41,18 @@ exit codes:
   1    could not connect to the gateway (every attempt failed), or the connection was
        lost / the gateway stopped answering / IB stayed unreachable (error 1100 past
        IBKR_OUTAGE_WAIT) during the run
-  2    bad input or configuration: arguments, environment, plan or journal (one line on
-       stderr; nothing was sent)
+  2    bad input or configuration: arguments, environment, plan, journal (a run.start
+       record could not be written) or run lock file (one line on stderr; nothing was sent)
   3    some orders were rejected, unconfirmed within the deadline, or not placed, or a
        plan row placed earlier was changed or removed since: not re-placed, see
        --amend (see the summary and the journal)
   4    the gateway offers no paper account: live account refused, nothing was sent
   5    the gateway's API is read-only (error 321 at connect or on an order): untick "Read-Only API"
        (IBC: ReadOnlyApi=no); the refused order is journaled, no further order was sent
+  6    another run holds the gateway's run lock (same host:port) past IBKR_LOCK_WAIT;
+       nothing was sent (stderr names the holder)
+  7    the journal could not be written after orders were sent: placing stopped at once;
+       orders may be live and unrecorded (stderr lists each orderRef and order id)
   129  hung up (SIGHUP: the terminal or ssh session went away); as for 143
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM); the order in flight is journaled as order.unconfirmed
@@ -56,7 +63,8 @@ failure, and pings IBKR_HEALTHCHECK_URL with <url>/<exit code> (<url>/fail for 1
 130, 143); exit 0 pings <url>. Each failing run logs one ERROR line, script.end.
 
 environment: IBKR_HOST, IBKR_PORT, IBKR_CONNECT_* (see docs/configuration.md),
-IBKR_ACK_TIMEOUT, IBKR_OUTAGE_WAIT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE. Options override them.
+IBKR_ACK_TIMEOUT, IBKR_OUTAGE_WAIT, IBKR_LOCK_WAIT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE.
+Options override them.
 Details: docs/scripts.md.
 """
 
@@ -73,6 +81,48 @@ class RunStopped(Exception):
     """
 
     code: ExitCode = ExitCode.CONNECT_FAILED
+
+
+class UnrecordedOrders(RunStopped):
+    """The journal failed after the run had sent orders (exit 7): placing stopped.
+
+    The text lists every order sent whose outcome is not in the journal (orderRef and
+    order id): they may be live at the gateway with no record of them. Raised out of the
+    session's block, so the session's alert carries that list.
+    """
+
+    code = ExitCode.UNRECORDED
+
+
+class _Sent(Protocol):
+    def unrecorded(self) -> list[tuple[str, int | None]]: ...
+
+
+@contextlib.contextmanager
+def stop_on_journal_failure(journal: _Sent) -> Iterator[None]:
+    """Around the connected part of a run: a ``JournalError`` becomes
+    :class:`UnrecordedOrders` naming the orders the journal has no outcome for.
+
+    Exit 2 means "nothing was sent"; once connected that is no longer known to be true,
+    and an order sent without its outcome record is exactly what the team must hear of.
+    """
+    try:
+        yield
+    except JournalError as exc:
+        orders = journal.unrecorded()
+        listed = ", ".join(
+            f"{ref} (order id {order_id if order_id is not None else 'unknown'})"
+            for ref, order_id in orders
+        )
+        what = (
+            f"orders may be live and unrecorded: {listed}"
+            if orders
+            else "no order sent is missing from it"
+        )
+        raise UnrecordedOrders(
+            f"the journal failed during the run ({exc}); placing stopped at once; {what}: "
+            "check TWS and complete the record"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,11 @@ The team's trade records used to miss whole days when a script died, so every re
 is written with one ``os.write`` on an ``O_APPEND`` descriptor (concurrent writers never
 interleave inside a line) and ``os.fsync``-ed before :meth:`Journal.append` returns: once
 the script logs "placed", the journal has it even if the process is killed next.
+A run proves the journal writable before it connects (:meth:`Journal.start_run`), and
+every order is announced by an ``order.sending`` record before it is handed to the client
+(:meth:`Journal.sending`), so an order can reach the gateway only after the journal holds
+it; the journal remembers which sent orders still lack an outcome (:meth:`Journal.unrecorded`)
+for the run to report them if a later write fails.
 The format and default path are documented in ``docs/order-plan.md``.
 """
 
@@ -23,6 +28,8 @@ from ..._core.config import env_value
 from ..._core.identity import script_name
 from ..._core.statedir import fsync_dir, state_dir
 
+RUN_START = "run.start"
+SENDING = "order.sending"
 SUBMITTED = "order.submitted"
 SKIPPED = "order.skipped"
 REJECTED = "order.rejected"
@@ -34,6 +41,7 @@ NOT_PLACED = "order.not_placed"
 EVENTS = frozenset(
     {SUBMITTED, SKIPPED, REJECTED, UNCONFIRMED, DRY_RUN, CANCELLED, CANCEL_FAILED, NOT_PLACED}
 )
+"""The outcome events of one order (``order.sending`` announces one, ``run.start`` a run)."""
 
 # Read access only so that _ends_torn can look at the last byte; writes always append.
 _FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
@@ -85,6 +93,7 @@ class Journal:
         self.path = Path(path).expanduser()
         self.script = script or script_name()
         self.run_id = run_id or uuid.uuid4().hex
+        self._in_flight: dict[str, list[tuple[str, int | None]]] = {}
         self._fd: int | None = self._open()
 
     @staticmethod
@@ -115,7 +124,38 @@ class Journal:
         record.update(fields)
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
         self._write(line.encode("utf-8"))
+        if event != SENDING:
+            self._in_flight.pop(str(fields.get("order_ref")), None)
         return record
+
+    def start_run(self, **fields: Any) -> dict[str, Any]:
+        """Write and fsync the run's ``run.start`` record (``fields``: where it connects).
+
+        Called before connecting: a journal that opens but cannot take a record
+        (``/dev/full``, a full disk, a quota) fails the run here, with nothing sent,
+        rather than after the first order. Raises :class:`JournalError`.
+        """
+        return self.append(RUN_START, pid=os.getpid(), **fields)
+
+    def sending(self, **fields: Any) -> dict[str, Any]:
+        """Write and fsync ``order.sending`` right before an order is handed to the client.
+
+        ``fields`` must hold ``order_ref`` and ``order_id`` (the ids are assigned before
+        sending), and ``legs`` (``[{"order_ref", "order_id"}, ...]``) for a bracket. Until
+        a later record with the same ``order_ref`` is written, the order is listed by
+        :meth:`unrecorded`. Raises :class:`JournalError`: then nothing may be sent.
+        """
+        record = self.append(SENDING, **fields)
+        legs = fields.get("legs") or [fields]
+        self._in_flight[str(fields["order_ref"])] = [
+            (str(leg["order_ref"]), leg.get("order_id")) for leg in legs
+        ]
+        return record
+
+    def unrecorded(self) -> list[tuple[str, int | None]]:
+        """``(orderRef, order id)`` of every order announced by :meth:`sending` whose
+        outcome record has not been written (yet), oldest first, a bracket's legs each."""
+        return [order for orders in self._in_flight.values() for order in orders]
 
     def close(self) -> None:
         if self._fd is not None:

@@ -34,7 +34,7 @@ from ..._core.logconfig import configure_logging
 from ..._session.session import ibkr_session
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
 from ..usage import OneLineErrorParser
-from .exits import EXIT_CODES_HELP, LOST_GATEWAY, ExitCode, how_stopped
+from .exits import EXIT_CODES_HELP, LOST_GATEWAY, ExitCode, how_stopped, stop_on_journal_failure
 from .journal import (
     CANCEL_FAILED,
     NOT_PLACED,
@@ -48,6 +48,7 @@ from .placements import PLACEMENT_PROBLEMS
 from .plan import PlanError
 from .run_alerts import RunAlerts
 from .run_metrics import write_run_metrics
+from .runlock import RunLocked, RunLockError, lock_path, run_lock
 from .summary import print_summary, problems_reason
 
 log = get_logger("ibkr_resilience.script")
@@ -243,23 +244,34 @@ def run_in_session(
 
     ``start`` gets the open journal and the session settings, sets the summary header
     and returns the job, which then runs on the connected ``IB``. The order keeps the
-    promise of exit code 2: bad settings or an unusable journal end the run before any
-    connection is attempted.
+    promise of exit code 2: bad settings or a journal that cannot take the ``run.start``
+    record end the run before any connection is attempted. The gateway's run lock is
+    held from before connecting until after disconnecting (:mod:`.runlock`); a journal
+    failure once connected is exit 7 (:func:`.exits.stop_on_journal_failure`).
     """
     config = session_config(run.args, run.env)
     with open_journal(run, script=script) as journal:
+        journal.start_run(
+            host=config.host,
+            port=config.port,
+            client_id=config.client_id,
+            dry_run=bool(run.args.dry_run),
+        )
         run.state.footer = [f"journal: {journal.path}"]
         job = start(journal, config)
-        # The run pings the healthcheck itself (start before the plan is read, the exit
-        # code at the end: .run_alerts), so the session must not report its own outcome.
-        run.state.session = ibkr_session(
-            client_id=config.client_id, config=config, healthcheck=False
-        )
-        with run.state.session as ib:
-            job(ib)
-            # The gateway lost while the last row waited for its answer is a lost
-            # gateway (exit 1) like on any other row, not just an unconfirmed order.
-            run.state.check_connected(ib)
+        holder = {"pid": os.getpid(), "script": script, "run_id": run.run_id}
+        lock = lock_path(config.host, config.port, run.env)
+        with run_lock(lock, wait=run.settings.lock_wait, holder=holder):
+            # The run pings the healthcheck itself (start before the plan is read, the exit
+            # code at the end: .run_alerts), so the session must not report its own outcome.
+            run.state.session = ibkr_session(
+                client_id=config.client_id, config=config, healthcheck=False
+            )
+            with run.state.session as ib, stop_on_journal_failure(journal):
+                job(ib)
+                # The gateway lost while the last row waited for its answer is a lost
+                # gateway (exit 1) like on any other row, not just an unconfirmed order.
+                run.state.check_connected(ib)
 
 
 def session_config(args: Any, env: Mapping[str, str]) -> SessionConfig:
@@ -334,8 +346,10 @@ def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | N
             code, reason = ExitCode.CONNECT_FAILED, state.lost
         else:
             code = ExitCode.ORDERS_FAILED if state.problems else ExitCode.OK
-    except (ConfigError, PlanError, JournalError, UsageError) as exc:
+    except (ConfigError, PlanError, JournalError, UsageError, RunLockError) as exc:
         code, reason = ExitCode.BAD_INPUT, str(exc)
+    except RunLocked as exc:
+        code, reason = ExitCode.LOCKED, str(exc)
     except ConnectionFailed as exc:
         # Read-Only API is its own code whether it shows at connect (the sync's open-orders
         # request refused with 321) or on the first order: a setting to change, not a

@@ -230,6 +230,7 @@ class Submitter(ReviewedRows):
             else:
                 self._record(row, UNCONFIRMED, order_id=orders[0].orderId, message=message)
 
+        self._record_sending(row, orders)  # a failure here raises: nothing is sent
         with journal_if_cut_short(cut_short):
             for order in orders:
                 trades.append(ib.placeOrder(contract, order))
@@ -282,6 +283,14 @@ class Submitter(ReviewedRows):
                     "more was sent: check TWS and the network path"
                 )
         return None
+
+    def _record_sending(self, row: PlannedOrder, orders: list[Any]) -> None:
+        """The fsynced ``order.sending`` record that must precede the row's placeOrder."""
+        fields = row.journal_fields()
+        fields.update(account=self.account, order_id=orders[0].orderId)
+        if len(orders) > 1:
+            fields["legs"] = [{"order_ref": o.orderRef, "order_id": o.orderId} for o in orders]
+        self.journal.sending(**fields)
 
     def _record_connectivity(self, code: int, message: str) -> None:
         """One journal line and one summary line per connectivity change (1100/1101/1102,

@@ -219,7 +219,8 @@ def run_in_session(
     promise of exit code 2: bad settings or an unusable journal end the run before any
     connection is attempted.
     """
-    config = session_config(run.args, run.env)
+    # An IB outage (1100) found at connect is waited on as long as one mid-run.
+    config = session_config(run.args, run.env).replace(ib_offline_wait=run.settings.outage_wait)
     with open_journal(run, script=script) as journal:
         run.state.footer = [f"journal: {journal.path}"]
         job = start(journal, config)

@@ -9,6 +9,7 @@ gateway's socket stays up.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -213,6 +214,24 @@ def test_ib_offline_wait_is_configured_apart_from_the_budget(fake_gateway: FakeG
     assert "within 0.5 s" in str(info.value.last_error)
     [text] = alerts.texts
     assert "1100" in text
+
+
+def test_ib_offline_at_connect_async_form_waits_the_same(fake_gateway: FakeGateway) -> None:
+    """``async with``: the same one-connection wait, bounded by ``ib_offline_wait``."""
+    alerts = RecordingAlert()
+    fake_gateway.add_fault(OfflineAtConnect())
+    config = SessionConfig(timeout=0.5, max_time=30.0, ib_offline_wait=0.5)
+
+    async def enter() -> None:
+        async with ibkr_session(10, "127.0.0.1", fake_gateway.port, alert=alerts, config=config):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as info:
+        asyncio.run(enter())
+    assert time.monotonic() - started < 0.5 + 1.5
+    assert info.value.failure_class == "ib_offline" and info.value.attempts == 1
+    assert len(fake_gateway.events("sim.connection.open")) == 1
 
 
 def test_ib_offline_that_clears_inside_the_attempt_connects(fake_gateway: FakeGateway) -> None:

@@ -93,6 +93,10 @@ class SessionConfig:
     refused_retry_interval: float = _DEFAULT_REFUSED_INTERVAL
     client_id_grace: float = 30.0
     """Seconds during which error 326 (client id in use) is retried, inside ``max_time``."""
+    ib_offline_wait: float | None = None
+    """Seconds a connect that finds IB's servers unreachable (TWS 1100) waits for
+    1101/1102 on that connection; ``None``: the rest of ``max_time``. The scripts set it
+    to ``IBKR_OUTAGE_WAIT``, the wait they also apply to an outage mid-run."""
     alert_timeout: float = DEFAULT_ALERT_TIMEOUT
     paper_only: bool = True
     readonly: bool = False
@@ -199,6 +203,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("max_retry_delay", None, "non_negative"),
     _Spec("refused_retry_interval", None, "non_negative"),
     _Spec("client_id_grace", "IBKR_CLIENT_ID_GRACE", "non_negative"),
+    _Spec("ib_offline_wait", None, "non_negative", optional=True),
     _Spec("alert_timeout", "IBKR_ALERT_TIMEOUT", "positive"),
     _Spec("paper_only", None, "bool"),
     _Spec("readonly", None, "bool"),

@@ -54,10 +54,21 @@ class AsyncSessionForm(ABC):
     ib: Any
     ib_factory: Callable[[], Any]
     sleep: Callable[[float], object] | None
+    clock: Callable[[], float]
     connect_attempts: int
+    _started: float
     _signals: SignalGuard
     _in_turn: Callable[[Step], object]
     """Runs a side-channel step (a notification, the end line) after the ones before it."""
+
+    def _offline_wait(self) -> float:
+        """How long an attempt that connects into an IB outage (TWS 1100) waits for
+        1101/1102: ``config.ib_offline_wait`` (the scripts: ``IBKR_OUTAGE_WAIT``), else
+        the rest of the connect budget (``IBKR_CONNECT_MAX_TIME``)."""
+        cfg = self.config
+        if cfg.ib_offline_wait is not None:
+            return cfg.ib_offline_wait
+        return max(0.0, cfg.max_time - (self.clock() - self._started))
 
     # -- the steps (see IBKRSession) ---------------------------------------------------
     @abstractmethod
@@ -116,7 +127,7 @@ class AsyncSessionForm(ABC):
             ib = self.ib_factory()
             cfg = self.config
             await bounded_connect_async(
-                ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly
+                ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly, self._offline_wait()
             )
             return ib
 

@@ -127,7 +127,8 @@ class IBKRSession(AsyncSessionForm):
             self.connect_attempts = number
             ib = self.ib_factory()
             cfg = self.config
-            bounded_connect(ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly)
+            wait = self._offline_wait()
+            bounded_connect(ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly, wait)
             return ib
 
         return connect_with_retries(attempt, sleep=self.sleep, **self._schedule())

@@ -249,7 +249,8 @@ def run_in_session(
     held from before connecting until after disconnecting (:mod:`.runlock`); a journal
     failure once connected is exit 7 (:func:`.exits.stop_on_journal_failure`).
     """
-    config = session_config(run.args, run.env)
+    # An IB outage (1100) found at connect is waited on as long as one mid-run.
+    config = session_config(run.args, run.env).replace(ib_offline_wait=run.settings.outage_wait)
     with open_journal(run, script=script) as journal:
         journal.start_run(
             host=config.host,

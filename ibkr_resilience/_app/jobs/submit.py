@@ -21,18 +21,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..._connect.compat import order_status
-from ..._connect.failures import is_read_only_error
 from ..._core.config import SessionConfig, env_value
 from ..._core.log import get_logger
-from .exits import RunStopped, journal_if_cut_short
-from .gateway_watch import (
-    READ_ONLY_HINT,
-    GatewayNotAnsweringError,
-    GatewayWatch,
-    ReadOnlyApiError,
-    gateway_answers,
-    probe_timeout,
-)
+from .exits import journal_if_cut_short
+from .gateway_watch import GatewayWatch, confirm, record_connectivity
 from .journal import DRY_RUN, REJECTED, UNCONFIRMED, Journal
 from .kit import (
     Outcome,
@@ -43,14 +35,7 @@ from .kit import (
     run_in_session,
     script_main,
 )
-from .orders import (
-    classify,
-    paper_account,
-    qualify,
-    trade_errors,
-    trade_outcome,
-    wait_for_update,
-)
+from .orders import paper_account, qualify
 from .placements import (
     CHANGED,
     Placement,
@@ -217,7 +202,6 @@ class Submitter(ReviewedRows):
         assert self.watch is not None
         self.watch.wait_out_outage()  # nothing is sent while error 1100 is in force
         trades: list[Any] = []
-        stop: RunStopped | None = None
 
         def cut_short(cause: str) -> None:
             message = (
@@ -234,55 +218,10 @@ class Submitter(ReviewedRows):
         with journal_if_cut_short(cut_short):
             for order in orders:
                 trades.append(ib.placeOrder(contract, order))
-            event, message = self._acknowledge(ib, trades)
-            stop = self._stop_after(ib, trades, event)
-            if isinstance(stop, GatewayNotAnsweringError):
-                message = str(stop)
+            event, message, stop = confirm(ib, self.watch, trades, self.timeout)
             self._record(row, event, trades=trades, message=message)
         if stop is not None:
             raise stop
-
-    def _acknowledge(self, ib: Any, trades: list[Any]) -> tuple[str, str]:
-        """Wait for the acknowledgements; an IB outage (1100) starting meanwhile holds
-        them (IB acknowledges only once restored), so wait it out, then wait again."""
-        assert self.watch is not None
-        watch = self.watch
-
-        def settled() -> bool:
-            return all(trade_outcome(t) != "pending" for t in trades)
-
-        wait_for_update(ib, lambda: settled() or watch.in_outage, self.timeout)
-        if not settled() and watch.in_outage:
-            watch.wait_out_outage()
-            wait_for_update(ib, settled, self.timeout)
-        return classify(ib, trades, self.timeout)
-
-    def _stop_after(self, ib: Any, trades: list[Any], event: str) -> RunStopped | None:
-        """Whether this row's answer means no later order can succeed.
-
-        Read-Only API (error 321, TWS "API interface is currently in Read-Only mode"):
-        every order would be refused. No acknowledgement and no answer to the liveness
-        probe either: the gateway is silent (frozen, or a dead NAT path with no FIN),
-        and feeding it more orders would only pile up unconfirmed ones.
-        """
-        if event == REJECTED:
-            for t in trades:
-                for code, message in trade_errors(t):
-                    if is_read_only_error(code, message):
-                        return ReadOnlyApiError(
-                            f"the gateway's API is read-only (error {code}: "
-                            f"{message.strip()}): {READ_ONLY_HINT}; no further order was sent"
-                        )
-        if event == UNCONFIRMED and ib.isConnected():  # a closed socket is the session's
-            probe = probe_timeout(self.timeout)
-            if not gateway_answers(ib, probe):
-                return GatewayNotAnsweringError(
-                    f"the gateway stopped answering: no acknowledgement within "
-                    f"{self.timeout:g} s (IBKR_ACK_TIMEOUT) and no reply to reqCurrentTime "
-                    f"within {probe:g} s; the order may or may not have reached it, nothing "
-                    "more was sent: check TWS and the network path"
-                )
-        return None
 
     def _record_sending(self, row: PlannedOrder, orders: list[Any]) -> None:
         """The fsynced ``order.sending`` record that must precede the row's placeOrder."""
@@ -293,11 +232,7 @@ class Submitter(ReviewedRows):
         self.journal.sending(**fields)
 
     def _record_connectivity(self, code: int, message: str) -> None:
-        """One journal line and one summary line per connectivity change (1100/1101/1102,
-        2110), so the record shows when IB was unreachable during the run."""
-        event = "gateway.connectivity"
-        self.journal.append(event, code=code, message=message, account=self.account)
-        self.state.outcomes.append(Outcome(event, f"error {code}: {message}", ""))
+        record_connectivity(self.journal, self.state, self.account, code, message)
 
     def _record(
         self,

@@ -52,7 +52,9 @@ def seed_other_clients_order(gw: FakeGateway, order_id: int) -> None:
 
 
 def connect(gw: FakeGateway, client_id: int = 10, timeout: float = 2.0) -> IB:
-    return IB().connect("127.0.0.1", gw.port, clientId=client_id, timeout=timeout)
+    ib = IB()
+    ib.connect("127.0.0.1", gw.port, clientId=client_id, timeout=timeout)
+    return ib
 
 
 def aapl_limit(ib: IB, order: LimitOrder | None = None) -> compat.Trade:

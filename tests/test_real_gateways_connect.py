@@ -14,13 +14,13 @@ import time
 from typing import Any
 
 import pytest
+from client_helpers import wait_until
 from test_simulator_faults import (
     ClientIdBusyFor,
     Outage,
     ReadOnlyApi,
     RelayFront,
     Unanswered,
-    wait_until,
 )
 
 from ibkr_resilience import ConnectionFailed, SessionConfig, ibkr_session

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from client_helpers import SYNC_REQUESTS, wait_until
 
 from ibkr_resilience._connect import compat
 from ibkr_resilience._connect.compat import IB
@@ -26,16 +27,6 @@ Stock = compat.Stock
 MarketOrder = compat.MarketOrder
 LimitOrder = compat.LimitOrder
 StopOrder = compat.StopOrder
-
-SYNC_REQUESTS = [
-    "startApi",
-    "reqPositions",
-    "reqOpenOrders",
-    "reqCompletedOrders",
-    "reqAccountUpdates",
-    "reqAccountUpdatesMulti",
-    "reqExecutions",
-]
 
 
 def timed_connect(port: int, timeout: float, client_id: int = 10) -> tuple[object, float, IB]:
@@ -55,17 +46,6 @@ def ib_conn(fake_gateway: FakeGateway) -> Iterator[IB]:
     ib.connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=2)
     yield ib
     ib.disconnect()
-
-
-def wait_until(ib: IB, predicate: object, timeout: float = 2.0) -> bool:
-    """Run the client's loop until ``predicate()`` holds (no fixed sleeps)."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        ib.waitOnUpdate(timeout=0.05)
-    return True
 
 
 # --------------------------------------------------------------------------- happy path

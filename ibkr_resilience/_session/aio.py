@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from .._connect.attempt import bounded_connect_async
+from .._connect.compat import IB
 from .._connect.policy import connect_with_retries_async
 from .._core.config import SessionConfig
 from .._notify.notifier import Notifier
@@ -96,7 +97,7 @@ class AsyncSessionForm(ABC):
         """Classify how the block ended, disconnect, log the end."""
 
     # -- 1. enter ----------------------------------------------------------------------
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> IB:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._delivery: asyncio.Task[None] | None = None
@@ -105,7 +106,8 @@ class AsyncSessionForm(ABC):
             self._signals.install_in_loop(self._loop, self._task)
         self._begin()
         try:
-            self.ib = await self._connect_async()
+            ib: IB = await self._connect_async()
+            self.ib = ib
             self._connected()
             if await self._delivered():
                 raise asyncio.CancelledError  # cancelled while the records were delivered
@@ -119,7 +121,7 @@ class AsyncSessionForm(ABC):
                 self._exit_terminated()
             raise
         self._watch_block()
-        return self.ib
+        return ib
 
     async def _connect_async(self) -> Any:
         async def attempt(number: int, timeout: float) -> Any:

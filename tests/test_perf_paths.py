@@ -14,11 +14,12 @@ from unittest import mock
 import pytest
 import structlog
 
-from ibkr_resilience import SessionConfig, configure_logging
+from ibkr_resilience import SessionConfig, configure_logging, ibkr_session
 from ibkr_resilience._core import config as config_module
 from ibkr_resilience._core.config import JobSettings
 from ibkr_resilience._core.redact import register_secret
 from ibkr_resilience.simulator import FakeGateway
+from ibkr_resilience.testing import HttpServer
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("requests", "urllib3", "ibkr_resilience.simulator", "ibkr_resilience._app")
@@ -146,3 +147,16 @@ def test_the_defaults_pass_the_checks_the_environment_path_no_longer_repeats() -
     assert JobSettings.from_env({}) == JobSettings()
     assert SessionConfig().replace(port=4002) == SessionConfig(port=4002)
     assert SessionConfig.from_env({}, max_time=0.3).refused_retry_interval == 0.3
+
+
+# --------------------------------------------------------------------------- healthcheck
+def test_both_pings_of_a_session_share_one_http_connection(fake_gateway: FakeGateway) -> None:
+    uuid = "0b8e4f7a-5f1c-4e10-9c6a-3b7d2a9e1c13"
+    with HttpServer([(200, b"OK")], path=f"/{uuid}", keep_alive=True) as server:
+        env = {"IBKR_HEALTHCHECK_URL": server.url}
+        with ibkr_session(10, "127.0.0.1", fake_gateway.port, timeout=5, env=env):
+            pass
+        # The outcome ping is sent before the block returns (waiting for /start first).
+        start, success = server.requests
+    assert (start.route, success.route) == (f"/{uuid}/start", f"/{uuid}")
+    assert start.peer == success.peer

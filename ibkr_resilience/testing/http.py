@@ -141,6 +141,9 @@ class HttpServer(_Serving):
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1" if owner.keep_alive else "HTTP/1.0"
+            # The headers and the body are two writes: with Nagle on, the body of an
+            # answer on a kept connection waits out the client's delayed ACK (40 ms).
+            disable_nagle_algorithm = True
 
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

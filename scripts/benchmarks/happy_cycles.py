@@ -3,7 +3,7 @@
 Usage (run by bench.py; the gateway is in another process):
     python scripts/benchmarks/happy_cycles.py PORT LOG_FILE STATE_DIR
         [--healthcheck-url URL] [--contenders raw,session,session_hc]
-        [--blocks 10] [--block 20] [--warmup 5]
+        [--blocks 10] [--block 20] [--warmup 5] [--log-level INFO]
 
 Logging is the cron setup: JSON lines to LOG_FILE, stderr at WARNING. The sessions
 have Telegram configured (a token and chat id, never used on the happy path) so the
@@ -65,9 +65,17 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--block", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--log-level", default="INFO", help="WARNING: what the log lines cost")
     args = ap.parse_args()
     devnull = open(os.devnull, "w")  # noqa: SIM115  (stderr sink: WARNING only, kept open)
-    configure_logging(format="json", file=args.log_file, stream=devnull, script="bench", env={})
+    configure_logging(
+        format="json",
+        level=args.log_level,
+        file=args.log_file,
+        stream=devnull,
+        script="bench",
+        env={},
+    )
     every = contenders(args.port, args.state_dir, args.healthcheck_url)
     chosen = {name: every[name] for name in args.contenders.split(",")}
     for run in chosen.values():

@@ -253,7 +253,7 @@ def main() -> int:
     ap.add_argument(
         "--instr-cycles",
         type=int,
-        default=20,
+        default=50,
         help="happy path: cycles per callgrind run (0: no instruction counts)",
     )
     ap.add_argument("--old-runs", type=int, default=3, help="happy-path runs of the old policy")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -118,6 +118,10 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, _SESSION_SPECS)
+        self._check_relations()
+
+    def _check_relations(self) -> None:
+        """The checks between fields, once each field is valid on its own."""
         if self.refused_retry_interval == _DEFAULT_REFUSED_INTERVAL > self.max_time:
             # A budget shorter than the default interval (IBKR_CONNECT_MAX_TIME=0.3) is
             # valid: retry a refused port within the budget, not after it.
@@ -174,6 +178,9 @@ class JobSettings:
 
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)
+
+    def _check_relations(self) -> None:
+        """No checks between the job settings' fields."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> JobSettings:
@@ -250,7 +257,7 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
 
 
 def _load(
-    cls: Callable[..., _Settings],
+    cls: type[_Settings],
     specs: tuple[_Spec, ...],
     env: Mapping[str, str],
     overrides: Mapping[str, Any],
@@ -270,7 +277,22 @@ def _load(
             raise TypeError(f"unknown setting {key!r}")
         if value is not None:
             values[key] = _convert(by_field[key], value, key)
-    return cls(**values)
+    return _build(cls, values)
+
+
+def _build(cls: type[_Settings], values: Mapping[str, Any]) -> _Settings:
+    """``cls`` from values already checked one by one: no second pass over every field.
+
+    ``cls(**values)`` would run ``__post_init__``, which checks every field again (the
+    defaults included) for callers that build a settings object directly. The defaults
+    are valid by construction (tests/test_perf_paths.py), so only the checks between
+    fields remain.
+    """
+    settings = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        object.__setattr__(settings, f.name, values.get(f.name, f.default))
+    settings._check_relations()
+    return settings
 
 
 def _check_fields(settings: object, specs: tuple[_Spec, ...]) -> None:

@@ -84,6 +84,13 @@ class RequestsPost:
                 post = self._session.post
         return _send(post, url, timeout, options)
 
+    def close(self) -> None:
+        """Close the kept connection (``pooled=True``); a later call opens a new one."""
+        with self._lock:
+            session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
 
 requests_post: HttpPost = RequestsPost()
 """One request, one connection: what the alerts use."""

@@ -16,7 +16,16 @@ from ..._core.log import get_logger
 from .exits import journal_if_cut_short
 from .journal import DRY_RUN, SKIPPED, Journal
 from .kit import Outcome, RunState
-from .placements import AMEND_FAILED, AMENDED, CHANGED, REMOVED, Found, Placement, Review
+from .placements import (
+    AMEND_FAILED,
+    AMENDED,
+    AMENDING,
+    CHANGED,
+    REMOVED,
+    Found,
+    Placement,
+    Review,
+)
 from .plan import Plan
 from .plan_amend import amend, amend_blocker
 from .planned_order import PlannedOrder
@@ -115,6 +124,9 @@ class ReviewedRows:
         def cut_short(cause: str) -> None:
             self._record(row, AMEND_FAILED, message=f"{cause} while amending: check TWS", **ids)
 
+        fields = row.journal_fields()
+        fields.update(ids, account=self.account, changes=changes)
+        self.journal.append(AMENDING, **fields)  # a failure here raises: nothing is sent
         with journal_if_cut_short(cut_short):
             event, text = amend(ib, row, entry.trade, self.account, self.timeout)
         if event == AMENDED:

@@ -16,7 +16,7 @@ from ib_fakes import FakeIB
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConnectionFailed
-from ibkr_resilience._connect.attempt import blocking_connect, bounded_connect
+from ibkr_resilience._connect.attempt import AttemptSpec, blocking_connect, bounded_connect
 from ibkr_resilience._connect.compat import IB
 from ibkr_resilience._connect.failures import AttemptFailed, FailureClass
 from ibkr_resilience._connect.policy import (
@@ -68,7 +68,7 @@ def attempt_with(behaviour: str, timeout: float) -> tuple[AttemptFailed | None, 
     ib = FakeIB(behaviour)
     started = time.monotonic()
     try:
-        bounded_connect(ib, "127.0.0.1", 7497, 10, timeout)
+        bounded_connect(ib, AttemptSpec("127.0.0.1", 7497, 10, timeout))
     except AttemptFailed as failure:
         return failure, time.monotonic() - started, ib
     return None, time.monotonic() - started, ib
@@ -130,7 +130,7 @@ def test_bound_covers_all_phases_together() -> None:
 def test_disconnect_errors_on_a_failed_instance_are_swallowed() -> None:
     ib = FakeIB("hang", disconnect_raises=True)
     with capture_logs() as logs, pytest.raises(AttemptFailed):
-        bounded_connect(ib, "127.0.0.1", 7497, 10, 0.05)
+        bounded_connect(ib, AttemptSpec("127.0.0.1", 7497, 10, 0.05))
     assert any(e["event"] == "ibkr.disconnect.failed" for e in logs)
     assert ib.client.disconnect_calls >= 1
 
@@ -234,7 +234,7 @@ def real_attempt(port: int, timeout: float) -> tuple[AttemptFailed, float]:
     ib = IB()
     started = time.monotonic()
     with pytest.raises(AttemptFailed) as info:
-        bounded_connect(ib, "127.0.0.1", port, 10, timeout)
+        bounded_connect(ib, AttemptSpec("127.0.0.1", port, 10, timeout))
     assert not ib.client.isConnected()
     return info.value, time.monotonic() - started
 

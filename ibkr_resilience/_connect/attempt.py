@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from .._core.log import get_logger
@@ -135,20 +136,26 @@ async def _bounded(
     return task
 
 
-async def _attempt(
-    ib: Any,
-    host: str,
-    port: int,
-    client_id: int,
-    timeout: float,
-    readonly: bool = False,
-    offline_wait: float | None = None,
-) -> None:
-    """The one attempt, both forms: bounded, watched and classified, in the running loop.
+@dataclass(frozen=True)
+class AttemptSpec:
+    """One connect attempt: where, its bound and its mode."""
 
-    ``offline_wait``: seconds to wait for 1101/1102 once connected to a gateway that
-    reports 1100 (``None``: what is left of ``timeout``); see :func:`bounded_connect`.
-    """
+    host: str
+    port: int
+    client_id: int
+    timeout: float
+    """Seconds for the whole attempt, every phase included (TCP, handshake, sync)."""
+    readonly: bool = False
+    """Skip the order requests of the sync, like ``IB.connect(readonly=True)``."""
+    offline_wait: float | None = None
+    """Seconds to wait for 1101/1102 once connected to a gateway in 1100 (``None``:
+    what is left of ``timeout``)."""
+
+
+async def _attempt(ib: Any, spec: AttemptSpec) -> None:
+    """The one attempt, both forms: bounded, watched and classified, in the running loop."""
+    host, port, client_id, timeout = spec.host, spec.port, spec.client_id, spec.timeout
+    readonly, offline_wait = spec.readonly, spec.offline_wait
     started = time.monotonic()
     progress = Progress()
     loop = asyncio.get_running_loop()
@@ -228,19 +235,12 @@ def _unanswered(progress: Progress) -> str:
     return f"; no answer to: {', '.join(names)}" if names else ""
 
 
-def bounded_connect(
-    ib: Any,
-    host: str,
-    port: int,
-    client_id: int,
-    timeout: float,
-    readonly: bool = False,
-    offline_wait: float | None = None,
-) -> None:
-    """Connect ``ib`` within ``timeout`` seconds, all phases included, or raise AttemptFailed.
+def bounded_connect(ib: Any, spec: AttemptSpec) -> None:
+    """Connect ``ib`` within ``spec.timeout`` seconds, all phases included, or raise
+    AttemptFailed.
 
     A gateway that connects but reports IB's servers unreachable (TWS 1100) is then
-    waited on, on the same connection, up to ``offline_wait`` seconds (``None``: what
+    waited on, on the same connection, up to ``spec.offline_wait`` seconds (``None``: what
     is left of ``timeout``) for 1101/1102; if they do not come, the attempt fails with
     class ``ib_offline``, marked final (retrying would only reconnect to the same
     outage).
@@ -252,7 +252,7 @@ def bounded_connect(
     loop = ensure_event_loop()  # the loop ib_insync uses (its util.getLoop)
     if loop.is_running():
         raise RunningEventLoopError(RUNNING_LOOP_MESSAGE)
-    runner = loop.create_task(_attempt(ib, host, port, client_id, timeout, readonly, offline_wait))
+    runner = loop.create_task(_attempt(ib, spec))
     try:
         loop.run_until_complete(runner)
     except BaseException:
@@ -266,22 +266,14 @@ def bounded_connect(
         raise
 
 
-async def bounded_connect_async(
-    ib: Any,
-    host: str,
-    port: int,
-    client_id: int,
-    timeout: float,
-    readonly: bool = False,
-    offline_wait: float | None = None,
-) -> None:
+async def bounded_connect_async(ib: Any, spec: AttemptSpec) -> None:
     """:func:`bounded_connect` awaited in the running event loop (``ib.connectAsync``).
 
     Same bound (seconds, all phases), watching and classification; raises
     :class:`AttemptFailed`. A cancellation stops the attempt, disconnects ``ib`` and
     propagates.
     """
-    await _attempt(ib, host, port, client_id, timeout, readonly, offline_wait)
+    await _attempt(ib, spec)
 
 
 def blocking_connect(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:

@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal
 
-from .._connect.attempt import bounded_connect_async
+from .._connect.attempt import AttemptSpec, bounded_connect_async
 from .._connect.compat import IB
 from .._connect.policy import connect_with_retries_async
 from .._core.config import SessionConfig
@@ -70,6 +70,13 @@ class AsyncSessionForm(ABC):
         if cfg.ib_offline_wait is not None:
             return cfg.ib_offline_wait
         return max(0.0, cfg.max_time - (self.clock() - self._started))
+
+    def _attempt_spec(self, timeout: float) -> AttemptSpec:
+        """One attempt of either form: the configured target, bound ``timeout`` seconds."""
+        cfg = self.config
+        return AttemptSpec(
+            cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly, self._offline_wait()
+        )
 
     # -- the steps (see IBKRSession) ---------------------------------------------------
     @abstractmethod
@@ -127,10 +134,7 @@ class AsyncSessionForm(ABC):
         async def attempt(number: int, timeout: float) -> Any:
             self.connect_attempts = number
             ib = self.ib_factory()
-            cfg = self.config
-            await bounded_connect_async(
-                ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly, self._offline_wait()
-            )
+            await bounded_connect_async(ib, self._attempt_spec(timeout))
             return ib
 
         sleep = _awaiting(self.sleep) if self.sleep is not None else None

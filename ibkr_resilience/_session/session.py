@@ -127,9 +127,7 @@ class IBKRSession(AsyncSessionForm):
         def attempt(number: int, timeout: float) -> Any:
             self.connect_attempts = number
             ib = self.ib_factory()
-            cfg = self.config
-            wait = self._offline_wait()
-            bounded_connect(ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly, wait)
+            bounded_connect(ib, self._attempt_spec(timeout))
             return ib
 
         return connect_with_retries(attempt, sleep=self.sleep, **self._schedule())

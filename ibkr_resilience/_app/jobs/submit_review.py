@@ -8,7 +8,7 @@ The rules are in :mod:`.placements` and ``docs/order-plan.md``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..._connect.compat import order_status
@@ -48,19 +48,9 @@ class ReviewedRows:
     timeout: float
     placements: Mapping[str, Placement]
 
-    def _record(
-        self,
-        row: PlannedOrder,
-        event: str,
-        *,
-        trades: list[Any] | None = None,
-        status: str = "",
-        order_id: int | None = None,
-        perm_id: int | None = None,
-        message: str = "",
-        placed_fingerprint: str | None = None,
-    ) -> None:
-        raise NotImplementedError
+    _record: Callable[..., None]
+    """``Submitter._record(row, event, *, trades=, status=, order_id=, perm_id=,
+    message=, placed_fingerprint=)``: one journal record, summary line and log line."""
 
     def _record_skipped(self, row: PlannedOrder, seen: Review) -> None:
         found, earlier = seen.legs, seen.placement

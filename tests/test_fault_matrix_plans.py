@@ -36,6 +36,8 @@ EXPECTED_PLANS: dict[str, int] = {
     "edited_plan_rerun": 3,
     "amend_working_order": 0,
     "later_day_rerun": 0,
+    "row_inserted_without_ids": 3,
+    "id_retyped_in_other_case": 0,
 }
 
 HEADER = "id,symbol,side,quantity,order_type,limit_price,tif"
@@ -47,10 +49,10 @@ PLAN = {
 }
 
 
-def write_plan(tmp_path: Path, *rows: str) -> Path:
+def write_plan(tmp_path: Path, *rows: str, header: str = HEADER) -> Path:
     path = tmp_path / "plans" / "2026-11-30.csv"
     path.parent.mkdir(exist_ok=True)
-    path.write_text("\n".join([HEADER, *rows]) + "\n", encoding="utf-8")
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return path
 
 
@@ -208,3 +210,43 @@ def test_the_plan_rows_are_in_the_reliability_table() -> None:
         )
         assert line is not None, row
         assert f"**{code}**" in line, (row, line)
+
+
+def test_row_inserted_without_ids(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
+) -> None:
+    """A plan without an id column: its rows are numbered by position, so a row inserted
+    on top shifts every number. The shifted rows are reported changed, and the last one,
+    under a number never used, is recognised by its content as already placed: no
+    order is placed twice (before: a second, identical MSFT order)."""
+    gw = fake_gateway
+    header = "symbol,side,quantity,order_type,limit_price"
+    aapl, msft, ibm = "AAPL,BUY,1,LMT,100", "MSFT,BUY,2,LMT,200", "IBM,BUY,3,LMT,150"
+    assert submit(gw, write_plan(tmp_path, aapl, msft, header=header), tmp_path, bot_api).code == 0
+    shifted = submit(gw, write_plan(tmp_path, ibm, aapl, msft, header=header), tmp_path, bot_api)
+    assert shifted.code == EXPECTED_PLANS["row_inserted_without_ids"], shifted.stdout
+    assert len(sent(gw)) == 2  # nothing new reached the gateway
+    symbols = Counter(o.symbol for o in gw.state.order_list())
+    assert symbols == Counter({"AAPL": 1, "MSFT": 1})
+    assert events_of(journal_records(tmp_path), last_run_id(tmp_path)) == Counter(
+        {"order.changed": 2, "order.skipped": 1}
+    )
+    assert "rows without an id are numbered by position and moved" in shifted.stdout
+
+
+def test_id_retyped_in_other_case(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
+) -> None:
+    """Ids are case-insensitive: ``Abc-1`` re-typed as ``abc-1`` is the same row, skipped
+    (before: a new orderRef, a second identical order, and the first reported removed)."""
+    gw = fake_gateway
+    assert (
+        submit(gw, write_plan(tmp_path, "Abc-1,AAPL,BUY,1,LMT,100,DAY"), tmp_path, bot_api).code
+        == 0
+    )
+    again = submit(gw, write_plan(tmp_path, "abc-1,AAPL,BUY,1,LMT,100,DAY"), tmp_path, bot_api)
+    assert again.code == EXPECTED_PLANS["id_retyped_in_other_case"], again.stdout
+    assert len(sent(gw)) == 1
+    assert events_of(journal_records(tmp_path), last_run_id(tmp_path)) == Counter(
+        {"order.skipped": 1}
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -229,6 +229,27 @@ def review(
         return Review("skip", legs, placement, (), row.fingerprint)
     known = placement.fingerprint if placement is not None else None
     return Review("changed", legs, placement, tuple(changes), known)
+
+
+def moved_from(
+    row: PlannedOrder, placements: Mapping[str, Placement], plan: Sequence[PlannedOrder]
+) -> Placement | None:
+    """For a row :func:`review` would place: the placement of the same content under
+    another row number, when the row has no ``id`` and so may only have moved (a row
+    inserted above it shifts every number after it).
+
+    Such a row is never placed again: placing it would put a second, identical order
+    next to the first. Only rows without an ``id``: two rows with ids are two orders
+    even when their content is the same. The placement must not belong to a row of the
+    plan that still has that content (then it is that row's, not this one's).
+    """
+    if not row.positional:
+        return None
+    kept = {o.order_ref for o in plan if o.fingerprint == row.fingerprint}
+    for ref, placement in placements.items():
+        if ref not in kept and placement.fingerprint == row.fingerprint:
+            return placement
+    return None
 
 
 def content_changes(placed: Mapping[str, Any], row: PlannedOrder) -> list[str]:

@@ -9,6 +9,7 @@ columns and rules are documented in ``docs/order-plan.md``.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import io
 import itertools
@@ -110,13 +111,16 @@ def _parse_rows(rows: Any, src: str, limits: Limits) -> list[PlannedOrder]:
             continue
         data_rows += 1
         row = _Row(line, header, cells, missing, problems)
-        row_id = row.text("id", str(data_rows))
+        given = row.text("id", "")
+        row_id = given or str(data_rows)
         first = first_line_of_id.setdefault(row_id.casefold(), line)
         if first != line:
             row.fail(f"duplicate id {row_id!r} (first used on line {first})")
         order = _parse_row(row, row_id)
         if order is not None and _within(row, order, limits):
-            orders.append(order)
+            # Ids are case-insensitive (``Abc-1`` is ``abc-1``): the orderRef carries one
+            # spelling, so that a re-typed id can never look like a new row.
+            orders.append(dataclasses.replace(order, row_id=row_id.lower(), positional=not given))
     if not data_rows:
         problems.append((header_line, "the plan has a header but no orders"))
     if problems:

@@ -71,6 +71,9 @@ class PlannedOrder:
     sec_type: str = "STK"
     exchange: str = "SMART"
     currency: str = "USD"
+    positional: bool = False
+    """No ``id`` column value: ``row_id`` is the row's number, which shifts when a row is
+    inserted above it (see :func:`.placements.moved_from`)."""
 
     @property
     def order_ref(self) -> str:

@@ -39,6 +39,7 @@ from .orders import paper_account, qualify
 from .placements import (
     CHANGED,
     Placement,
+    moved_from,
     placed_refs,
     read_placements,
     removed_refs,
@@ -178,6 +179,10 @@ class Submitter(ReviewedRows):
                 continue
             if seen.action == "changed":
                 self._changed(ib, row, seen)
+                continue
+            moved = moved_from(row, self.placements, self.plan.orders)
+            if moved is not None:
+                self._record_moved(row, moved)
                 continue
             failure = failures.get(row.contract_key)
             if failure is not None:

@@ -124,6 +124,22 @@ class ReviewedRows:
         ids["status"] = order_status(entry.trade)
         self._record(row, event, message=f"{text} ({changes})", **ids)
 
+    def _record_moved(self, row: PlannedOrder, earlier: Placement) -> None:
+        """A row without an id whose content was placed under another row number: the
+        rows moved (one inserted above), so it is not placed a second time."""
+        self._record(
+            row,
+            SKIPPED,
+            order_id=earlier.order_id,
+            perm_id=earlier.perm_id,
+            placed_fingerprint=earlier.fingerprint,
+            message=(
+                f"already placed as {earlier.order_ref} ({earlier.event.removeprefix('order.')} "
+                f"on {earlier.day}): rows without an id are numbered by position and moved; "
+                "not placed again (give the plan an id column)"
+            ),
+        )
+
     def _record_removed(self, ref: str, earlier: Found | Placement) -> None:
         """A row of this plan placed earlier and no longer in it: reported, not cancelled."""
         row_id = ref.rpartition(":")[2]

@@ -54,6 +54,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "success_pings": (0, None),
     "lost_on_last_row": (1, "IBKR CONNECTION LOST"),
     "sigterm_while_reporting": (3, None),
+    "closed_stdout_and_stderr": (2, "IBKR JOB FAILED"),
 }
 
 
@@ -238,6 +239,38 @@ def test_closed_stdout(
     assert outcomes == {"order.submitted"}
     wire_alert(bot_api, title)
     assert_pinged(healthchecks, "", "5 submitted; exit 0")
+
+
+def test_closed_stdout_and_stderr(
+    fake_gateway: FakeGateway, bot_api: BotApi, healthchecks: Healthchecks, tmp_path: Path
+) -> None:
+    """A missing plan with both stdout and stderr on pipes whose readers are gone (``2>&1
+    | head -1`` after the reader left): the error line cannot be written, yet the run
+    still exits 2, alerts and pings ``/2`` (before: a BrokenPipeError escaped, exit 1,
+    and the alert and the ping said "could not connect")."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    cmd = submit_cmd(fake_gateway)
+    cmd[cmd.index("--plan") + 1] = str(tmp_path / "no-such-plan.csv")
+    try:
+        result = subprocess.run(
+            cmd,
+            cwd=tmp_path,
+            env=loud_env(tmp_path, bot_api, healthchecks),
+            stdout=write_end,
+            stderr=write_end,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    AUDIT.process("", "")  # its outputs went nowhere; its files are audited all the same
+    code, title = EXPECTED["closed_stdout_and_stderr"]
+    assert result.returncode == code
+    log, _ = read_log(tmp_path / "job.jsonl")
+    end = [r for r in log if r.get("event") == "script.end"]
+    assert len(end) == 1 and end[0]["exit_code"] == code
+    wire_alert(bot_api, f"{title}: submit_orders.py exit 2")
+    assert_pinged(healthchecks, "/2", "cannot read order plan")
 
 
 def test_success_pings(

@@ -50,7 +50,7 @@ from .plan import PlanError
 from .run_alerts import RunAlerts
 from .run_metrics import write_run_metrics
 from .runlock import RunLocked, RunLockError, lock_path, run_lock
-from .summary import print_summary, problems_reason
+from .summary import print_summary, problems_reason, write_line
 
 log = get_logger("ibkr_resilience.script")
 
@@ -383,7 +383,7 @@ def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | N
     if state.header:
         print_summary(state, code)
     if reason:
-        print(f"{state.script}: error: {reason}", file=err)
+        write_line(err, f"{state.script}: error: {reason}")
     state.summary = "\n".join(filter(None, [state.summary, reason and f"error: {reason}"]))
     if state.logging_ready:
         counts: dict[str, int] = {}

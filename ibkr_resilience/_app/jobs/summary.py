@@ -49,20 +49,28 @@ def print_summary(state: RunState, code: int, out: IO[str] | None = None) -> Non
     lines.append(f"result: {tally}; exit {code}")
     lines.extend(state.footer)
     state.summary = "\n".join(lines)
+    write_line(stream, state.summary)
+
+
+def write_line(stream: IO[str], text: str) -> None:
+    """Print ``text`` to ``stream``; a closed pipe or terminal is ignored.
+
+    `| head -1`, a dead terminal, a log collector gone: the run's outcome is in the
+    journal, the log and the exit code, and none of them may change because a courtesy
+    line could not be shown. A closed ``sys.stdout``/``sys.stderr`` is pointed at
+    /dev/null, so that Python's flush at exit does not fail again (a traceback, exit 120).
+    """
     try:
-        print(state.summary, file=stream, flush=True)
+        print(text, file=stream, flush=True)
     except BrokenPipeError:
-        # `| head -1`, a dead terminal: the run's outcome is in the journal, the log and
-        # the exit code; the summary is a courtesy. Point stdout at /dev/null so that
-        # Python's flush at exit does not fail again (a traceback, exit 120).
-        if out is None:
-            _stdout_to_devnull()
+        if stream is sys.stdout or stream is sys.stderr:
+            _to_devnull(stream)
 
 
-def _stdout_to_devnull() -> None:
+def _to_devnull(stream: IO[str]) -> None:
     with contextlib.suppress(OSError, ValueError):
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(devnull, sys.stdout.fileno())
+            os.dup2(devnull, stream.fileno())
         finally:
             os.close(devnull)

@@ -47,6 +47,19 @@ def test_check_failure_names_the_class(fake_gateway: FakeGateway) -> None:
     assert line.startswith("FAIL rejected: ") and "(1 attempt(s)" in line
 
 
+def test_check_reports_an_ib_outage_within_its_timeout(fake_gateway: FakeGateway) -> None:
+    """A gateway in IB's nightly reset (1100 at connect): the one attempt is reported as
+    ``ib_offline`` within ``--timeout``, not after the job's whole connect budget (was
+    120 s for ``--timeout 3``)."""
+    fake_gateway.ib_offline(3600)
+    r = run("check", "--port", str(fake_gateway.port), "--timeout", "1")
+    assert r.returncode == 1, r.stderr
+    (line,) = r.stdout.splitlines()
+    assert line.startswith("FAIL ib_offline: ") and "(1 attempt(s)" in line
+    elapsed = float(line.rsplit(", ", 1)[1].removesuffix(" s)"))
+    assert elapsed <= 1.5, line
+
+
 def test_check_down_uses_the_environment() -> None:
     with FakeGateway() as gw:
         port = gw.port

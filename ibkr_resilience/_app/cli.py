@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._connect.accounts import is_paper_account
-from .._core.config import GATEWAY_PAPER_PORT, check_setting
+from .._core.config import GATEWAY_PAPER_PORT, SessionConfig, check_setting
 from ..errors import ConfigError, ConnectionFailed, LiveAccountRefused
 from .usage import OneLineErrorParser
 
@@ -52,6 +52,11 @@ def _quiet_logging(args: argparse.Namespace, env: Mapping[str, str]) -> None:
         configure_logging(script="ibkr-resilience-check", env=log_env, stream=io.StringIO())
 
 
+def _attempt_bound(timeout: float | None, env: Mapping[str, str]) -> float:
+    """``--timeout``, else the configured per-attempt bound (``IBKR_CONNECT_TIMEOUT``)."""
+    return timeout if timeout is not None else float(SessionConfig.from_env(env).timeout)
+
+
 def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .._connect.accounts import describe_ib
     from .._session.session import ibkr_session
@@ -65,8 +70,11 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             args.port,
             timeout=args.timeout,
             # One bounded attempt unless --wait gives a budget to ride out a restart in.
+            # Without --wait the budget is that attempt's --timeout: a gateway in an IB
+            # outage (1100) is then reported at once, not waited on for
+            # IBKR_CONNECT_MAX_TIME (found by a newcomer: 120 s for `--timeout 3`).
             max_attempts=None if args.wait else 1,
-            max_time=args.wait or None,
+            max_time=args.wait or _attempt_bound(args.timeout, env),
             alert=None if args.alert else _no_alert,
             # A probe is not the job: it must not ping the job's healthcheck, nor touch
             # the job's alert de-dup state unless it alerts itself.

@@ -26,7 +26,7 @@ from ibkr_resilience import ConfigError, SessionConfig, TelegramAlert
 from ibkr_resilience._core.statedir import state_dir
 from ibkr_resilience._notify.alert_state import FailureKey
 from ibkr_resilience._notify.dedup import AlertDeduplicator
-from ibkr_resilience.testing import BotApi, HttpServer
+from ibkr_resilience.testing import BotApi, HttpServer, JsonLogCapture
 
 TOKEN = "777000111:AAHostileEndpointToken_abcdefghijkl"
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,3 +237,15 @@ def test_an_empty_or_relative_home_is_ignored_for_the_passwd_entry(
     expected = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".local" / "state" / "ibkr_resilience"
     assert state_dir({"HOME": home}) == expected
     assert state_dir() == expected
+
+
+def test_a_relative_xdg_state_home_is_ignored_with_one_warning(tmp_path: Path) -> None:
+    """The XDG spec says ignore it; it is, but never silently (the journal would move
+    without a word, and a run would forget what it placed)."""
+    env = {"HOME": str(tmp_path), "XDG_STATE_HOME": "relative/state-dir"}
+    with JsonLogCapture() as logs:
+        first, second = state_dir(env), state_dir(env)
+    assert first == second == tmp_path / ".local" / "state" / "ibkr_resilience"
+    (warning,) = logs.events("ibkr.state_dir.relative_xdg_ignored")
+    assert warning["level"] == "warning" and warning["xdg_state_home"] == "relative/state-dir"
+    assert warning["used"] == str(first)

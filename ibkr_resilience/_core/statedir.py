@@ -75,10 +75,15 @@ def read_small_file(path: str | os.PathLike[str], max_bytes: int) -> str:
     return read_small_bytes(path, max_bytes).decode("utf-8")
 
 
+_WARNED: set[str] = set()
+"""Relative ``XDG_STATE_HOME`` values already warned about (one warning per process)."""
+
+
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
     """``$XDG_STATE_HOME/ibkr_resilience``, else ``<home>/.local/state/ibkr_resilience``.
 
-    The XDG spec says a relative ``XDG_STATE_HOME`` is invalid and must be ignored; an
+    The XDG spec says a relative ``XDG_STATE_HOME`` is invalid and must be ignored (with
+    a warning here, ``ibkr.state_dir.relative_xdg_ignored``, also on stderr); an
     empty or relative ``HOME`` is ignored the same way (``~`` would expand to ``/`` or
     to a path under whatever directory cron started in), and the home directory is then
     the passwd entry's. With no usable ``HOME`` and no passwd entry for the user (a
@@ -91,6 +96,16 @@ def state_dir(env: Mapping[str, str] | None = None) -> Path:
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / "ibkr_resilience"
     home = _home(environ)
+    if xdg and xdg not in _WARNED:
+        # Ignored as the spec says, but never silently: the journal there is the run's
+        # memory of what it placed, and a switched journal would forget it.
+        _WARNED.add(xdg)
+        log.warning(
+            "ibkr.state_dir.relative_xdg_ignored",
+            xdg_state_home=xdg,
+            used=str(Path(home) / ".local" / "state" / "ibkr_resilience") if home else "",
+            reason="XDG_STATE_HOME must be an absolute path (XDG Base Directory spec)",
+        )
     if not home:
         fallback = Path(tempfile.gettempdir()) / f"ibkr_resilience-{os.getuid()}" / "state"
         log.warning(

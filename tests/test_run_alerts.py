@@ -232,3 +232,15 @@ def test_sighup_in_the_async_form_ends_the_session_with_129() -> None:
     with pytest.raises(SystemExit) as stopped:
         asyncio.run(job())
     assert stopped.value.code == 129
+
+
+def test_every_exit_code_has_a_clean_meaning_for_the_alert() -> None:
+    """Each documented code is worded from ``EXIT_CODES_HELP`` without a dangling
+    separator (the exit-6 alert read "... past IBKR_LOCK_WAIT;")."""
+    from ibkr_resilience._app.jobs.exits import ExitCode
+    from ibkr_resilience._app.jobs.run_alerts import exit_meaning
+
+    for code in ExitCode:
+        meaning = exit_meaning(int(code))
+        assert meaning and meaning != "failed", code
+        assert not meaning.endswith((";", ",")), (code, meaning)

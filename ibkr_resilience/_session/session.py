@@ -163,7 +163,7 @@ class IBKRSession(AsyncSessionForm):
         raise LiveAccountRefused(
             f"no paper account (id starting with 'D') among {accounts} on "
             f"{self.config.host}:{self.config.port}; refusing to trade live. "
-            "Pass paper_only=False or set IBKR_ALLOW_LIVE=1 to allow it.",
+            "Set IBKR_ALLOW_LIVE=1 (in code: ibkr_session(paper_only=False)) to allow it.",
             accounts=accounts,
         )
 

@@ -66,7 +66,7 @@ def exit_meaning(code: int) -> str:
     if code in EXIT_MEANINGS:
         return EXIT_MEANINGS[code]
     found = re.search(rf"^  {code}\s+(.+)$", EXIT_CODES_HELP, re.M)
-    return found.group(1).strip() if found else "failed"
+    return found.group(1).strip().rstrip(";,") if found else "failed"
 
 
 SIGNAL_CODES = frozenset({ExitCode.HANGUP, ExitCode.INTERRUPTED, ExitCode.TERMINATED})

@@ -153,7 +153,8 @@ def test_sigterm_mid_run_then_rerun_places_every_order_once(tmp_path: Path) -> N
                 cwd=tmp_path,
                 stdout=o,
                 stderr=e,
-                env=script_env(tmp_path, IBKR_ACK_TIMEOUT="30"),
+                # One order in flight; the windowed kill: test_fault_matrix_window.py.
+                env=script_env(tmp_path, IBKR_ACK_TIMEOUT="30", IBKR_ORDER_WINDOW="1"),
             )
             try:
                 # hard deadlines, the interpreter's start-up on a loaded machine included
@@ -203,7 +204,8 @@ def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
     dropper = threading.Thread(target=drop_when_held)
     dropper.start()
     try:
-        assert submit(gw, tmp_path, env=script_env(tmp_path, IBKR_ACK_TIMEOUT="20")) == 1
+        env = script_env(tmp_path, IBKR_ACK_TIMEOUT="20", IBKR_ORDER_WINDOW="1")
+        assert submit(gw, tmp_path, env=env) == 1
     finally:
         dropper.join()
     ended = time.monotonic()

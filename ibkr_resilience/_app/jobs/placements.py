@@ -86,7 +86,12 @@ def placed_refs(ib: Any, account: str) -> dict[str, Found]:
     answer was cut short.
     """
     found: dict[str, Found] = {}
-    for trade in [*respect_reported_ids(ib, ib.reqAllOpenOrders()), *ib.openTrades()]:
+    # Both requests in one round trip (each is one gateway reply away), bounded as the
+    # blocking calls are (``RequestTimeout``; 0 means none).
+    open_orders, executions = ib.run(
+        ib.reqAllOpenOrdersAsync(), ib.reqExecutionsAsync(), timeout=ib.RequestTimeout or None
+    )
+    for trade in [*respect_reported_ids(ib, open_orders), *ib.openTrades()]:
         order = trade.order
         if order.orderRef and order.account in (account, ""):
             status = order_status(trade)
@@ -94,7 +99,7 @@ def placed_refs(ib: Any, account: str) -> dict[str, Found]:
                 order.orderRef,
                 Found("open order", order.orderId or None, order.permId or None, status, trade),
             )
-    for fill in [*ib.reqExecutions(), *ib.fills()]:
+    for fill in [*executions, *ib.fills()]:
         ex = fill.execution
         if ex.orderRef and ex.acctNumber in (account, ""):
             found.setdefault(

@@ -51,6 +51,7 @@ from .placements import (
     placed_refs,
     read_placements,
     removed_refs,
+    request_refs,
     review,
 )
 from .plan import Plan, PlannedOrder, check_plan_id, load_plan
@@ -169,8 +170,9 @@ class Submitter(ReviewedRows):
     def _run(self, ib: Any) -> None:
         self.account = paper_account(ib)
         contracts = self.plan.contracts()
+        requested = request_refs(ib)  # answered while the contracts are qualified
         failures = qualify(ib, contracts)
-        placed = placed_refs(ib, self.account)
+        placed = placed_refs(ib, self.account, requested)
         log.info(
             "submit.checked",
             account=self.account,

@@ -193,6 +193,7 @@ class Submitter(ReviewedRows):
             record=self._record_unit,
             cut_short=self._record_cut_short,
             stop_after=lambda trades, event: self._stop_after(ib, trades, event),
+            batch=self.journal.batch,
         )
         with window:
             for row in self.plan:

@@ -38,6 +38,7 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -106,6 +107,7 @@ class OrderWindow(Generic[K]):
         record: Record[K],
         cut_short: CutShort[K],
         stop_after: StopAfter,
+        batch: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if size < 1:
@@ -117,6 +119,7 @@ class OrderWindow(Generic[K]):
         self._record = record
         self._cut_short = cut_short
         self._stop_after = stop_after
+        self._batch = batch
         self._clock = clock
         self._queue: deque[Unit[K] | Callable[[], None]] = deque()
         self._in_flight = 0
@@ -147,6 +150,7 @@ class OrderWindow(Generic[K]):
         self._settle_ready()
         while self._in_flight >= self.size:
             self._settle_head()
+            self._settle_ready()
 
     def place(self, key: K, contract: Any, orders: list[Any], announce: Callable[[], None]) -> bool:
         """Send one unit: make room, wait out an IB outage, ``announce()`` (the fsynced
@@ -169,7 +173,7 @@ class OrderWindow(Generic[K]):
     def then(self, record: Callable[[], None]) -> None:
         """Run ``record()`` once every unit placed before has its outcome recorded: at
         once if none is in flight (a row that sends nothing keeps its place in the plan)."""
-        if self._in_flight == 0:
+        if not self._queue:
             record()
         else:
             self._queue.append(record)
@@ -178,16 +182,20 @@ class OrderWindow(Generic[K]):
         """Wait for and record every unit still in flight, oldest first."""
         while self._queue:
             self._settle_head()
+            self._settle_ready()
 
     # ----------------------------------------------------------------- internals
     def _settle_ready(self) -> None:
-        if self._queue:
-            pump()
-        while self._queue:
-            head = self._queue[0]
-            if isinstance(head, Unit) and not head.settled():
-                return
-            self._settle_head()
+        """Record every head already answered, in one journal batch (one disk flush)."""
+        if not self._queue:
+            return
+        pump()
+        with self._batch():
+            while self._queue:
+                head = self._queue[0]
+                if isinstance(head, Unit) and not head.settled():
+                    return
+                self._settle_head()
 
     def _settle_head(self) -> None:
         head = self._queue[0]

@@ -4,11 +4,13 @@ simulated gateway; which orders are answered is chosen with ``hold_orders``."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ibkr_resilience._app.jobs.gateway_watch import GatewayWatch
+from ibkr_resilience._app.jobs.journal import SENDING, SUBMITTED, Journal, read_journal
 from ibkr_resilience._app.jobs.orders import trade_outcome, wait_for_update
 from ibkr_resilience._app.jobs.window import OrderWindow, Unit
 from ibkr_resilience._connect import compat
@@ -121,3 +123,26 @@ def test_nothing_is_announced_without_a_connection(fake_gateway: FakeGateway, ib
 def test_the_size_is_at_least_one(ib: Any) -> None:
     with pytest.raises(ValueError, match="expected an integer >= 1"):
         window(ib, 0, Recorder())
+
+
+def test_a_journal_batch_writes_outcomes_together(tmp_path: Path) -> None:
+    """Outcomes wait for the end of the batch (one write, one fsync); ``order.sending``
+    never waits; until written, an outcome's order still counts as unrecorded."""
+    path = tmp_path / "j.jsonl"
+
+    def events() -> list[str]:
+        return [r["event"] for r in read_journal(path).records]
+
+    with Journal(path) as journal:
+        journal.sending(order_ref="a", order_id=1)
+        with journal.batch():
+            journal.append(SUBMITTED, order_ref="a")
+            assert events() == [SENDING] and journal.unrecorded() == [("a", 1)]
+            journal.sending(order_ref="b", order_id=2)
+            assert events() == [SENDING, SENDING]
+        assert events() == [SENDING, SENDING, SUBMITTED]
+        assert journal.unrecorded() == [("b", 2)]
+        with pytest.raises(KeyboardInterrupt), journal.batch():
+            journal.append(SUBMITTED, order_ref="b")
+            raise KeyboardInterrupt
+        assert events()[-1] == SUBMITTED and journal.unrecorded() == []

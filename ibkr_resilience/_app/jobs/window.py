@@ -10,7 +10,8 @@ one order, or a bracket's legs) are in flight at once, and the rest of the old r
   any point leaves the journal naming every order that may have reached the gateway;
 * outcomes are recorded oldest first (the head of the window), so the journal and the
   summary stay in plan order; rows that send nothing are queued behind the units in
-  flight (:meth:`OrderWindow.then`) for the same reason;
+  flight (:meth:`OrderWindow.then`) for the same reason; the outcomes found answered
+  together are written in one journal batch (``batch``: one fsync, not one each);
 * a bracket's legs go out back to back in the order given (parent and first child with
   ``transmit=False``, the last child with ``transmit=True``), and count as one unit;
 * nothing is sent while error 1100 is in force (:class:`.gateway_watch.GatewayWatch`):

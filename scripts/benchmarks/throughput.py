@@ -17,9 +17,10 @@ process, as cron runs it, placing a ``--rows``-row plan of limit orders (no fill
 
 Runs are interleaved (one of each contender per round, the order rotated each round),
 each with its own plan id so that every run places fresh orders. Reported: median, min
-and max wall seconds, and each median's ratio to raw. Both contenders go through the
-client library's own throttle (45 requests/s, ``Client.MaxRequests``), which for 120
-orders is most of the raw script's time.
+and max wall seconds, each median's ratio to raw, and the median CPU seconds (user +
+system of the child, which other load on the machine disturbs less than wall time).
+Both contenders go through the client library's own throttle (45 requests/s,
+``Client.MaxRequests``), which for 120 orders is most of the raw script's time.
 
 ``section()`` runs the measurement and returns the figures, for ``bench.py``.
 """
@@ -30,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -84,13 +86,23 @@ def write_plan(path: Path, rows: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def run_timed(cmd: Sequence[str], env: dict[str, str]) -> float:
-    """Wall seconds of one child process run to completion; raises if it fails."""
+CPU: dict[str, list[float]] = {}
+"""CPU seconds (user + system) of each contender's runs, filled by :func:`run_timed`."""
+
+
+def run_timed(cmd: Sequence[str], env: dict[str, str], name: str = "") -> float:
+    """Wall seconds of one child process run to completion (its CPU seconds go to
+    ``CPU[name]``: less disturbed than wall time by other work on the machine); raises
+    if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} exited {done.returncode}: {done.stderr[-500:]}")
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    CPU.setdefault(name, []).append(cpu)
     return elapsed
 
 
@@ -102,7 +114,8 @@ def _contenders(
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp)}
 
     def raw(tag: str) -> float:
-        return run_timed([sys.executable, __file__, "--raw", str(port), str(rows), tag], base)
+        cmd = [sys.executable, __file__, "--raw", str(port), str(rows), tag]
+        return run_timed(cmd, base, "raw")
 
     def submit(window: int) -> Callable[[str], float]:
         def run(tag: str) -> float:
@@ -115,7 +128,7 @@ def _contenders(
                 "IBKR_ORDER_WINDOW": str(window),
             }
             cmd = [sys.executable, str(SUBMIT), "--plan", str(plan), "--port", str(port)]
-            return run_timed([*cmd, "--plan-id", tag], env)
+            return run_timed([*cmd, "--plan-id", tag], env, f"submit_orders, window {window}")
 
         return run
 
@@ -135,6 +148,7 @@ def section(
     """Measure and print the throughput section; return ``{contender: {median_s, min_s,
     max_s, ratio, runs_s}}`` plus the parameters."""
     times: dict[str, list[float]] = {}
+    CPU.clear()
     with tempfile.TemporaryDirectory() as tmp, gateway_process(delay) as port:
         contenders = _contenders(port, rows, windows, Path(tmp))
         names = list(contenders)
@@ -146,18 +160,25 @@ def section(
     raw_median = statistics.median(times["raw"])
     results: dict[str, Any] = {"rows": rows, "delay_s": delay, "runs": runs}
     out(f"## Order throughput: {rows} rows, {delay * 1000:g} ms per reply, {runs} runs each")
-    out(f"{'contender':<28} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7}")
+    raw_cpu = statistics.median(CPU["raw"])
+    head = f"{'contender':<28} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7}"
+    out(f"{head} {'CPU':>7} {'ratio':>7}")
     for name, values in times.items():
         median = statistics.median(values)
-        ratio = median / raw_median
+        cpu = statistics.median(CPU[name])
         results[name] = {
             "median_s": median,
             "min_s": min(values),
             "max_s": max(values),
-            "ratio": ratio,
+            "ratio": median / raw_median,
             "runs_s": values,
+            "cpu_median_s": cpu,
+            "cpu_ratio": cpu / raw_cpu,
         }
-        out(f"{name:<28} {median:>7.2f}s {min(values):>7.2f}s {max(values):>7.2f}s {ratio:>6.2f}x")
+        out(
+            f"{name:<28} {median:>7.2f}s {min(values):>7.2f}s {max(values):>7.2f}s "
+            f"{median / raw_median:>6.2f}x {cpu:>6.2f}s {cpu / raw_cpu:>6.2f}x"
+        )
     return results
 
 

@@ -575,10 +575,9 @@ def test_job_failures_are_always_sent(tmp_path: Path, morning: Any) -> None:
             ibkr_session(ib_factory=Factory("ok"), alert=alert, env=env, sleep=FakeTime().sleep),
         ):
             raise RuntimeError("order rejected")
-        with ibkr_session(
-            ib_factory=Factory("ok"), alert=alert, env=env, sleep=FakeTime().sleep
-        ) as ib:
-            ib.drop()
+        factory = Factory("ok")
+        with ibkr_session(ib_factory=factory, alert=alert, env=env, sleep=FakeTime().sleep):
+            factory.made[-1].drop()
         morning.tick(timedelta(minutes=5))
     titles = [t.splitlines()[0] for t in alert.texts]
     assert titles == ["IBKR SESSION FAILED", "IBKR CONNECTION LOST"] * 2

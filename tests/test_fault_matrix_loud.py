@@ -38,9 +38,10 @@ from test_fault_matrix import (
 from token_audit import AUDIT, AUDIT_TEST
 
 from ibkr_resilience.simulator import FakeGateway
-from ibkr_resilience.testing import BotApi, HttpServer
+from ibkr_resilience.testing import BlackHole, BotApi, HttpServer
 
-running = test_fault_matrix.running  # the fixture, shared (pytest finds it by name)
+running = test_fault_matrix.running  # the fixtures, shared (pytest finds them by name)
+black_hole = test_fault_matrix.black_hole
 
 UUID = "0b8e4c1d-7a2f-4e93-b6d5-3c9f1a2e8d47"
 
@@ -52,6 +53,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "closed_stdout": (0, None),
     "success_pings": (0, None),
     "lost_on_last_row": (1, "IBKR CONNECTION LOST"),
+    "sigterm_while_reporting": (3, None),
 }
 
 
@@ -281,6 +283,33 @@ def test_lost_on_last_row(
 
 
 # --------------------------------------------------------------------------- the table
+def test_sigterm_while_reporting(
+    fake_gateway: FakeGateway,
+    black_hole: BlackHole,
+    healthchecks: Healthchecks,
+    tmp_path: Path,
+    running: Callable[..., Running],
+) -> None:
+    """SIGTERM once the run has ended, while its alert hangs (a Bot API that accepts and
+    never answers): the run still exits with its own code (3) after its bounded alert,
+    and pings ``/3``; before, the signal killed it there (-15, no ping at all)."""
+    gw = fake_gateway
+    gw.reject_orders()
+    env = job_env(
+        tmp_path, black_hole.url, IBKR_HEALTHCHECK_URL=healthchecks.url, IBKR_ALERT_TIMEOUT="3"
+    )
+    job = running(submit_cmd(gw), env, tmp_path)
+    # The run's alert is under way: logged, and its connection taken by the black hole.
+    job.wait_for_log(lambda r: r.get("event") == "ibkr.alert.firing" and bool(black_hole.accepted))
+    run, _ = job.signal_and_wait(signal.SIGTERM)
+    code, _ = EXPECTED["sigterm_while_reporting"]
+    assert run.code == code, run.stderr
+    assert "Traceback" not in run.stderr
+    assert_pinged(healthchecks, "/3", "5 rejected; exit 3")
+    assert run.one("script.end")["exit_code"] == 3
+    assert run.one("ibkr.alert.timed_out")
+
+
 def test_the_reliability_table_states_the_loud_rows() -> None:
     """Each row above is in docs/reliability.md with the exit code and alert asserted."""
     rows: dict[str, list[str]] = {}

@@ -66,7 +66,7 @@ def sent(gw: FakeGateway) -> list[PlaceOrder]:
     return [r.request for r in gw.messages("placeOrder") if isinstance(r.request, PlaceOrder)]
 
 
-NOT_OUTCOMES = {"run.start", "order.sending"}
+NOT_OUTCOMES = {"run.start", "order.sending", "order.amending"}
 """Records before the outcome; tests/test_fault_matrix_records.py checks them."""
 
 
@@ -153,6 +153,12 @@ def test_amend_working_order(fake_gateway: FakeGateway, bot_api: BotApi, tmp_pat
     assert events_of(journal_records(tmp_path), run_id) == Counter(
         {"order.skipped": 1, "order.amended": 1}
     )
+    # The modification was announced (fsynced) before it was handed to the client.
+    msft = [
+        r for r in journal_records(tmp_path) if r["run_id"] == run_id and r.get("row_id") == "msft"
+    ]
+    assert [r["event"] for r in msft] == ["order.amending", "order.amended"]
+    assert msft[0]["order_id"] == before.order_id and msft[0]["quantity"] == 7
 
     again = submit(gw, edited, tmp_path, bot_api)
     assert again.code == 0 and len(sent(gw)) == 3

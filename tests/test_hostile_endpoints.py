@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConfigError, SessionConfig, TelegramAlert
+from ibkr_resilience._core.statedir import state_dir
 from ibkr_resilience._notify.alert_state import FailureKey
 from ibkr_resilience._notify.dedup import AlertDeduplicator
 from ibkr_resilience.testing import BotApi, HttpServer
@@ -222,3 +224,16 @@ def test_no_home_and_no_passwd_entry_falls_back_with_a_warning(tmp_path: Path) -
     assert result.stdout.strip().endswith("ibkr_resilience-54321/state")
     warnings = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
     assert [w["event"] for w in warnings] == ["ibkr.state_dir.fallback"]
+
+
+@pytest.mark.parametrize("home", ["", "  ", "relative/dir"])
+def test_an_empty_or_relative_home_is_ignored_for_the_passwd_entry(
+    home: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``~`` expands an empty HOME to ``/`` and a relative one under the cron job's working
+    directory; neither is a home. The passwd entry's is used, as for no HOME at all."""
+    monkeypatch.setenv("HOME", home)  # the process's own too: ``~`` reads it
+    monkeypatch.delenv("XDG_STATE_HOME")
+    expected = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".local" / "state" / "ibkr_resilience"
+    assert state_dir({"HOME": home}) == expected
+    assert state_dir() == expected

@@ -5,16 +5,14 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import logging
 from collections.abc import Iterator
 from unittest import mock
 
 import pytest
-import structlog
 
 import ibkr_resilience
 from ibkr_resilience._connect import compat
-from ibkr_resilience.testing import BotApi, JsonLogCapture, closed_port_url
+from ibkr_resilience.testing import BotApi, JsonLogCapture, closed_port_url, restored_logging
 from scripts.paper_trading.lib import connection
 
 MODULE = "scripts.paper_trading.lib.connection"
@@ -31,16 +29,10 @@ def _clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     ):
         monkeypatch.delenv(name, raising=False)
     importlib.reload(connection)
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    monkeypatch.undo()
-    importlib.reload(connection)
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
+    with restored_logging():
+        yield
+        monkeypatch.undo()
+        importlib.reload(connection)
 
 
 def test_public_names_and_defaults() -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import re
 import shutil
@@ -31,6 +30,7 @@ import structlog
 from ibkr_resilience import ConnectionFailed, configure_logging, ibkr_session
 from ibkr_resilience._connect.compat import LOGGER_PREFIX
 from ibkr_resilience.simulator import FakeGateway
+from ibkr_resilience.testing import restored_logging
 
 LNAV = shutil.which("lnav")
 # CI installs lnav (.ci/run): there a missing lnav fails the tests instead of skipping them.
@@ -102,9 +102,7 @@ def _run_sessions() -> list[str]:
 @pytest.fixture(scope="module")
 def real_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("lnav-log") / "ibkr.log"
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    try:
+    with restored_logging():
         configure_logging(
             format="json",
             level="DEBUG",  # the client library's wire lines too: every kind of line must parse
@@ -115,13 +113,6 @@ def real_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
             env={},
         )
         alerts = _run_sessions()
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-                handler.close()
-        root.setLevel(level)
-        structlog.reset_defaults()
     assert len(alerts) == 2  # the two sessions that gave up
     return path
 

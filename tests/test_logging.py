@@ -18,7 +18,7 @@ from freezegun import freeze_time
 
 from ibkr_resilience import ConfigError, configure_logging
 from ibkr_resilience._connect.compat import LOGGER_PREFIX
-from ibkr_resilience.testing import BotApi
+from ibkr_resilience.testing import BotApi, restored_logging
 
 TOKEN = "987654321:AAHsecretTokenValue-abcdefghij_KLMN"
 RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
@@ -26,15 +26,8 @@ RFC3339_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    root.setLevel(level)
-    structlog.reset_defaults()
+    with restored_logging():
+        yield
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:

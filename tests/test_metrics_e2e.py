@@ -43,6 +43,20 @@ def env(tmp_path: Path, **extra: str) -> dict[str, str]:
     }
 
 
+def submit_orders(*args: str | int) -> list[str]:
+    """The command line of the submit script on the example plan."""
+    return [sys.executable, str(SCRIPTS / "submit_orders.py"), "--plan", str(PLAN), *map(str, args)]
+
+
+def run(
+    tmp_path: Path, cmd: list[str], timeout: float = 120, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` to its end as cron would, with ``env(tmp_path, **extra)``."""
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env(tmp_path, **extra)
+    )
+
+
 def test_each_run_rewrites_its_jobs_textfile(tmp_path: Path) -> None:
     (tmp_path / "textfiles").mkdir()
     prom = tmp_path / "textfiles" / "ibkr_resilience_submit_orders.prom"
@@ -53,14 +67,7 @@ def test_each_run_rewrites_its_jobs_textfile(tmp_path: Path) -> None:
         gw.down()
         before = time.time()
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(SCRIPTS / "submit_orders.py"),
-                "--plan",
-                str(PLAN),
-                "--port",
-                str(gw.port),
-            ],
+            submit_orders("--port", gw.port),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -89,33 +96,15 @@ def test_each_run_rewrites_its_jobs_textfile(tmp_path: Path) -> None:
         assert submitted > 0 and submitted <= placed
 
         # close_positions writes a file of its own.
-        r = subprocess.run(
-            [sys.executable, str(SCRIPTS / "close_positions.py"), "--port", str(gw.port)],
-            capture_output=True,
-            text=True,
-            env=env(tmp_path),
-            timeout=120,
-        )
+        close = [sys.executable, str(SCRIPTS / "close_positions.py"), "--port", str(gw.port)]
+        r = run(tmp_path, close)
         assert r.returncode == 0, r.stdout + r.stderr
         closed = samples(tmp_path / "textfiles" / "ibkr_resilience_close_positions.prom")
         assert closed[("ibkr_job_last_exit_code", (("job", "close_positions"),))] == 0
 
     # Run 2: the gateway is gone. The run fails with the connect's failure class, and the
     # time of the last success is carried over for the "no success since" alert.
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPTS / "submit_orders.py"),
-            "--plan",
-            str(PLAN),
-            "--port",
-            str(gw.port),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env(tmp_path, IBKR_CONNECT_MAX_TIME="1"),
-    )
+    r = run(tmp_path, submit_orders("--port", gw.port), IBKR_CONNECT_MAX_TIME="1")
     assert r.returncode == 1, r.stdout + r.stderr
     second = samples(prom)
     assert second[("ibkr_job_last_exit_code", job)] == 1
@@ -132,13 +121,7 @@ def test_each_run_rewrites_its_jobs_textfile(tmp_path: Path) -> None:
 
 def test_a_bad_setting_is_still_a_failed_run_in_the_metrics(tmp_path: Path) -> None:
     (tmp_path / "textfiles").mkdir()
-    r = subprocess.run(
-        [sys.executable, str(SCRIPTS / "submit_orders.py"), "--plan", str(PLAN)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env(tmp_path, IBKR_PORT="nope"),
-    )
+    r = run(tmp_path, submit_orders(), timeout=60, IBKR_PORT="nope")
     assert r.returncode == 2
     got = samples(tmp_path / "textfiles" / "ibkr_resilience_submit_orders.prom")
     job = (("job", "submit_orders"),)
@@ -151,20 +134,7 @@ def test_an_unusable_metrics_dir_is_a_warning_not_a_failed_run(tmp_path: Path) -
     """IBKR_METRICS_DIR fails open: the orders matter more than the metrics."""
     missing = tmp_path / "no-such-dir"
     with FakeGateway() as gw:
-        r = subprocess.run(
-            [
-                sys.executable,
-                str(SCRIPTS / "submit_orders.py"),
-                "--plan",
-                str(PLAN),
-                "--port",
-                str(gw.port),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env(tmp_path, IBKR_METRICS_DIR=str(missing)),
-        )
+        r = run(tmp_path, submit_orders("--port", gw.port), IBKR_METRICS_DIR=str(missing))
         assert gw.messages("placeOrder")
     assert r.returncode == 0, r.stdout + r.stderr
     failed = [json.loads(line) for line in r.stderr.splitlines() if '"ibkr.metrics.failed"' in line]

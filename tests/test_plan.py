@@ -494,7 +494,9 @@ def test_a_cell_over_the_csv_field_limit_is_one_clear_error() -> None:
     huge = "A" * (csv.field_size_limit() + 10)
     with pytest.raises(PlanError) as info:
         parse_plan(PRICED_HEADER + f'"{huge}",BUY,1,MKT,\n')
-    assert str(info.value).startswith("invalid order plan plan: not readable as CSV: field larger")
+    assert str(info.value).startswith(
+        "invalid order plan plan: line 2 is not readable as CSV: field larger"
+    )
     assert huge not in str(info.value)
 
 

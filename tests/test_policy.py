@@ -6,7 +6,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 from unittest import mock
 
 import pytest
@@ -15,7 +16,7 @@ from ib_fakes import FakeIB
 from structlog.testing import capture_logs
 
 from ibkr_resilience import ConnectionFailed
-from ibkr_resilience._connect.attempt import blocking_connect, bounded_connect
+from ibkr_resilience._connect.attempt import AttemptSpec, blocking_connect, bounded_connect
 from ibkr_resilience._connect.compat import IB
 from ibkr_resilience._connect.failures import AttemptFailed, FailureClass
 from ibkr_resilience._connect.policy import (
@@ -67,7 +68,7 @@ def attempt_with(behaviour: str, timeout: float) -> tuple[AttemptFailed | None, 
     ib = FakeIB(behaviour)
     started = time.monotonic()
     try:
-        bounded_connect(ib, "127.0.0.1", 7497, 10, timeout)
+        bounded_connect(ib, AttemptSpec("127.0.0.1", 7497, 10, timeout))
     except AttemptFailed as failure:
         return failure, time.monotonic() - started, ib
     return None, time.monotonic() - started, ib
@@ -129,7 +130,7 @@ def test_bound_covers_all_phases_together() -> None:
 def test_disconnect_errors_on_a_failed_instance_are_swallowed() -> None:
     ib = FakeIB("hang", disconnect_raises=True)
     with capture_logs() as logs, pytest.raises(AttemptFailed):
-        bounded_connect(ib, "127.0.0.1", 7497, 10, 0.05)
+        bounded_connect(ib, AttemptSpec("127.0.0.1", 7497, 10, 0.05))
     assert any(e["event"] == "ibkr.disconnect.failed" for e in logs)
     assert ib.client.disconnect_calls >= 1
 
@@ -233,7 +234,7 @@ def real_attempt(port: int, timeout: float) -> tuple[AttemptFailed, float]:
     ib = IB()
     started = time.monotonic()
     with pytest.raises(AttemptFailed) as info:
-        bounded_connect(ib, "127.0.0.1", port, 10, timeout)
+        bounded_connect(ib, AttemptSpec("127.0.0.1", port, 10, timeout))
     assert not ib.client.isConnected()
     return info.value, time.monotonic() - started
 
@@ -286,6 +287,7 @@ def test_blocking_connect_calls_ib_connect_exactly_and_classifies(
 # -- the schedule, driven by backoff, on a fake clock ---------------------------------------
 
 TARGET = Target("127.0.0.1", 7497, 10, 15.0)
+T = TypeVar("T")
 
 
 def policy(**kw: object) -> RetryPolicy:
@@ -299,6 +301,25 @@ def policy(**kw: object) -> RetryPolicy:
     }
     base.update(kw)
     return RetryPolicy(**base)  # type: ignore[arg-type]
+
+
+def on_fake_time(
+    attempt: Callable[[int, float], T],
+    ft: FakeTime,
+    *,
+    target: Target = TARGET,
+    describe: Callable[[T], Mapping[str, Any]] = lambda _result: {},
+    **policy_kw: object,
+) -> T:
+    """``connect_with_retries`` on ``ft``'s clock and sleep, with ``policy(**policy_kw)``."""
+    return connect_with_retries(
+        attempt,
+        policy=policy(**policy_kw),
+        target=target,
+        clock=ft.clock,
+        sleep=ft.sleep,
+        describe=describe,
+    )
 
 
 class Script:
@@ -321,9 +342,7 @@ class Script:
 def test_refused_retries_at_a_short_fixed_interval() -> None:
     ft = FakeTime()
     script = Script([F.REFUSED] * 4, ft)
-    result = connect_with_retries(
-        script, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep
-    )
+    result = on_fake_time(script, ft)
     assert result == "connected"
     assert ft.sleeps == [0.5] * 4
 
@@ -333,7 +352,7 @@ def test_misbehaving_gateway_gets_capped_exponential_backoff() -> None:
     script = Script(
         [F.TIMEOUT, F.REFUSED, F.NOT_LOGGED_IN, F.CLOSED, F.INCOMPLETE_SYNC, F.ERROR], ft
     )
-    connect_with_retries(script, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep)
+    on_fake_time(script, ft)
     # The class is sent into the wait generator: refused and closed (a relay in front of a
     # restarting gateway) take the short interval and do not advance the exponent.
     assert ft.sleeps == [1.0, 0.5, 2.0, 0.5, 4.0, 8.0]
@@ -342,13 +361,7 @@ def test_misbehaving_gateway_gets_capped_exponential_backoff() -> None:
 def test_full_jitter_stays_within_the_exponential_envelope() -> None:
     ft = FakeTime()
     script = Script([F.TIMEOUT] * 6, ft)
-    connect_with_retries(
-        script,
-        policy=policy(jitter=RetryPolicy.jitter),
-        target=TARGET,
-        clock=ft.clock,
-        sleep=ft.sleep,
-    )
+    on_fake_time(script, ft, jitter=RetryPolicy.jitter)
     for delay, ceiling in zip(ft.sleeps, [1, 2, 4, 8, 8, 8], strict=True):
         assert 0 <= delay <= ceiling
     assert len(set(ft.sleeps)) > 1
@@ -358,9 +371,7 @@ def test_max_attempts_gives_up_with_details() -> None:
     ft = FakeTime()
     script = Script([F.REJECTED] * 10, ft, cost=1.0)
     with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
-        connect_with_retries(
-            script, policy=policy(max_attempts=3), target=TARGET, clock=ft.clock, sleep=ft.sleep
-        )
+        on_fake_time(script, ft, max_attempts=3)
     exc = info.value
     assert exc.attempts == 3 and exc.failure_class == "rejected"
     assert isinstance(exc.last_error, TimeoutError) and str(exc.last_error) == "attempt 3"
@@ -392,9 +403,7 @@ def test_budget_is_on_the_injected_monotonic_clock_not_wall_clock() -> None:
     script = Script([F.TIMEOUT] * 1000, ft, cost=15.0)
     # Wall clock frozen (and backoff's own max_time would read it): irrelevant here.
     with freeze_time("2024-01-01"), capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
-        connect_with_retries(
-            script, policy=policy(max_time=60.0), target=TARGET, clock=ft.clock, sleep=ft.sleep
-        )
+        on_fake_time(script, ft, max_time=60.0)
     assert info.value.elapsed <= 60.0 + MIN_ATTEMPT_WINDOW
     assert logs[-1]["reason"] == "max_time"
     # Attempt timeouts and delays are clamped to what is left of the budget.
@@ -406,13 +415,7 @@ def test_attempt_timeout_is_clamped_to_remaining_budget() -> None:
     ft = FakeTime()
     script = Script([F.TIMEOUT] * 5, ft, cost=4.0)
     with pytest.raises(ConnectionFailed):
-        connect_with_retries(
-            script,
-            policy=policy(max_time=10.0, retry_delay=0.0),
-            target=Target("h", 1, 1, 6.0),
-            clock=ft.clock,
-            sleep=ft.sleep,
-        )
+        on_fake_time(script, ft, target=Target("h", 1, 1, 6.0), max_time=10.0, retry_delay=0.0)
     assert [t for _, t in script.calls] == [6.0, 6.0, 2.0]
 
 
@@ -425,22 +428,14 @@ def test_recovers_within_a_second_of_a_restart() -> None:
             raise AttemptFailed(F.REFUSED, ConnectionRefusedError())
         return ft.now
 
-    connected_at = connect_with_retries(
-        attempt, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep
-    )
+    connected_at = on_fake_time(attempt, ft)
     assert restart_ends <= connected_at < restart_ends + 1.0
 
 
 def test_injected_sleep_means_backoff_sleeps_zero() -> None:
     ft = FakeTime()
     with mock.patch("time.sleep") as real_sleep:
-        connect_with_retries(
-            Script([F.TIMEOUT] * 2, ft),
-            policy=policy(),
-            target=TARGET,
-            clock=ft.clock,
-            sleep=ft.sleep,
-        )
+        on_fake_time(Script([F.TIMEOUT] * 2, ft), ft)
     assert ft.sleeps == [1.0, 2.0]
     assert all(c.args == (0.0,) for c in real_sleep.call_args_list)
 
@@ -456,12 +451,8 @@ def test_without_injected_sleep_backoff_sleeps_the_delay_itself() -> None:
 
 def test_fixed_delay_schedule_for_legacy() -> None:
     ft = FakeTime()
-    connect_with_retries(
-        Script([F.REFUSED, F.TIMEOUT], ft),
-        policy=policy(fixed_delay=True, retry_delay=5.0, max_time=None),
-        target=TARGET,
-        clock=ft.clock,
-        sleep=ft.sleep,
+    on_fake_time(
+        Script([F.REFUSED, F.TIMEOUT], ft), ft, fixed_delay=True, retry_delay=5.0, max_time=None
     )
     assert ft.sleeps == [5.0, 5.0]
 
@@ -475,22 +466,15 @@ def test_interrupt_ends_the_loop_at_once() -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        connect_with_retries(
-            attempt, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep
-        )
+        on_fake_time(attempt, ft)
     assert calls == [1] and ft.sleeps == []
 
 
 def test_success_line_reports_server_and_accounts() -> None:
     ft = FakeTime()
     with capture_logs() as logs:
-        connect_with_retries(
-            Script([], ft),
-            policy=policy(),
-            target=TARGET,
-            clock=ft.clock,
-            sleep=ft.sleep,
-            describe=lambda r: {"server_version": 176, "accounts": ["DU1"]},
+        on_fake_time(
+            Script([], ft), ft, describe=lambda r: {"server_version": 176, "accounts": ["DU1"]}
         )
     success = logs[-1]
     assert success["event"] == "ibkr.connect.success"
@@ -503,13 +487,7 @@ def test_326_is_retried_at_the_short_interval_during_its_grace_period_then_given
     ft = FakeTime()
     script = Script([F.REJECTED] * 10, ft)
     with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
-        connect_with_retries(
-            script,
-            policy=policy(max_attempts=10, client_id_grace=2.0),
-            target=TARGET,
-            clock=ft.clock,
-            sleep=ft.sleep,
-        )
+        on_fake_time(script, ft, max_attempts=10, client_id_grace=2.0)
     assert ft.sleeps == [0.5, 0.5, 0.5]  # attempts at 0, 0.5, 1.0, 1.5: none past the grace
     assert info.value.attempts == 4
     assert logs[-1]["event"] == "ibkr.connect.gave_up" and logs[-1]["reason"] == "fail_fast"
@@ -518,7 +496,7 @@ def test_326_is_retried_at_the_short_interval_during_its_grace_period_then_given
 def test_326_that_clears_inside_the_grace_period_connects() -> None:
     ft = FakeTime()
     script = Script([F.REJECTED] * 3, ft)
-    connect_with_retries(script, policy=policy(), target=TARGET, clock=ft.clock, sleep=ft.sleep)
+    on_fake_time(script, ft)
     assert ft.sleeps == [0.5, 0.5, 0.5]
 
 
@@ -526,13 +504,7 @@ def test_no_grace_gives_up_at_the_first_326() -> None:
     ft = FakeTime()
     script = Script([F.REJECTED] * 3, ft)
     with pytest.raises(ConnectionFailed) as info:
-        connect_with_retries(
-            script,
-            policy=policy(client_id_grace=0.0),
-            target=TARGET,
-            clock=ft.clock,
-            sleep=ft.sleep,
-        )
+        on_fake_time(script, ft, client_id_grace=0.0)
     assert info.value.attempts == 1 and ft.sleeps == []
 
 
@@ -541,13 +513,7 @@ def test_closed_before_the_handshake_is_retried_at_the_short_interval_to_the_bud
     ft = FakeTime()
     script = Script([F.CLOSED] * 1000, ft, cost=0.01)
     with capture_logs() as logs, pytest.raises(ConnectionFailed) as info:
-        connect_with_retries(
-            script,
-            policy=policy(max_attempts=1000, max_time=10.0),
-            target=TARGET,
-            clock=ft.clock,
-            sleep=ft.sleep,
-        )
+        on_fake_time(script, ft, max_attempts=1000, max_time=10.0)
     assert ft.sleeps.count(0.5) >= 18  # the last waits are clamped to the budget
     assert info.value.attempts >= 19
     assert logs[-1]["reason"] == "max_time"
@@ -557,11 +523,5 @@ def test_legacy_fixed_schedule_is_not_cut_short_by_fail_fast() -> None:
     ft = FakeTime()
     script = Script([F.REJECTED] * 5, ft)
     with pytest.raises(ConnectionFailed) as info:
-        connect_with_retries(
-            script,
-            policy=policy(max_attempts=5, fixed_delay=True),
-            target=TARGET,
-            clock=ft.clock,
-            sleep=ft.sleep,
-        )
+        on_fake_time(script, ft, max_attempts=5, fixed_delay=True)
     assert info.value.attempts == 5

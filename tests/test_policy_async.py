@@ -20,6 +20,7 @@ from test_policy import policy
 
 from ibkr_resilience import ConnectionFailed, RunningEventLoopError
 from ibkr_resilience._connect.attempt import (
+    AttemptSpec,
     bounded_connect,
     bounded_connect_async,
     disconnect_quietly,
@@ -237,9 +238,9 @@ def attempt_in(form: str, behaviour: str, timeout: float) -> tuple[Outcome, floa
     failure: AttemptFailed | None = None
     try:
         if form == "sync":
-            bounded_connect(ib, "127.0.0.1", 7497, 10, timeout)
+            bounded_connect(ib, AttemptSpec("127.0.0.1", 7497, 10, timeout))
         else:
-            run(bounded_connect_async(ib, "127.0.0.1", 7497, 10, timeout))
+            run(bounded_connect_async(ib, AttemptSpec("127.0.0.1", 7497, 10, timeout)))
     except AttemptFailed as exc:
         failure = exc
     elapsed = time.monotonic() - started
@@ -288,7 +289,9 @@ def test_cancelled_async_attempt_stops_connecting_and_disconnects() -> None:
     ib = FakeIB("hang")
 
     async def main() -> None:
-        task = asyncio.ensure_future(bounded_connect_async(ib, "127.0.0.1", 7497, 10, 30.0))
+        task = asyncio.ensure_future(
+            bounded_connect_async(ib, AttemptSpec("127.0.0.1", 7497, 10, 30.0))
+        )
         while not ib.connect_calls:
             await asyncio.sleep(0)  # until the attempt has started (a few loop steps)
         task.cancel()
@@ -304,7 +307,7 @@ def test_sync_attempt_inside_a_running_loop_is_refused_before_connecting() -> No
     ib = FakeIB("ok")
 
     async def main() -> None:
-        bounded_connect(ib, "127.0.0.1", 7497, 10, 1.0)
+        bounded_connect(ib, AttemptSpec("127.0.0.1", 7497, 10, 1.0))
 
     with pytest.raises(RunningEventLoopError, match="async with") as info:
         run(main())

@@ -9,20 +9,21 @@ gateway's socket stays up.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import pytest
+from client_helpers import wait_until
 from test_simulator_faults import (
     ClientIdBusyFor,
     Outage,
     ReadOnlyApi,
     RelayFront,
     Unanswered,
-    wait_until,
 )
 
-from ibkr_resilience import ConnectionFailed, ibkr_session
+from ibkr_resilience import ConnectionFailed, SessionConfig, ibkr_session
 from ibkr_resilience.simulator import (
     Connection,
     FakeGateway,
@@ -176,13 +177,61 @@ def test_ib_offline_at_connect_is_waited_on_then_its_own_class_with_an_alert(
     ):
         pass
     assert info.value.failure_class == "ib_offline"
-    failed = logs.events("ibkr.connect.failed")
-    # Each attempt waited out its bound for 1101/1102 (the last one is clamped to the budget).
-    assert len(failed) >= 2 and all(f["attempt_ms"] >= 400 for f in failed[:-1])
+    # One connection, held for the rest of the budget while waiting for 1101/1102: a
+    # reconnect cannot help (the gateway is fine, IB is not).
+    [failed] = logs.events("ibkr.connect.failed")
+    assert 2000 * 0.9 <= failed["attempt_ms"] <= 2000 + 300
+    assert "within 2 s" in failed["error"] or "within 1.9" in failed["error"]
+    [waiting] = logs.events("ibkr.connect.ib_offline")
+    assert waiting["wait_s"] <= 2.0
     assert logs.events("ibkr.connect.gave_up")[0]["reason"] == "max_time"
+    assert len(fake_gateway.events("sim.connection.open")) == 1
     [text] = alerts.texts
     assert "Failure: ib_offline" in text and "1100" in text
     assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 5)
+
+
+def test_ib_offline_wait_is_configured_apart_from_the_budget(fake_gateway: FakeGateway) -> None:
+    """``ib_offline_wait`` (the scripts: IBKR_OUTAGE_WAIT) bounds the wait, not the budget."""
+    alerts = RecordingAlert()
+    fake_gateway.add_fault(OfflineAtConnect())
+    started = time.monotonic()
+    with (
+        JsonLogCapture() as logs,
+        pytest.raises(ConnectionFailed) as info,
+        ibkr_session(
+            10,
+            "127.0.0.1",
+            fake_gateway.port,
+            alert=alerts,
+            config=SessionConfig(timeout=0.5, max_time=30.0, ib_offline_wait=0.5),
+        ),
+    ):
+        pass
+    assert time.monotonic() - started < 0.5 + 1.5  # not the 30 s budget
+    assert info.value.failure_class == "ib_offline" and info.value.attempts == 1
+    assert logs.events("ibkr.connect.gave_up")[0]["reason"] == "fail_fast"
+    assert "within 0.5 s" in str(info.value.last_error)
+    [text] = alerts.texts
+    assert "1100" in text
+
+
+def test_ib_offline_at_connect_async_form_waits_the_same(fake_gateway: FakeGateway) -> None:
+    """``async with``: the same one-connection wait, bounded by ``ib_offline_wait``."""
+    alerts = RecordingAlert()
+    fake_gateway.add_fault(OfflineAtConnect())
+    config = SessionConfig(timeout=0.5, max_time=30.0, ib_offline_wait=0.5)
+
+    async def enter() -> None:
+        async with ibkr_session(10, "127.0.0.1", fake_gateway.port, alert=alerts, config=config):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as info:
+        asyncio.run(enter())
+    assert time.monotonic() - started < 0.5 + 1.5
+    assert info.value.failure_class == "ib_offline" and info.value.attempts == 1
+    assert len(fake_gateway.events("sim.connection.open")) == 1
 
 
 def test_ib_offline_that_clears_inside_the_attempt_connects(fake_gateway: FakeGateway) -> None:

@@ -8,6 +8,7 @@ are short through the environment; nothing sleeps: waits are on gateway events.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -191,11 +192,10 @@ def test_sigterm_mid_run_then_rerun_places_every_order_once(tmp_path: Path) -> N
     assert held["order_id"] == in_gateway[rows[2].order_ref]
 
 
-def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
-    fake_gateway: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    gw = fake_gateway
-    gw.hold_orders(after=1)
+@contextlib.contextmanager
+def dropping_when_an_order_is_held(gw: FakeGateway) -> Iterator[None]:
+    """Inside the block, another thread drops every connection once the gateway holds an
+    order (``gw.hold_orders``); the block's end waits for that thread."""
 
     def drop_when_held() -> None:
         if gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=10):
@@ -204,10 +204,19 @@ def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
     dropper = threading.Thread(target=drop_when_held)
     dropper.start()
     try:
-        env = script_env(tmp_path, IBKR_ACK_TIMEOUT="20", IBKR_ORDER_WINDOW="1")
-        assert submit(gw, tmp_path, env=env) == 1
+        yield
     finally:
         dropper.join()
+
+
+def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
+    fake_gateway: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gw = fake_gateway
+    gw.hold_orders(after=1)
+    env = script_env(tmp_path, IBKR_ACK_TIMEOUT="20", IBKR_ORDER_WINDOW="1")  # one in flight
+    with dropping_when_an_order_is_held(gw):
+        assert submit(gw, tmp_path, env=env) == 1
     ended = time.monotonic()
     [dropped] = [e for e in gw.events("sim.connection.close") if e["reason"] == "dropped by test"]
     assert ended - dropped["at"] < 3  # the loss ended the wait, not the 20 s deadline
@@ -230,17 +239,8 @@ def test_the_ack_wait_ends_cleanly_when_the_gateway_is_lost(fake_gateway: FakeGa
         trade = ib.placeOrder(
             compat.Stock("AAPL", "SMART", "USD"), compat.LimitOrder("BUY", 1, 100.0)
         )
-
-        def drop_when_held() -> None:
-            if gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=10):
-                gw.drop_connections()
-
-        dropper = threading.Thread(target=drop_when_held)
-        dropper.start()
-        try:
+        with dropping_when_an_order_is_held(gw):
             orders_module.wait_for_acks(ib, [trade], 20)
-        finally:
-            dropper.join()
         ended = time.monotonic()
         assert gw.events("sim.order_held")  # the drop came while the order was unanswered
         [dropped] = gw.events("sim.connection.close")
@@ -469,19 +469,26 @@ def test_close_moc_rerun_skips_the_pending_closing_order(tmp_path: Path) -> None
     assert [r["event"] for r in journal(tmp_path)] == ["order.submitted", "order.skipped"]
 
 
+@contextlib.contextmanager
+def an_owner_protecting_aapl(gw: FakeGateway) -> Iterator[None]:
+    """Client 10 stays connected inside the block, with its stop "protect" on 100 AAPL open."""
+    owner = IB()
+    owner.connect("127.0.0.1", gw.port, clientId=10, timeout=2)
+    try:
+        stop = compat.StopOrder("SELL", 100, 140.0, orderRef="protect")
+        owner.placeOrder(compat.Stock("AAPL", "SMART", "USD"), stop)
+        assert gw.wait_for(lambda: len(open_orders(gw)) == 1, timeout=5)
+        yield
+    finally:
+        owner.disconnect()
+
+
 def test_close_refuses_a_symbol_whose_order_owner_is_connected(tmp_path: Path) -> None:
     with FakeGateway(
         positions=[SimPosition(ACCOUNT, "AAPL", 100, 150.0), SimPosition(ACCOUNT, "MSFT", 5, 400.0)]
     ) as gw:
-        owner = IB()
-        owner.connect("127.0.0.1", gw.port, clientId=10, timeout=2)
-        try:
-            stop = compat.StopOrder("SELL", 100, 140.0, orderRef="protect")
-            owner.placeOrder(compat.Stock("AAPL", "SMART", "USD"), stop)
-            assert gw.wait_for(lambda: len(open_orders(gw)) == 1, timeout=5)
+        with an_owner_protecting_aapl(gw):
             assert close(gw, tmp_path) == 3
-        finally:
-            owner.disconnect()
         assert [o.order_ref for o in open_orders(gw)] == ["protect"]  # not touched
         assert positions(gw) == {"AAPL": 100}  # not closed under a live stop
         assert list(closes(gw).values()) == [("SELL", 5, "MKT")]  # MSFT was still closed
@@ -492,15 +499,8 @@ def test_close_refuses_a_symbol_whose_order_owner_is_connected(tmp_path: Path) -
 
 def test_close_global_cancel_handles_a_connected_owner(tmp_path: Path) -> None:
     with FakeGateway(positions=[SimPosition(ACCOUNT, "AAPL", 100, 150.0)]) as gw:
-        owner = IB()
-        owner.connect("127.0.0.1", gw.port, clientId=10, timeout=2)
-        try:
-            stop = compat.StopOrder("SELL", 100, 140.0, orderRef="protect")
-            owner.placeOrder(compat.Stock("AAPL", "SMART", "USD"), stop)
-            assert gw.wait_for(lambda: len(open_orders(gw)) == 1, timeout=5)
+        with an_owner_protecting_aapl(gw):
             assert close(gw, tmp_path, "--global-cancel") == 0
-        finally:
-            owner.disconnect()
         assert len(gw.messages("reqGlobalCancel")) == 1
         assert open_orders(gw) == [] and positions(gw) == {}
 

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, assert_type
 
 import pytest
 
@@ -27,6 +27,8 @@ from ibkr_resilience import (
     RunningEventLoopError,
     ibkr_session,
 )
+from ibkr_resilience._connect.compat import IB
+from ibkr_resilience._session.session import IBKRSession
 from ibkr_resilience.simulator import FakeGateway, SimPosition
 from ibkr_resilience.testing import JsonLogCapture, RecordingAlert, read_json_lines
 
@@ -35,7 +37,7 @@ DEADLINE = 10.0
 T = TypeVar("T")
 
 
-def session(gw: FakeGateway, **kw: Any) -> Any:
+def session(gw: FakeGateway, **kw: Any) -> IBKRSession:
     kw.setdefault("timeout", 1.0)
     kw.setdefault("max_attempts", 3)
     kw.setdefault("max_time", 10.0)
@@ -74,6 +76,7 @@ def test_happy_path_connects_reads_and_disconnects(
 
     async def main() -> tuple[bool, list[str], Any]:
         async with session(fake_gateway, alert=alerts) as ib:
+            assert_type(ib, IB)  # a user's type checker sees the client library's IB
             now = await ib.reqCurrentTimeAsync()
             return ib.isConnected(), ib.managedAccounts(), now
 

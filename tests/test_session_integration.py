@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_type
 
 import pytest
 
@@ -30,6 +30,8 @@ from ibkr_resilience import (
     configure_logging,
     ibkr_session,
 )
+from ibkr_resilience._connect.compat import IB
+from ibkr_resilience._session.session import IBKRSession
 from ibkr_resilience.simulator import FakeGateway
 from ibkr_resilience.testing import BotApi
 
@@ -77,7 +79,7 @@ def events(lines: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
     return [r for r in lines if r.get("event") == name]
 
 
-def session(gw: FakeGateway, **kw: Any) -> Any:
+def session(gw: FakeGateway, **kw: Any) -> IBKRSession:
     kw.setdefault("timeout", 1.0)
     kw.setdefault("max_attempts", 3)
     kw.setdefault("max_time", 10.0)
@@ -209,6 +211,7 @@ def test_happy_path_logs_attempt_success_and_end(
 ) -> None:
     alerts = Alerts()
     with session(fake_gateway, alert=alerts) as ib:
+        assert_type(ib, IB)  # a user's type checker sees the client library's IB
         assert ib.isConnected()
         assert fake_gateway.connected_client_ids() == [10]
     assert fake_gateway.wait_for(lambda: fake_gateway.connection_count() == 0, 2)

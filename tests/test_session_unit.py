@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from freezegun import freeze_time
 from ib_fakes import Factory
 from structlog.testing import capture_logs
@@ -30,7 +28,7 @@ from ibkr_resilience import (
     ibkr_session,
 )
 from ibkr_resilience._notify.telegram import DisabledAlert
-from ibkr_resilience.testing import FakeTime, RecordingAlert
+from ibkr_resilience.testing import FakeTime, RecordingAlert, restored_logging
 
 TOKEN = "111222333:AAEsessionTokenForTests_abcdefghijk"
 
@@ -202,19 +200,12 @@ def test_exception_in_block_is_logged_alerted_and_reraised_unchanged() -> None:
 
 
 def test_traceback_is_structured_json_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    root = logging.getLogger()
-    handlers = list(root.handlers)
     out = io.StringIO()
-    configure_logging(format="json", stream=out, env={"IFDS_TELEGRAM_BOT_TOKEN": TOKEN})
-    try:
+    with restored_logging():
+        configure_logging(format="json", stream=out, env={"IFDS_TELEGRAM_BOT_TOKEN": TOKEN})
         with pytest.raises(ValueError), session(Factory("ok"), FakeTime()):
             token_in_local = TOKEN  # noqa: F841
             raise ValueError(f"bad call to /bot{TOKEN}/sendMessage")
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-        structlog.reset_defaults()
     lines = [json.loads(x) for x in out.getvalue().splitlines()]
     [error] = [x for x in lines if x["event"] == "ibkr.session.error"]
     assert error["exception"][0]["exc_type"] == "ValueError"
@@ -463,21 +454,14 @@ def test_default_alert_comes_from_the_environment() -> None:
 
 
 def test_session_under_frozen_wall_clock() -> None:
-    root = logging.getLogger()
-    handlers = list(root.handlers)
     out = io.StringIO()
-    configure_logging(format="json", stream=out, env={})
-    try:
+    with restored_logging():
+        configure_logging(format="json", stream=out, env={})
         with (
             freeze_time("2024-06-03T07:00:00Z", real_asyncio=True),
             session(Factory("ok"), FakeTime()) as ib,
         ):
             assert ib.isConnected()
-    finally:
-        for handler in list(root.handlers):
-            if handler not in handlers:
-                root.removeHandler(handler)
-        structlog.reset_defaults()
     stamps = {json.loads(x)["timestamp"] for x in out.getvalue().splitlines()}
     assert stamps == {"2024-06-03T07:00:00Z"}
 

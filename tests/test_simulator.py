@@ -7,6 +7,7 @@ timeouts are short (0.5-1 s) so that the whole file runs in seconds.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import logging
 import os
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from client_helpers import SYNC_REQUESTS, wait_until
 
 from ibkr_resilience._connect import compat
 from ibkr_resilience._connect.compat import IB
@@ -26,16 +28,6 @@ Stock = compat.Stock
 MarketOrder = compat.MarketOrder
 LimitOrder = compat.LimitOrder
 StopOrder = compat.StopOrder
-
-SYNC_REQUESTS = [
-    "startApi",
-    "reqPositions",
-    "reqOpenOrders",
-    "reqCompletedOrders",
-    "reqAccountUpdates",
-    "reqAccountUpdatesMulti",
-    "reqExecutions",
-]
 
 
 def timed_connect(port: int, timeout: float, client_id: int = 10) -> tuple[object, float, IB]:
@@ -55,17 +47,6 @@ def ib_conn(fake_gateway: FakeGateway) -> Iterator[IB]:
     ib.connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=2)
     yield ib
     ib.disconnect()
-
-
-def wait_until(ib: IB, predicate: object, timeout: float = 2.0) -> bool:
-    """Run the client's loop until ``predicate()`` holds (no fixed sleeps)."""
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        ib.waitOnUpdate(timeout=0.05)
-    return True
 
 
 # --------------------------------------------------------------------------- happy path
@@ -461,3 +442,22 @@ def test_hold_orders_leaves_orders_unanswered_until_released(
     assert fake_gateway.release_orders() == 0
     with pytest.raises(ValueError, match="after"):
         fake_gateway.hold_orders(after=-1)
+
+
+def test_a_down_gateway_keeps_its_port(fake_gateway: FakeGateway) -> None:
+    """While down, connections are refused and no other process can be given the port
+    (on a busy machine another test's simulator once was, and a reconnecting client met
+    that one); when it listens again, it is on the same port."""
+    port = fake_gateway.port
+    fake_gateway.down()
+    assert not fake_gateway.listening
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    # A plain bind is refused; an ephemeral one (port 0, as every simulator and client
+    # asks) never picks a port that has a bound socket, so it cannot be handed this one.
+    with socket.socket() as other, pytest.raises(OSError) as taken:
+        other.bind(("127.0.0.1", port))
+    assert taken.value.errno == errno.EADDRINUSE
+    fake_gateway.up()
+    assert fake_gateway.wait_listening(5) and fake_gateway.port == port
+    socket.create_connection(("127.0.0.1", port), timeout=2).close()

@@ -10,9 +10,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
+from client_helpers import connect_once_the_id_is_free, wait_until
 
 from ibkr_resilience._connect import compat
 from ibkr_resilience._connect.compat import IB
@@ -43,16 +43,6 @@ LimitOrder = compat.LimitOrder
 READ_ONLY_TEXT = (
     "Error validating request.-'bN' : cause - The API interface is currently in Read-Only mode."
 )
-
-
-def wait_until(ib: IB, predicate: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Run the client's loop until ``predicate()`` holds (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        ib.waitOnUpdate(timeout=0.05)
-    return True
 
 
 # --------------------------------------------------------------------------- users' faults
@@ -189,16 +179,7 @@ def test_read_only_api_refuses_orders_with_321(fake_gateway: FakeGateway) -> Non
 def test_client_id_busy_only_for_the_first_seconds(fake_gateway: FakeGateway) -> None:
     """326 while the old session is being torn down, then the same id works."""
     fake_gateway.add_fault(ClientIdBusyFor(10, seconds=0.3))
-    refused = 0
-    deadline = time.monotonic() + 5
-    while True:
-        ib = IB()
-        try:
-            ib.connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=0.5)
-            break
-        except TimeoutError:
-            refused += 1
-            assert time.monotonic() < deadline
+    ib, refused = connect_once_the_id_is_free(fake_gateway)
     try:
         assert refused >= 1
         assert [r.client_id for r in fake_gateway.messages("startApi")] == [10] * (refused + 1)

@@ -10,6 +10,7 @@ import threading
 from typing import Any
 
 import pytest
+from client_helpers import SYNC_REQUESTS
 
 from ibkr_resilience._connect import compat
 from ibkr_resilience._connect.compat import IB
@@ -144,12 +145,4 @@ def test_official_ibapi_client_completes_handshake_and_sync() -> None:
             thread.join(timeout=3)
         assert not thread.is_alive()
         names = [r.name for r in gw.messages(client_id=10)]
-        assert {
-            "startApi",
-            "reqPositions",
-            "reqOpenOrders",
-            "reqCompletedOrders",
-            "reqAccountUpdates",
-            "reqAccountUpdatesMulti",
-            "reqExecutions",
-        } <= set(names)
+        assert set(SYNC_REQUESTS) <= set(names)

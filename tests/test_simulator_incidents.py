@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_simulator_faults import wait_until
+from client_helpers import connect_once_the_id_is_free, wait_until
 
 from ibkr_resilience._connect import compat
 from ibkr_resilience._connect.compat import IB
@@ -52,7 +52,9 @@ def seed_other_clients_order(gw: FakeGateway, order_id: int) -> None:
 
 
 def connect(gw: FakeGateway, client_id: int = 10, timeout: float = 2.0) -> IB:
-    return IB().connect("127.0.0.1", gw.port, clientId=client_id, timeout=timeout)
+    ib = IB()
+    ib.connect("127.0.0.1", gw.port, clientId=client_id, timeout=timeout)
+    return ib
 
 
 def aapl_limit(ib: IB, order: LimitOrder | None = None) -> compat.Trade:
@@ -134,15 +136,7 @@ def test_cli_relay_flag() -> None:
 def test_client_id_in_use_for_seconds(fake_gateway: FakeGateway) -> None:
     """326 for the first S seconds after the scenario starts, then the same id works."""
     fake_gateway.client_id_in_use_for(0.3)
-    refused = 0
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            ib = connect(fake_gateway, timeout=0.5)
-            break
-        except TimeoutError:
-            refused += 1
-            assert time.monotonic() < deadline
+    ib, refused = connect_once_the_id_is_free(fake_gateway)
     try:
         assert refused >= 1
         assert len(fake_gateway.events("sim.client_id_in_use")) == refused

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from test_simulator_faults import wait_until
+from client_helpers import wait_until
 from test_simulator_incidents import aapl_limit, connect
 
 from ibkr_resilience._connect import compat

@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import io
 import json
-import logging
 import os
 import threading
 import time
@@ -24,11 +23,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import structlog
 
 from ibkr_resilience import configure_logging, ibkr_session
 from ibkr_resilience._connect.compat import ensure_event_loop
 from ibkr_resilience.simulator import FakeGateway
+from ibkr_resilience.testing import restored_logging
 
 SEQUENTIAL = 500
 CONCURRENT = 20
@@ -38,15 +37,10 @@ ROUNDS = 5  # concurrent rounds, to catch a leak that only shows some of the tim
 @pytest.fixture
 def log_buffer() -> Iterator[io.StringIO]:
     """The real JSON logging into a buffer, undone after the test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     buf = io.StringIO()
-    configure_logging(format="json", level="INFO", stream=buf, script="soak", env={})
-    yield buf
-    for handler in [h for h in root.handlers if h not in handlers]:
-        root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
+    with restored_logging():
+        configure_logging(format="json", level="INFO", stream=buf, script="soak", env={})
+        yield buf
 
 
 def ended(buf: io.StringIO) -> Counter[str]:

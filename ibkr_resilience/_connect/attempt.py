@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from .._core.log import get_logger
@@ -96,11 +97,15 @@ def _settle() -> None:
 
 
 def _fail(
-    ib: Any, failure_class: FailureClass, error: BaseException, progress: Progress
+    ib: Any,
+    failure_class: FailureClass,
+    error: BaseException,
+    progress: Progress,
+    final: bool = False,
 ) -> AttemptFailed:
     disconnect_quietly(ib, reason="failed attempt")
     details = progress.gateway_errors + progress.sync_timeouts
-    return AttemptFailed(failure_class, error, "; ".join(details) or None)
+    return AttemptFailed(failure_class, error, "; ".join(details) or None, final=final)
 
 
 async def _bounded(
@@ -131,10 +136,26 @@ async def _bounded(
     return task
 
 
-async def _attempt(
-    ib: Any, host: str, port: int, client_id: int, timeout: float, readonly: bool = False
-) -> None:
+@dataclass(frozen=True)
+class AttemptSpec:
+    """One connect attempt: where, its bound and its mode."""
+
+    host: str
+    port: int
+    client_id: int
+    timeout: float
+    """Seconds for the whole attempt, every phase included (TCP, handshake, sync)."""
+    readonly: bool = False
+    """Skip the order requests of the sync, like ``IB.connect(readonly=True)``."""
+    offline_wait: float | None = None
+    """Seconds to wait for 1101/1102 once connected to a gateway in 1100 (``None``:
+    what is left of ``timeout``)."""
+
+
+async def _attempt(ib: Any, spec: AttemptSpec) -> None:
     """The one attempt, both forms: bounded, watched and classified, in the running loop."""
+    host, port, client_id, timeout = spec.host, spec.port, spec.client_id, spec.timeout
+    readonly, offline_wait = spec.readonly, spec.offline_wait
     started = time.monotonic()
     progress = Progress()
     loop = asyncio.get_running_loop()
@@ -151,10 +172,20 @@ async def _attempt(
         task = await _bounded(ib, (host, port, client_id, readonly), timeout, progress, wake)
         if task.done() and not task.cancelled() and task.exception() is None and progress.offline:
             # Connected, but IB's servers are unreachable (TWS 1100): wait for 1101/1102
-            # inside this attempt's bound; no order may go out before.
-            left = timeout - (time.monotonic() - started)
+            # on this connection (a reconnect cannot help: the gateway is fine, IB is
+            # not); no order may go out before.
+            if offline_wait is None:
+                offline_wait = timeout - (time.monotonic() - started)
+            log.warning(
+                "ibkr.connect.ib_offline",
+                host=host,
+                port=port,
+                client_id=client_id,
+                wait_s=round(max(0.0, offline_wait), 3),
+                action="connected, IB's servers unreachable (TWS 1100): waiting for 1101/1102",
+            )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(online.wait(), max(0.0, left))
+                await asyncio.wait_for(online.wait(), max(0.0, offline_wait))
     except BaseException:
         # Cancelled, Ctrl-C or SIGTERM while waiting: stop watching and free the socket.
         watch.close()
@@ -182,11 +213,12 @@ async def _attempt(
         error = TimeoutError("initial sync incomplete: " + "; ".join(progress.sync_timeouts))
         raise _fail(ib, FailureClass.INCOMPLETE_SYNC, error, progress)
     if progress.offline:
+        waited = timeout if offline_wait is None else offline_wait
         error = ConnectionError(
             "connected, but the gateway reports IB's servers unreachable (TWS 1100) "
-            f"and did not report them back (1101/1102) within {timeout:g} s"
+            f"and did not report them back (1101/1102) within {waited:g} s"
         )
-        raise _fail(ib, FailureClass.IB_OFFLINE, error, progress)
+        raise _fail(ib, FailureClass.IB_OFFLINE, error, progress, final=True)
     if progress.unanswered_optional:
         log.warning(
             "ibkr.connect.sync_partial",
@@ -203,10 +235,15 @@ def _unanswered(progress: Progress) -> str:
     return f"; no answer to: {', '.join(names)}" if names else ""
 
 
-def bounded_connect(
-    ib: Any, host: str, port: int, client_id: int, timeout: float, readonly: bool = False
-) -> None:
-    """Connect ``ib`` within ``timeout`` seconds, all phases included, or raise AttemptFailed.
+def bounded_connect(ib: Any, spec: AttemptSpec) -> None:
+    """Connect ``ib`` within ``spec.timeout`` seconds, all phases included, or raise
+    AttemptFailed.
+
+    A gateway that connects but reports IB's servers unreachable (TWS 1100) is then
+    waited on, on the same connection, up to ``spec.offline_wait`` seconds (``None``: what
+    is left of ``timeout``) for 1101/1102; if they do not come, the attempt fails with
+    class ``ib_offline``, marked final (retrying would only reconnect to the same
+    outage).
 
     Runs the attempt on ib_insync's loop (``run_until_complete``); raises
     :class:`~ibkr_resilience.errors.RunningEventLoopError` when that loop is already
@@ -215,7 +252,7 @@ def bounded_connect(
     loop = ensure_event_loop()  # the loop ib_insync uses (its util.getLoop)
     if loop.is_running():
         raise RunningEventLoopError(RUNNING_LOOP_MESSAGE)
-    runner = loop.create_task(_attempt(ib, host, port, client_id, timeout, readonly))
+    runner = loop.create_task(_attempt(ib, spec))
     try:
         loop.run_until_complete(runner)
     except BaseException:
@@ -229,16 +266,14 @@ def bounded_connect(
         raise
 
 
-async def bounded_connect_async(
-    ib: Any, host: str, port: int, client_id: int, timeout: float, readonly: bool = False
-) -> None:
+async def bounded_connect_async(ib: Any, spec: AttemptSpec) -> None:
     """:func:`bounded_connect` awaited in the running event loop (``ib.connectAsync``).
 
     Same bound (seconds, all phases), watching and classification; raises
     :class:`AttemptFailed`. A cancellation stops the attempt, disconnects ``ib`` and
     propagates.
     """
-    await _attempt(ib, host, port, client_id, timeout, readonly)
+    await _attempt(ib, spec)
 
 
 def blocking_connect(ib: Any, host: str, port: int, client_id: int, timeout: float) -> None:

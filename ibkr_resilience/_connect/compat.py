@@ -143,10 +143,15 @@ LOGGER_PREFIX: Final[str] = library.__name__
 IB_LOGGER: Final[str] = f"{LOGGER_PREFIX}.ib"
 """The logger that reports "<request> request timed out" during the initial sync."""
 
-# The client library's classes. Typed ``Any``: the two libraries' stubs differ, and the
-# package only relies on what both have.
+# The client library's classes. ``IB`` is typed as the installed library's own class
+# (ib_insync's when both are installed, as at run time), so that a user's type checker
+# sees what ``ibkr_session`` yields; the rest are ``Any``: the two libraries' stubs
+# differ, and the package only relies on what both have.
 if TYPE_CHECKING:
-    IB = Any
+    try:
+        from ib_insync import IB
+    except ImportError:  # only ib_async installed
+        from ib_async import IB  # type: ignore[assignment, no-redef, import-not-found, unused-ignore]
     Contract = Any
     Stock = Any
     Order = Any

@@ -37,12 +37,20 @@ class AttemptFailed(Exception):
     """One attempt failed; carries the class that drives the retry schedule."""
 
     def __init__(
-        self, failure_class: FailureClass, error: BaseException, detail: str | None = None
+        self,
+        failure_class: FailureClass,
+        error: BaseException,
+        detail: str | None = None,
+        *,
+        final: bool = False,
     ) -> None:
         super().__init__(f"{failure_class}: {type(error).__name__}: {error}")
         self.failure_class = failure_class
         self.error = error
         self.detail = detail
+        self.final = final
+        """The attempt already spent its share of the budget on the one thing a retry
+        could wait for (an IB outage at connect): give up now, do not reconnect."""
 
 
 def is_read_only_error(code: object, message: object) -> bool:

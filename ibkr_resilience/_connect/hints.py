@@ -44,7 +44,9 @@ _HINTS: dict[str, str] = {
     ),
     FailureClass.IB_OFFLINE: (
         "the gateway is up but has lost its connection to IB's servers (TWS 1100; IB "
-        "resets them nightly): wait for 1101/1102, or check the gateway's internet link"
+        "resets them nightly) and did not report them back (1101/1102) while the session "
+        "waited (the scripts: IBKR_OUTAGE_WAIT; else the rest of IBKR_CONNECT_MAX_TIME): "
+        "check IB's system status and the gateway's internet link"
     ),
 }
 

@@ -141,11 +141,14 @@ class _Run(Generic[T]):
 
     def give_up(self, failure: Exception) -> bool:
         """backoff's ``giveup`` predicate: the budget, a setting retrying cannot change
-        (Read-Only API), or error 326 past its grace period."""
+        (Read-Only API), an attempt that already waited out its share (1100 at connect),
+        or error 326 past its grace period."""
         if self.budget_exhausted(failure):
             return True
         failure_class = getattr(failure, "failure_class", None)
         if not self.policy.fixed_delay and failure_class in GIVE_UP_AT_ONCE:
+            return True
+        if getattr(failure, "final", False):  # an IB outage already waited out (1100)
             return True
         return (
             not self.policy.fixed_delay

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
@@ -96,6 +96,10 @@ class SessionConfig:
     refused_retry_interval: float = _DEFAULT_REFUSED_INTERVAL
     client_id_grace: float = 30.0
     """Seconds during which error 326 (client id in use) is retried, inside ``max_time``."""
+    ib_offline_wait: float | None = None
+    """Seconds a connect that finds IB's servers unreachable (TWS 1100) waits for
+    1101/1102 on that connection; ``None``: the rest of ``max_time``. The scripts set it
+    to ``IBKR_OUTAGE_WAIT``, the wait they also apply to an outage mid-run."""
     alert_timeout: float = DEFAULT_ALERT_TIMEOUT
     paper_only: bool = True
     readonly: bool = False
@@ -117,6 +121,10 @@ class SessionConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, _SESSION_SPECS)
+        self._check_relations()
+
+    def _check_relations(self) -> None:
+        """The checks between fields, once each field is valid on its own."""
         if self.refused_retry_interval == _DEFAULT_REFUSED_INTERVAL > self.max_time:
             # A budget shorter than the default interval (IBKR_CONNECT_MAX_TIME=0.3) is
             # valid: retry a refused port within the budget, not after it.
@@ -176,6 +184,9 @@ class JobSettings:
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)
 
+    def _check_relations(self) -> None:
+        """No checks between the job settings' fields."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> JobSettings:
         """The environment's values, then the non-``None`` overrides (the command line)."""
@@ -204,6 +215,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("max_retry_delay", None, "non_negative"),
     _Spec("refused_retry_interval", None, "non_negative"),
     _Spec("client_id_grace", "IBKR_CLIENT_ID_GRACE", "non_negative"),
+    _Spec("ib_offline_wait", None, "non_negative", optional=True),
     _Spec("alert_timeout", "IBKR_ALERT_TIMEOUT", "positive"),
     _Spec("paper_only", None, "bool"),
     _Spec("readonly", None, "bool"),
@@ -251,7 +263,7 @@ def env_value(name: str, env: Mapping[str, str] | None = None) -> Any:
 
 
 def _load(
-    cls: Callable[..., _Settings],
+    cls: type[_Settings],
     specs: tuple[_Spec, ...],
     env: Mapping[str, str],
     overrides: Mapping[str, Any],
@@ -271,7 +283,22 @@ def _load(
             raise TypeError(f"unknown setting {key!r}")
         if value is not None:
             values[key] = _convert(by_field[key], value, key)
-    return cls(**values)
+    return _build(cls, values)
+
+
+def _build(cls: type[_Settings], values: Mapping[str, Any]) -> _Settings:
+    """``cls`` from values already checked one by one: no second pass over every field.
+
+    ``cls(**values)`` would run ``__post_init__``, which checks every field again (the
+    defaults included) for callers that build a settings object directly. The defaults
+    are valid by construction (tests/test_perf_paths.py), so only the checks between
+    fields remain.
+    """
+    settings = object.__new__(cls)
+    for f in dataclasses.fields(cls):
+        object.__setattr__(settings, f.name, values.get(f.name, f.default))
+    settings._check_relations()
+    return settings
 
 
 def _check_fields(settings: object, specs: tuple[_Spec, ...]) -> None:

@@ -18,6 +18,7 @@ import logging.handlers
 import os
 import sys
 import uuid
+import weakref
 from collections.abc import Mapping, MutableMapping
 from typing import IO, Any
 
@@ -153,11 +154,16 @@ def configure_logging(
     console = _StreamHandler(out)
     if stream_lvl is not None:  # else the loggers' levels decide, as for the file
         console.setLevel(stream_lvl)
-    console.setFormatter(_formatter(fmt, shared, colors=fmt == "console" and _isatty(out)))
+    console_formatter = _formatter(fmt, shared, colors=fmt == "console" and _isatty(out))
+    console.setFormatter(console_formatter)
     setattr(console, _HANDLER_MARK, True)
     root.addHandler(console)
     if to_file is not None:
-        to_file.setFormatter(_formatter("json", shared, colors=False))
+        # Both sinks JSON: one formatter, so a line both sinks take is rendered once.
+        same = fmt == "json"
+        to_file.setFormatter(
+            console_formatter if same else _formatter("json", shared, colors=False)
+        )
         setattr(to_file, _HANDLER_MARK, True)
         root.addHandler(to_file)
     root.setLevel(lvl)
@@ -205,9 +211,29 @@ def _isatty(stream: IO[str]) -> bool:
     return bool(callable(isatty) and isatty())
 
 
-def _formatter(
-    fmt: str, shared: list[Processor], *, colors: bool
-) -> structlog.stdlib.ProcessorFormatter:
+class _RenderOnce(structlog.stdlib.ProcessorFormatter):
+    """A ``ProcessorFormatter`` that renders a record once for all the sinks sharing it.
+
+    The root logger hands one ``LogRecord`` to each handler in turn; a stderr sink and a
+    file sink with the same format would each run the processors and the JSON renderer
+    (and stamp their own timestamp). The last record and its line are kept as one tuple,
+    so a thread reading it sees a consistent pair; each handler still applies its own
+    level, and the line is the redacted one.
+    """
+
+    _last: tuple[weakref.ref[logging.LogRecord], str] | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        last = self._last
+        if last is not None and last[0]() is record:
+            return last[1]
+        line = super().format(record)
+        # A weak reference: a record with exc_info must not keep its frames alive.
+        self._last = (weakref.ref(record), line)
+        return line
+
+
+def _formatter(fmt: str, shared: list[Processor], *, colors: bool) -> _RenderOnce:
     renderer: Processor
     exceptions: Processor
     if fmt == "console":
@@ -220,7 +246,7 @@ def _formatter(
             ExceptionDictTransformer(show_locals=False)
         )
         renderer = structlog.processors.JSONRenderer()
-    return structlog.stdlib.ProcessorFormatter(
+    return _RenderOnce(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

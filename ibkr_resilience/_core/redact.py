@@ -51,12 +51,14 @@ def scrub_value(value: Any) -> Any:
     """Scrub strings anywhere inside nested dicts, lists and tuples."""
     if isinstance(value, str):
         return scrub(value)
+    # Numbers before the Mapping check: most fields of a line are numbers, and an
+    # isinstance against an ABC costs several times one against concrete types.
+    if isinstance(value, int | float | bool) or value is None:
+        return value
     if isinstance(value, Mapping):
         return {scrub_value(k): scrub_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return type(value)(scrub_value(v) for v in value)
-    if isinstance(value, int | float | bool) or value is None:
-        return value
     # Anything else is rendered with str() by the JSON/console renderers anyway;
     # render it here so its text is scrubbed too.
     return scrub(str(value))

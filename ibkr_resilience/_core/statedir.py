@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import stat
 import tempfile
 from collections.abc import Mapping
@@ -75,33 +76,43 @@ def read_small_file(path: str | os.PathLike[str], max_bytes: int) -> str:
 
 
 def state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """``$XDG_STATE_HOME/ibkr_resilience``, else ``$HOME/.local/state/ibkr_resilience``.
+    """``$XDG_STATE_HOME/ibkr_resilience``, else ``<home>/.local/state/ibkr_resilience``.
 
-    The XDG spec says a relative ``XDG_STATE_HOME`` is invalid and must be ignored. With
-    no ``HOME`` and no passwd entry for the user (a bare container), the fallback is
-    ``<temp dir>/ibkr_resilience-<uid>/state``, with a warning: state there may not
-    survive a reboot, so set ``XDG_STATE_HOME`` (or the file's own variable).
+    The XDG spec says a relative ``XDG_STATE_HOME`` is invalid and must be ignored; an
+    empty or relative ``HOME`` is ignored the same way (``~`` would expand to ``/`` or
+    to a path under whatever directory cron started in), and the home directory is then
+    the passwd entry's. With no usable ``HOME`` and no passwd entry for the user (a
+    bare container), the fallback is ``<temp dir>/ibkr_resilience-<uid>/state``, with a
+    warning: state there may not survive a reboot, so set ``XDG_STATE_HOME`` (or the
+    file's own variable).
     """
     environ = os.environ if env is None else env
     xdg = environ.get("XDG_STATE_HOME", "").strip()
     if xdg and os.path.isabs(xdg):
         return Path(xdg) / "ibkr_resilience"
-    home = environ.get("HOME", "").strip()
+    home = _home(environ)
     if not home:
-        try:
-            # 3.11 returns "~" unchanged when there is no passwd entry; 3.12+ raises.
-            home = os.path.expanduser("~")
-        except (RuntimeError, KeyError, OSError):
-            home = ""
-        if not os.path.isabs(home):
-            fallback = Path(tempfile.gettempdir()) / f"ibkr_resilience-{os.getuid()}" / "state"
-            log.warning(
-                "ibkr.state_dir.fallback",
-                path=str(fallback),
-                reason="no HOME and no passwd entry for this user; set XDG_STATE_HOME",
-            )
-            return fallback
+        fallback = Path(tempfile.gettempdir()) / f"ibkr_resilience-{os.getuid()}" / "state"
+        log.warning(
+            "ibkr.state_dir.fallback",
+            path=str(fallback),
+            reason="no HOME and no passwd entry for this user; set XDG_STATE_HOME",
+        )
+        return fallback
     return Path(home) / ".local" / "state" / "ibkr_resilience"
+
+
+def _home(environ: Mapping[str, str]) -> str:
+    """An absolute home directory: ``HOME`` (``environ``'s, else the process's own, as
+    ``~`` would), else the passwd entry's; ``""`` when there is none."""
+    for candidate in (environ.get("HOME", ""), os.environ.get("HOME", "")):
+        if os.path.isabs(candidate.strip()):
+            return candidate.strip()
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except (KeyError, OSError):  # no passwd entry for this uid
+        return ""
+    return home if os.path.isabs(home) else ""
 
 
 def fsync_dir(directory: Path) -> None:

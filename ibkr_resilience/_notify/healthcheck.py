@@ -25,7 +25,7 @@ from .._core.config import check_setting
 from .._core.log import get_logger
 from .._core.redact import register_secret, scrub
 from .bounded import run_bounded
-from .http import HttpPost, PooledPost
+from .http import HttpPost, PooledPost, RequestsPost, requests_post
 
 log = get_logger("ibkr_resilience.healthcheck")
 
@@ -57,7 +57,12 @@ class Healthcheck:
     """Ping one check URL; never raises, never takes longer than ``timeout``."""
 
     def __init__(self, url: str, timeout: float, *, post: HttpPost | None = None) -> None:
-        self._post: HttpPost = post if post is not None else PooledPost()
+        # The shared default opens one connection per request; a check's pings all go to
+        # one host, so they get their own kept connection (one TCP + TLS setup per run).
+        self._pooled: RequestsPost | None = None
+        if post is None or post is requests_post:
+            self._pooled = post = PooledPost()
+        self._post: HttpPost = post
         self._start: threading.Thread | None = None
         self._url: str = check_setting("healthcheck_url", url)
         self.timeout = float(check_setting("alert_timeout", timeout))
@@ -134,6 +139,8 @@ class Healthcheck:
             return response.status
 
         result = run_bounded(post, bound, "ibkr-healthcheck")
+        if kind != "start" and self._pooled is not None:
+            self._pooled.close()  # the outcome is the last ping: free the kept connection
         fields: dict[str, object] = {
             "ping": kind,
             "target": self.target(kind),

@@ -34,7 +34,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Literal
 
-from .._connect.attempt import bounded_connect_async
+from .._connect.attempt import AttemptSpec, bounded_connect_async
+from .._connect.compat import IB
 from .._connect.policy import connect_with_retries_async
 from .._core.config import SessionConfig
 from .._notify.notifier import Notifier
@@ -54,10 +55,28 @@ class AsyncSessionForm(ABC):
     ib: Any
     ib_factory: Callable[[], Any]
     sleep: Callable[[float], object] | None
+    clock: Callable[[], float]
     connect_attempts: int
+    _started: float
     _signals: SignalGuard
     _in_turn: Callable[[Step], object]
     """Runs a side-channel step (a notification, the end line) after the ones before it."""
+
+    def _offline_wait(self) -> float:
+        """How long an attempt that connects into an IB outage (TWS 1100) waits for
+        1101/1102: ``config.ib_offline_wait`` (the scripts: ``IBKR_OUTAGE_WAIT``), else
+        the rest of the connect budget (``IBKR_CONNECT_MAX_TIME``)."""
+        cfg = self.config
+        if cfg.ib_offline_wait is not None:
+            return cfg.ib_offline_wait
+        return max(0.0, cfg.max_time - (self.clock() - self._started))
+
+    def _attempt_spec(self, timeout: float) -> AttemptSpec:
+        """One attempt of either form: the configured target, bound ``timeout`` seconds."""
+        cfg = self.config
+        return AttemptSpec(
+            cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly, self._offline_wait()
+        )
 
     # -- the steps (see IBKRSession) ---------------------------------------------------
     @abstractmethod
@@ -85,7 +104,7 @@ class AsyncSessionForm(ABC):
         """Classify how the block ended, disconnect, log the end."""
 
     # -- 1. enter ----------------------------------------------------------------------
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> IB:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.current_task()
         self._delivery: asyncio.Task[None] | None = None
@@ -94,7 +113,8 @@ class AsyncSessionForm(ABC):
             self._signals.install_in_loop(self._loop, self._task)
         self._begin()
         try:
-            self.ib = await self._connect_async()
+            ib: IB = await self._connect_async()
+            self.ib = ib
             self._connected()
             if await self._delivered():
                 raise asyncio.CancelledError  # cancelled while the records were delivered
@@ -108,16 +128,13 @@ class AsyncSessionForm(ABC):
                 self._exit_terminated()
             raise
         self._watch_block()
-        return self.ib
+        return ib
 
     async def _connect_async(self) -> Any:
         async def attempt(number: int, timeout: float) -> Any:
             self.connect_attempts = number
             ib = self.ib_factory()
-            cfg = self.config
-            await bounded_connect_async(
-                ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly
-            )
+            await bounded_connect_async(ib, self._attempt_spec(timeout))
             return ib
 
         sleep = _awaiting(self.sleep) if self.sleep is not None else None

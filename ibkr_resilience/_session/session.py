@@ -102,12 +102,13 @@ class IBKRSession(AsyncSessionForm):
         return None if self.connectivity is None else self.connectivity.ib_connected
 
     # -- 1. enter ---------------------------------------------------------------------
-    def __enter__(self) -> Any:
+    def __enter__(self) -> IB:
         _refuse_running_loop()
         self._signals.install()
         self._begin()
         try:
-            self.ib = self._connect()
+            ib: IB = self._connect()
+            self.ib = ib
             self._connected()
         except BaseException as exc:
             try:
@@ -116,7 +117,7 @@ class IBKRSession(AsyncSessionForm):
                 self._signals.restore()
             raise
         self._watch_block()
-        return self.ib
+        return ib
 
     def _begin(self) -> None:
         self._started = self.clock()
@@ -126,8 +127,7 @@ class IBKRSession(AsyncSessionForm):
         def attempt(number: int, timeout: float) -> Any:
             self.connect_attempts = number
             ib = self.ib_factory()
-            cfg = self.config
-            bounded_connect(ib, cfg.host, cfg.port, cfg.client_id, timeout, cfg.readonly)
+            bounded_connect(ib, self._attempt_spec(timeout))
             return ib
 
         return connect_with_retries(attempt, sleep=self.sleep, **self._schedule())

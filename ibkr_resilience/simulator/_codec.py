@@ -1,31 +1,97 @@
 """Incoming TWS requests as small typed records.
 
-Each request kind the simulator answers is a frozen dataclass that names its message
-(``NAME``, ``MSG_ID``) and decodes itself from the text fields (``decode``); the field
-positions are the TWS protocol's at server version 157 and appear here only. Known
-requests the simulator does not answer (market data, history, ...) decode into
-``OtherRequest``; an id outside the protocol's table is a ``ProtocolError``. Faults and
-the broker see these records, never raw field indexes. Encoding of replies lives in
-``_messages``.
+Each request kind the simulator answers is a frozen dataclass whose class line names
+its message and id (``class CancelOrder(Request, name="cancelOrder", msg_id=4)``) and
+whose fields say where they stand in the message and how their text reads
+(``order_id: Annotated[int, At(2, integer)]``); one generic ``Request.decode`` builds
+every record from that. The field positions are the TWS protocol's at server version
+157 and appear here only. Known requests the simulator does not answer (market data,
+history, ...) decode into ``OtherRequest``; an id outside the protocol's table is a
+``ProtocolError``. Faults and the broker see these records, never raw field indexes.
+Encoding of replies lives in ``_messages``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, ClassVar, TypeVar, get_args, get_type_hints
 
 from ._protocol import IN_MESSAGES, ProtocolError, WireContract, read_contract, to_float
 
 Q = TypeVar("Q", bound="Request")
+Reader = Callable[[Sequence[str], int], Any]
+
+
+# Readers of one field at a position (``fields[0]`` is the message id). A trailing field
+# a client may leave off reads as "" (``tail``).
+def text(f: Sequence[str], i: int) -> str:
+    return f[i]
+
+
+def tail(f: Sequence[str], i: int) -> str:
+    return f[i] if len(f) > i else ""
+
+
+def integer(f: Sequence[str], i: int) -> int:
+    return int(f[i])
+
+
+def integer_or_0(f: Sequence[str], i: int) -> int:
+    """An id where "" means none (0)."""
+    return int(f[i] or 0)
+
+
+def number_or_none(f: Sequence[str], i: int) -> float | None:
+    return float(f[i]) if f[i] else None
+
+
+def price_or_none(f: Sequence[str], i: int) -> float | None:
+    """A price; "" and TWS's "unset" (DBL_MAX) are ``None``."""
+    return to_float(f[i])
+
+
+def yes(f: Sequence[str], i: int) -> bool:
+    return f[i] == "1"
+
+
+def not_no(f: Sequence[str], i: int) -> bool:
+    """A flag whose default is on: anything but "0"."""
+    return f[i] != "0"
+
+
+@dataclass(frozen=True)
+class At:
+    """Where a record's field stands in its message, and the reader of its text."""
+
+    pos: int
+    read: Reader = text
 
 
 @dataclass(frozen=True)
 class Request:
-    """Base of every decoded request; ``name`` is the TWS message name (``"placeOrder"``)."""
+    """Base of every decoded request; ``name`` is the TWS message name (``"placeOrder"``).
+
+    A subclass names its message in the class line: ``name`` and ``msg_id`` (the
+    protocol's), and ``reply_to``, the field an error about the request carries.
+    """
 
     NAME: ClassVar[str] = ""
     MSG_ID: ClassVar[int] = 0
+    REPLY_TO: ClassVar[str] = ""
+    LAYOUT: ClassVar[tuple[tuple[str, At], ...]] = ()
+    """Each decoded field's name and ``At``, in order, from the annotations."""
+
+    def __init_subclass__(cls, name: str = "", msg_id: int = 0, reply_to: str = "") -> None:
+        super().__init_subclass__()
+        cls.NAME, cls.MSG_ID, cls.REPLY_TO = name, msg_id, reply_to
+        hints = get_type_hints(cls, include_extras=True)
+        cls.LAYOUT = tuple(
+            (field, at)
+            for field, hint in hints.items()
+            for at in get_args(hint)[1:]
+            if isinstance(at, At)
+        )
 
     @property
     def name(self) -> str:
@@ -38,13 +104,12 @@ class Request:
     @property
     def reply_id(self) -> int:
         """The id an error about this request carries: its order or request id, else -1."""
-        return -1
+        return int(getattr(self, self.REPLY_TO)) if self.REPLY_TO else -1
 
     @classmethod
     def decode(cls: type[Q], fields: Sequence[str]) -> Q:
         """Build the record from the message's fields (``fields[0]`` is the id)."""
-        del fields
-        return cls()
+        return cls(**{name: at.read(fields, at.pos) for name, at in cls.LAYOUT})
 
 
 @dataclass(frozen=True)
@@ -65,210 +130,112 @@ class OtherRequest(Request):
 
 
 @dataclass(frozen=True)
-class StartApi(Request):
+class StartApi(Request, name="startApi", msg_id=71):
     """``startApi``: the client asks to start its API session as ``client_id``."""
 
-    NAME = "startApi"
-    MSG_ID = 71
-    client_id: int
-    capabilities: str = ""
-
-    @classmethod
-    def decode(cls, fields: Sequence[str]) -> StartApi:
-        return cls(int(fields[2]), fields[3] if len(fields) > 3 else "")
+    client_id: Annotated[int, At(2, integer)]
+    capabilities: Annotated[str, At(3, tail)] = ""
 
 
 @dataclass(frozen=True)
-class PlaceOrder(Request):
+class PlaceOrder(Request, name="placeOrder", msg_id=3, reply_to="order_id"):
     """``placeOrder`` (new or modified order). Prices and quantity are ``None`` when unset."""
 
-    NAME = "placeOrder"
-    MSG_ID = 3
-    order_id: int
-    contract: WireContract
-    action: str  # BUY, SELL, SSHORT
-    quantity: float | None
-    order_type: str  # MKT, LMT, STP, ...
-    lmt_price: float | None
-    aux_price: float | None
-    tif: str  # DAY, GTC, ... ("" = DAY)
-    account: str  # "" = the first managed account
-    order_ref: str
-    transmit: bool
-    parent_id: int  # 0 = no parent
+    order_id: Annotated[int, At(1, integer)]
+    contract: Annotated[WireContract, At(2, read_contract)]
+    action: Annotated[str, At(16)]  # BUY, SELL, SSHORT
+    quantity: Annotated[float | None, At(17, number_or_none)]
+    order_type: Annotated[str, At(18)]  # MKT, LMT, STP, ...
+    lmt_price: Annotated[float | None, At(19, price_or_none)]
+    aux_price: Annotated[float | None, At(20, price_or_none)]
+    tif: Annotated[str, At(21)]  # DAY, GTC, ... ("" = DAY)
+    account: Annotated[str, At(23)]  # "" = the first managed account
+    order_ref: Annotated[str, At(26)]
+    transmit: Annotated[bool, At(27, not_no)]
+    parent_id: Annotated[int, At(28, integer_or_0)]  # 0 = no parent
     unreadable: str = ""
     """A quantity or price field that is not a number (``Infinite``): TWS answers 320
     for the order instead of dropping the connection, so the decoder keeps it."""
 
     @classmethod
-    def decode(cls, f: Sequence[str]) -> PlaceOrder:
-        numbers = [f[17], f[19], f[20]]
-        unreadable = next((t for t in numbers if t and not _is_number(t)), "")
-        if unreadable:
-            numbers = [t if _is_number(t) else "nan" for t in numbers]
-        return cls(
-            order_id=int(f[1]),
-            contract=read_contract(f, 2),
-            action=f[16],
-            quantity=float(numbers[0]) if numbers[0] else None,
-            order_type=f[18],
-            lmt_price=to_float(numbers[1]),
-            aux_price=to_float(numbers[2]),
-            tif=f[21],
-            account=f[23],
-            order_ref=f[26],
-            transmit=f[27] != "0",
-            parent_id=int(f[28] or 0),
-            unreadable=unreadable,
-        )
-
-    @property
-    def reply_id(self) -> int:
-        return self.order_id
+    def decode(cls, fields: Sequence[str]) -> PlaceOrder:
+        numbers = (17, 19, 20)  # quantity, limit price, aux price
+        unreadable = next((fields[i] for i in numbers if not _is_number(fields[i])), "")
+        if not unreadable:
+            return super().decode(fields)
+        readable = [
+            "nan" if i in numbers and not _is_number(t) else t for i, t in enumerate(fields)
+        ]
+        return replace(super().decode(readable), unreadable=unreadable)
 
 
 @dataclass(frozen=True)
-class CancelOrder(Request):
+class CancelOrder(Request, name="cancelOrder", msg_id=4, reply_to="order_id"):
     """``cancelOrder``: cancel one of the caller's orders."""
 
-    NAME = "cancelOrder"
-    MSG_ID = 4
-    order_id: int
-
-    @classmethod
-    def decode(cls, fields: Sequence[str]) -> CancelOrder:
-        return cls(int(fields[2]))
-
-    @property
-    def reply_id(self) -> int:
-        return self.order_id
+    order_id: Annotated[int, At(2, integer)]
 
 
 @dataclass(frozen=True)
-class ReqGlobalCancel(Request):
-    NAME = "reqGlobalCancel"
-    MSG_ID = 58
-
-
-@dataclass(frozen=True)
-class ReqOpenOrders(Request):
-    """The caller's client id's open orders (client 0: everyone's)."""
-
-    NAME = "reqOpenOrders"
-    MSG_ID = 5
-
-
-@dataclass(frozen=True)
-class ReqAllOpenOrders(Request):
-    NAME = "reqAllOpenOrders"
-    MSG_ID = 16
-
-
-@dataclass(frozen=True)
-class ReqCompletedOrders(Request):
-    NAME = "reqCompletedOrders"
-    MSG_ID = 99
-
-
-@dataclass(frozen=True)
-class ReqAccountUpdates(Request):
+class ReqAccountUpdates(Request, name="reqAccountUpdates", msg_id=6):
     """Start (``subscribe``) or stop streaming one account's values and portfolio."""
 
-    NAME = "reqAccountUpdates"
-    MSG_ID = 6
-    subscribe: bool
-    account: str  # "" = the first managed account
-
-    @classmethod
-    def decode(cls, fields: Sequence[str]) -> ReqAccountUpdates:
-        return cls(fields[2] == "1", fields[3])
+    subscribe: Annotated[bool, At(2, yes)]
+    account: Annotated[str, At(3)]  # "" = the first managed account
 
 
 @dataclass(frozen=True)
-class ReqAccountUpdatesMulti(Request):
-    NAME = "reqAccountUpdatesMulti"
-    MSG_ID = 76
-    req_id: int
-    account: str
-
-    @classmethod
-    def decode(cls, fields: Sequence[str]) -> ReqAccountUpdatesMulti:
-        return cls(int(fields[2]), fields[3])
-
-    @property
-    def reply_id(self) -> int:
-        return self.req_id
+class ReqAccountUpdatesMulti(Request, name="reqAccountUpdatesMulti", msg_id=76, reply_to="req_id"):
+    req_id: Annotated[int, At(2, integer)]
+    account: Annotated[str, At(3)]
 
 
 @dataclass(frozen=True)
-class ReqExecutions(Request):
-    """Executions matching a filter; empty filter fields match everything."""
+class ReqExecutions(Request, name="reqExecutions", msg_id=7, reply_to="req_id"):
+    """Executions matching a filter; empty (or left off) filter fields match everything."""
 
-    NAME = "reqExecutions"
-    MSG_ID = 7
-    req_id: int
-    client_id: int  # 0 = any
-    account: str
-    since: str  # ``yyyymmdd hh:mm:ss[ zone]``
-    symbol: str
-    sec_type: str
-    exchange: str
-    side: str  # BUY or SELL
-
-    @classmethod
-    def decode(cls, f: Sequence[str]) -> ReqExecutions:
-        account, since, symbol, sec_type, exchange, side = ([*f] + [""] * 10)[4:10]
-        return cls(int(f[2]), int(f[3] or 0), account, since, symbol, sec_type, exchange, side)
-
-    @property
-    def reply_id(self) -> int:
-        return self.req_id
+    req_id: Annotated[int, At(2, integer)]
+    client_id: Annotated[int, At(3, integer_or_0)]  # 0 = any
+    account: Annotated[str, At(4, tail)]
+    since: Annotated[str, At(5, tail)]  # ``yyyymmdd hh:mm:ss[ zone]``
+    symbol: Annotated[str, At(6, tail)]
+    sec_type: Annotated[str, At(7, tail)]
+    exchange: Annotated[str, At(8, tail)]
+    side: Annotated[str, At(9, tail)]  # BUY or SELL
 
 
 @dataclass(frozen=True)
-class ReqIds(Request):
-    NAME = "reqIds"
-    MSG_ID = 8
+class ReqContractDetails(Request, name="reqContractDetails", msg_id=9, reply_to="req_id"):
+    req_id: Annotated[int, At(2, integer)]
+    contract: Annotated[WireContract, At(3, read_contract)]
 
 
-@dataclass(frozen=True)
-class ReqContractDetails(Request):
-    NAME = "reqContractDetails"
-    MSG_ID = 9
-    req_id: int
-    contract: WireContract
-
-    @classmethod
-    def decode(cls, fields: Sequence[str]) -> ReqContractDetails:
-        return cls(int(fields[2]), read_contract(fields, 3))
-
-    @property
-    def reply_id(self) -> int:
-        return self.req_id
+# Requests without fields the simulator reads: the class line says it all.
+class ReqGlobalCancel(Request, name="reqGlobalCancel", msg_id=58): ...
 
 
-@dataclass(frozen=True)
-class ReqManagedAccts(Request):
-    NAME = "reqManagedAccts"
-    MSG_ID = 17
+class ReqOpenOrders(Request, name="reqOpenOrders", msg_id=5): ...  # this client's (0: all)
 
 
-@dataclass(frozen=True)
-class ReqCurrentTime(Request):
-    NAME = "reqCurrentTime"
-    MSG_ID = 49
+class ReqAllOpenOrders(Request, name="reqAllOpenOrders", msg_id=16): ...
 
 
-@dataclass(frozen=True)
-class ReqPositions(Request):
-    NAME = "reqPositions"
-    MSG_ID = 61
+class ReqCompletedOrders(Request, name="reqCompletedOrders", msg_id=99): ...
 
 
-@dataclass(frozen=True)
-class CancelPositions(Request):
-    NAME = "cancelPositions"
-    MSG_ID = 64
+class ReqIds(Request, name="reqIds", msg_id=8): ...
+
+
+class ReqManagedAccts(Request, name="reqManagedAccts", msg_id=17): ...
+
+
+class ReqCurrentTime(Request, name="reqCurrentTime", msg_id=49): ...
+
+
+class ReqPositions(Request, name="reqPositions", msg_id=61): ...
+
+
+class CancelPositions(Request, name="cancelPositions", msg_id=64): ...
 
 
 DECODED: tuple[type[Request], ...] = (
@@ -331,6 +298,9 @@ def decode(fields: Sequence[str]) -> Request:
 
 
 def _is_number(text: str) -> bool:
+    """Whether a numeric field reads as a number; "" (unset) does."""
+    if not text:
+        return True
     try:
         float(text)
     except ValueError:

@@ -140,6 +140,7 @@ class FakeGateway:
                 loop.run_forever()
             finally:
                 loop.run_until_complete(self._shutdown())
+                _finish_leftover_tasks(loop)
                 loop.close()
 
         self._thread = threading.Thread(target=run, name="FakeGateway", daemon=True)
@@ -385,3 +386,13 @@ class FakeGateway:
 
     async def _on_message(self, conn: Connection, fields: list[str]) -> None:
         await self._dispatcher.on_message(conn, fields)
+
+
+def _finish_leftover_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel and finish the tasks still pending after the shutdown (a connection accepted
+    as it stopped): left in a closed loop, a later GC warns "coroutine never awaited"."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))

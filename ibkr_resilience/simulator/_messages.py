@@ -21,6 +21,13 @@ def ib_time(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y%m%d %H:%M:%S") + " UTC"
 
 
+def _contract(con_id: int, symbol: str, sec_type: str, exchange: str, currency: str) -> list[Field]:
+    """The contract block of position, portfolio, openOrder and execDetails: conId,
+    symbol, secType, lastTradeDate, strike, right, multiplier, exchange (the primary
+    exchange in portfolio values), currency, localSymbol, tradingClass."""
+    return [con_id, symbol, sec_type, "", 0.0, "", "", exchange, currency, symbol, symbol]
+
+
 def handshake_reply(server_version: int, now: datetime) -> list[Field]:
     return [server_version, ib_time(now)]
 
@@ -47,17 +54,7 @@ def position(pos: SimPosition) -> list[Field]:
         p.OUT_POSITION,
         3,
         pos.account,
-        pos.con_id,
-        pos.symbol,
-        pos.sec_type,
-        "",
-        0.0,
-        "",
-        "",
-        pos.exchange,
-        pos.currency,
-        pos.symbol,
-        pos.symbol,
+        *_contract(pos.con_id, pos.symbol, pos.sec_type, pos.exchange, pos.currency),
         pos.quantity,
         pos.avg_cost,
     ]
@@ -82,17 +79,7 @@ def portfolio_value(pos: SimPosition, price: float) -> list[Field]:
     return [
         p.OUT_PORTFOLIO_VALUE,
         8,
-        pos.con_id,
-        pos.symbol,
-        pos.sec_type,
-        "",
-        0.0,
-        "",
-        "",
-        "",
-        pos.currency,
-        pos.symbol,
-        pos.symbol,
+        *_contract(pos.con_id, pos.symbol, pos.sec_type, "", pos.currency),
         pos.quantity,
         price,
         pos.quantity * price,
@@ -204,18 +191,7 @@ def open_order(o: SimOrder) -> list[Field]:
     return [
         p.OUT_OPEN_ORDER,
         o.order_id,
-        # contract
-        o.con_id,
-        o.symbol,
-        o.sec_type,
-        "",
-        0.0,
-        "",
-        "",
-        o.exchange,
-        o.currency,
-        o.symbol,
-        o.symbol,
+        *_contract(o.con_id, o.symbol, o.sec_type, o.exchange, o.currency),
         # order basics
         o.action,
         o.quantity,
@@ -333,17 +309,7 @@ def execution(req_id: int, e: SimExecution) -> list[Field]:
         p.OUT_EXECUTION_DATA,
         req_id,
         e.order_id,
-        e.con_id,
-        e.symbol,
-        e.sec_type,
-        "",
-        0.0,
-        "",
-        "",
-        e.exchange,
-        e.currency,
-        e.symbol,
-        e.symbol,
+        *_contract(e.con_id, e.symbol, e.sec_type, e.exchange, e.currency),
         e.exec_id,
         ib_time(e.time),
         e.account,

@@ -10,60 +10,34 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-# name -> (takes seconds?, what the client sees)
-SCENARIOS: dict[str, tuple[bool, str]] = {
-    "normal": (False, "serves everything promptly"),
-    "down": (False, "port closed: connection refused until the scenario changes"),
-    "restart": (
-        True,
-        "port closed now (connections dropped), listening again after SECONDS, "
-        "as during the daily gateway restart",
-    ),
-    "hang": (False, "accepts TCP, never answers anything (not even the handshake)"),
-    "close_on_accept": (False, "accepts TCP, then closes at once"),
-    "not_logged_in": (
-        False,
-        "answers the handshake, never sends nextValidId/managedAccounts (API never starts)",
-    ),
-    "client_id_in_use": (
-        False,
-        "answers startApi with error 326 (client id already in use), then closes",
-    ),
-    "stall_sync": (
-        False,
-        "API starts, but the initial-sync requests (positions, orders, account, "
-        "executions) are never answered",
-    ),
-    "slow": (True, "every reply delayed by SECONDS"),
-    "drop_after": (True, "serves, then cuts each connection SECONDS after it was accepted"),
-    "reject_orders": (False, "answers placeOrder with error 201 (order rejected)"),
+# name -> what the client sees; a scenario takes seconds exactly when its text says SECONDS.
+_TEXTS: dict[str, str] = {
+    "normal": "serves everything promptly",
+    "down": "port closed: connection refused until the scenario changes",
+    "restart": "port closed now, connections dropped, listening again after SECONDS",
+    "hang": "accepts TCP, never answers anything (not even the handshake)",
+    "close_on_accept": "accepts TCP, then closes at once",
+    "not_logged_in": "answers the handshake, never nextValidId/managedAccounts (no API)",
+    "client_id_in_use": "answers startApi with error 326 (client id already in use), then closes",
+    "stall_sync": "API starts, the initial-sync requests (positions, orders, ...) never answered",
+    "slow": "every reply delayed by SECONDS",
+    "drop_after": "serves, then cuts each connection SECONDS after it was accepted",
+    "reject_orders": "answers placeOrder with error 201 (order rejected)",
     # Incidents of real gateways (simulator/_incidents.py):
-    "relay_restart": (
-        True,
-        "a socat relay in front of a restarting gateway: every connection accepted and "
-        "closed at once, before any handshake byte, for SECONDS; then normal service",
-    ),
-    "client_id_in_use_for": (
-        True,
-        "error 326 on startApi for the first SECONDS (after a restart), then the id works",
-    ),
-    "no_completed_orders": (False, "the completed-orders request (msg 99) is never answered"),
-    "read_only": (
-        False,
-        "Read-Only API: order requests (open orders, placeOrder, cancelOrder) get error 321",
-    ),
-    "ib_offline": (
-        True,
-        "socket up, IB unreachable: 1100 pushed, orders held, after SECONDS 1102 and the "
-        "held orders served",
-    ),
-    "silent": (False, "the socket stays open, nothing is answered (frozen gateway, NAT drop)"),
-    "silent_after_orders": (True, "answers SECONDS (a count N) orders, then goes silent"),
-    "order_notices": (
-        False,
-        "each order gets informational error 10349 first, then is accepted",
-    ),
+    "relay_restart": "a relay before a restarting gateway: accepts and closes for SECONDS",
+    "client_id_in_use_for": "error 326 on startApi for the first SECONDS (after a restart)",
+    "no_completed_orders": "the completed-orders request (msg 99) is never answered",
+    "read_only": "Read-Only API: open orders, placeOrder, cancelOrder get error 321",
+    "ib_offline": "IB unreachable: 1100 pushed, orders held; after SECONDS 1102, orders served",
+    "silent": "the socket stays open, nothing is answered (frozen gateway, NAT drop)",
+    "silent_after_orders": "answers SECONDS (a count N) orders, then goes silent",
+    "order_notices": "each order gets informational error 10349 first, then is accepted",
 }
+
+SCENARIOS: dict[str, tuple[bool, str]] = {
+    name: ("SECONDS" in text, text) for name, text in _TEXTS.items()
+}
+"""name -> (takes seconds?, what the client sees)."""
 
 
 @dataclass(frozen=True)

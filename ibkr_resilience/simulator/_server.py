@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import struct
 import threading
 from collections.abc import Awaitable, Callable
@@ -94,6 +95,7 @@ class Server:
         self._serving: set[asyncio.Task[Any]] = set()
         self._conn_ids = itertools.count(1)
         self.listening = threading.Event()
+        self._held: socket.socket | None = None
         self.relay = False
         """A socat relay in front: the port stays open while the gateway is down or
         restarting, and each connection is then accepted and closed at once."""
@@ -117,6 +119,7 @@ class Server:
         if self._server is not None:
             return
         port = self.port if self.port is not None else self._requested_port
+        self._release_port()
         self._server = await asyncio.start_server(self._serve, self.host, port, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         self.listening.set()
@@ -133,6 +136,33 @@ class Server:
         await self.drop_all("gateway going down")
         if server is not None:
             await server.wait_closed()
+            self._hold_port()
+
+    def _hold_port(self) -> None:
+        """Keep the closed port bound, not listening, until the gateway listens again.
+
+        Connections are refused as for a stopped gateway, but no other process on a busy
+        machine can be handed the port meanwhile: a client reconnecting after a restart
+        must meet this gateway again, never another one (it happened under load).
+        """
+        if self.port is None or self._held is not None:
+            return
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM
+        )[0]
+        held = socket.socket(family, kind, proto)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT
+        try:
+            held.bind(address)
+        except OSError:  # best effort: taken already; the next listen reports it
+            held.close()
+            return
+        self._held = held
+
+    def _release_port(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.close()
 
     async def drop_all(self, reason: str) -> None:
         for conn in list(self._conns.values()):
@@ -140,6 +170,7 @@ class Server:
 
     async def shutdown(self) -> None:
         await self.close_listener()  # closing each connection ends its handler
+        self._release_port()
         if self._serving:
             _, stuck = await asyncio.wait(list(self._serving), timeout=2)
             for task in stuck:

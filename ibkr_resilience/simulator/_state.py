@@ -11,9 +11,10 @@ import csv
 import itertools
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 OPEN_STATUSES = frozenset({"PendingSubmit", "PreSubmitted", "Submitted"})
 IMMEDIATE_FILL_TYPES = frozenset({"MKT"})
@@ -57,8 +58,8 @@ class SimPosition:
 
 
 @dataclass
-class SimOrder:
-    """An order as the client placed it, plus the gateway's view of its status."""
+class OrderIdentity:
+    """Which order, whose, and for which contract: what an order and its fills share."""
 
     order_id: int
     perm_id: int
@@ -69,6 +70,16 @@ class SimOrder:
     exchange: str
     currency: str
     con_id: int
+
+    def identity(self) -> dict[str, Any]:
+        """These fields alone, by name (what a fill copies from its order)."""
+        return {f.name: getattr(self, f.name) for f in fields(OrderIdentity)}
+
+
+@dataclass
+class SimOrder(OrderIdentity):
+    """An order as the client placed it, plus the gateway's view of its status."""
+
     action: str
     quantity: float
     order_type: str
@@ -92,20 +103,14 @@ class SimOrder:
         return self.status in OPEN_STATUSES
 
 
-@dataclass(frozen=True)
-class SimExecution:
-    """A fill, reported by execDetails live and in answer to reqExecutions."""
+@dataclass
+class SimExecution(OrderIdentity):
+    """A fill, reported by execDetails live and in answer to reqExecutions.
+
+    A record: nothing changes it once made (not frozen only because ``SimOrder``,
+    which shares its identity fields, is mutable)."""
 
     exec_id: str
-    order_id: int
-    perm_id: int
-    client_id: int
-    account: str
-    symbol: str
-    sec_type: str
-    exchange: str
-    currency: str
-    con_id: int
     side: str  # BOT or SLD, as TWS reports it
     shares: float
     price: float
@@ -203,16 +208,8 @@ class GatewayState:
             pos.quantity = new_qty
             now = datetime.now(UTC)
             execution = SimExecution(
+                **{**order.identity(), "exchange": "ISLAND"},
                 exec_id=f"0000e0d5.{now:%Y%m%d}.{next(self._exec_ids):06d}.01",
-                order_id=order.order_id,
-                perm_id=order.perm_id,
-                client_id=order.client_id,
-                account=order.account,
-                symbol=order.symbol,
-                sec_type=order.sec_type,
-                exchange="ISLAND",
-                currency=order.currency,
-                con_id=order.con_id,
                 side="BOT" if order.action == "BUY" else "SLD",
                 shares=qty,
                 price=price,

@@ -6,7 +6,8 @@
 * :class:`BotApi` / :class:`HttpServer` / :class:`BlackHole` / :func:`closed_port_url`:
   loopback stand-ins for the Telegram Bot API and healthchecks.io;
 * :class:`FakeTime`: an injectable clock and sleep;
-* :class:`JsonLogCapture` / :func:`read_json_lines`: the JSON log lines as dicts.
+* :class:`JsonLogCapture` / :func:`read_json_lines`: the JSON log lines as dicts;
+  :func:`restored_logging`: undo a test's logging setup.
 
 pytest fixtures: ``pytest_plugins = ["ibkr_resilience.testing.pytest_plugin"]``.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from ..simulator import FakeGateway
 from .fakes import FakeTime, RecordingAlert
 from .http import BlackHole, BotApi, HttpServer, Request, closed_port_url
-from .logs import JsonLogCapture, parse_json_lines, read_json_lines
+from .logs import JsonLogCapture, parse_json_lines, read_json_lines, restored_logging
 
 __all__ = [
     "BlackHole",
@@ -30,4 +31,5 @@ __all__ = [
     "closed_port_url",
     "parse_json_lines",
     "read_json_lines",
+    "restored_logging",
 ]

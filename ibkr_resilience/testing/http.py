@@ -62,6 +62,7 @@ class Request:
     headers: dict[str, str]  # names lower-cased
     body: bytes
     at: float  # time.monotonic() on arrival
+    peer: tuple[str, int] = ("", 0)  # the client's address: one per TCP connection
 
     @property
     def json(self) -> Any:
@@ -91,10 +92,16 @@ class HttpServer(_Serving):
     ``answers`` says what to answer: a list of ``(status, body)``, the n-th request
     getting the n-th answer and the last one repeating, or a callable given the
     :class:`Request`. ``url`` is ``http://127.0.0.1:<port>`` plus ``path``.
+    ``keep_alive=True`` speaks HTTP/1.1 and keeps a connection open between requests
+    (as healthchecks.io and the Bot API do); each request's ``peer`` tells the
+    connections apart.
     """
 
-    def __init__(self, answers: Answers | None = None, *, path: str = "") -> None:
+    def __init__(
+        self, answers: Answers | None = None, *, path: str = "", keep_alive: bool = False
+    ) -> None:
         self.answers: Answers = [OK_JSON] if answers is None else answers
+        self.keep_alive = keep_alive
         self._requests: list[Request] = []
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
@@ -133,6 +140,11 @@ class HttpServer(_Serving):
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if owner.keep_alive else "HTTP/1.0"
+            # The headers and the body are two writes: with Nagle on, the body of an
+            # answer on a kept connection waits out the client's delayed ACK (40 ms).
+            disable_nagle_algorithm = True
+
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = Request(
@@ -141,6 +153,7 @@ class HttpServer(_Serving):
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=self.rfile.read(length) if length else b"",
                     at=time.monotonic(),
+                    peer=(str(self.client_address[0]), int(self.client_address[1])),
                 )
                 status, body = owner._respond(request)
                 raw = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -12,10 +12,12 @@ is restored on exit.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any, Self
 
 import structlog
@@ -46,28 +48,38 @@ def parse_json_lines(text: str) -> list[dict[str, Any]]:
     return records
 
 
+@contextlib.contextmanager
+def restored_logging() -> Iterator[None]:
+    """Undo at the block's end what was done to logging inside it (``configure_logging``
+    included): root handlers added are removed and closed, the root level is restored,
+    structlog is reset to its defaults."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+        structlog.reset_defaults()
+
+
 class JsonLogCapture:
     """Configure JSON logging into memory for the ``with`` block; restore the old setup after."""
 
     def __init__(self, level: str = "DEBUG") -> None:
         self.level = level
         self.stream = io.StringIO()
-        self._handlers: list[logging.Handler] = []
-        self._level = logging.NOTSET
+        self._restore = contextlib.ExitStack()
 
     def __enter__(self) -> Self:
-        root = logging.getLogger()
-        self._handlers, self._level = list(root.handlers), root.level
+        self._restore.enter_context(restored_logging())
         configure_logging(format="json", level=self.level, stream=self.stream, env={})
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        root = logging.getLogger()
-        for handler in list(root.handlers):
-            if handler not in self._handlers:
-                root.removeHandler(handler)
-        root.setLevel(self._level)
-        structlog.reset_defaults()
+        self._restore.close()
 
     @property
     def text(self) -> str:

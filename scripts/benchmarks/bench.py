@@ -1,14 +1,18 @@
 """ibkr_session vs raw ib_insync vs the old policy, on the simulated gateway, side by side.
 
 Usage:
-    python scripts/benchmarks/bench.py [--quick] [--json results.json] [--plot lag.png]
+    python scripts/benchmarks/bench.py [--quick] [--sections 1,5,6] [--json results.json]
+        [--plot lag.png]
 
 Sections (every number of one section is measured in the same run, interleaved where
 it matters, so the ratios compare like with like):
 
-1. Happy path: enter + exit of ``ibkr_session`` vs raw ``IB().connect()`` +
-   ``disconnect()`` (alternating blocks of 20, median of about ``--runs`` each), and
-   the old policy (which sleeps 2 s after connecting; a few runs).
+1. Happy path (issue 13 items 2 and 3): enter + exit of ``ibkr_session`` vs raw
+   ``IB().connect()`` + ``disconnect()``, and the session with ``IBKR_HEALTHCHECK_URL``
+   set (a keep-alive HTTP server on loopback), the gateway in its own process, JSON
+   lines to a file: alternating blocks of 20 in one child process (median, min, max),
+   instructions per cycle from callgrind when valgrind is installed; the old policy
+   (which sleeps 2 s after connecting) a few runs.
 2. Recovery lag after restarts of 1, 3, 10 and 60 s: the gateway closes just as the
    job starts and reopens D s later (plus a random phase of up to 0.5 s, so the retry
    interval cannot line up with the reopening); lag = session ready - port reopened.
@@ -19,9 +23,17 @@ it matters, so the ratios compare like with like):
    deadline, fail-fast cases far under B.
 4. Alert path: the extra time a give-up takes when the Bot API endpoint black-holes
    (accepts TCP, never answers) or refuses, vs no alert; goal <= the alert deadline.
+5. Whole process (item 1): ``submit_orders.py`` with a 1-row plan vs a minimal raw
+   ib_insync script placing one order (``raw_one_order.py``), each a fresh process
+   against a fresh gateway process, in pairs of alternating order; instructions of one
+   run each from callgrind.
+6. Simulator records (item 5): query time, ``wait_for`` wake-up and memory after 1k,
+   10k and 100k recorded messages, next to an unbounded list scanned per query.
 
-Logging goes through the real ``configure_logging`` JSON pipeline into /dev/null, so
-its cost is included. Numbers are for comparing within one run on one machine.
+More sections plug into ``SECTIONS`` (a number -> a ``report(args, results)`` function).
+Logging goes through the real ``configure_logging`` JSON pipeline (into /dev/null in
+this process, into a file in the child processes), so its cost is included. Numbers are
+for comparing within one run on one machine.
 """
 
 from __future__ import annotations
@@ -43,7 +55,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from gateway_process import gateway_process, have_valgrind
 from old_policy import OldPolicyGaveUp, old_connect
+from process_sections import happy_path, whole_process
+from recovery_lag import report as relay_report
+from recovery_lag import section as relay_section
+from simulator_records import simulator_records
 
 from ibkr_resilience import (
     ConnectionFailed,
@@ -51,7 +68,6 @@ from ibkr_resilience import (
     configure_logging,
     ibkr_session,
 )
-from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway
 
 QUIET: dict[str, str] = {}
@@ -63,48 +79,16 @@ def no_alert(text: str) -> None:
 
 
 # --------------------------------------------------------------------------- 1. happy path
-def raw_cycle(port: int) -> float:
-    t0 = time.perf_counter()
-    ib = IB()
-    ib.connect("127.0.0.1", port, clientId=10, timeout=5)
-    ib.disconnect()
-    return time.perf_counter() - t0
-
-
-def session_cycle(port: int) -> float:
-    t0 = time.perf_counter()
-    with ibkr_session(10, "127.0.0.1", port, timeout=5, alert=no_alert, env=QUIET):
-        pass
-    return time.perf_counter() - t0
-
-
 def old_cycle(port: int) -> float:
     t0 = time.perf_counter()
     old_connect("127.0.0.1", port, 10, timeout=5).disconnect()
     return time.perf_counter() - t0
 
 
-def happy_path(runs: int, old_runs: int) -> dict[str, float]:
-    with FakeGateway() as gw:
-        for _ in range(10):
-            raw_cycle(gw.port)
-            session_cycle(gw.port)
-        # Alternating blocks, not single runs: ib_insync closes a socket on the loop's
-        # next step, so a raw cycle leaves its close pending and the next cycle pays for
-        # it. Run by run, that cost would land in the other contender's timing; in
-        # blocks each pays its own (the first run of a block, which pays the other's
-        # leftovers, is dropped). Blocks of 20 keep drift between the two low.
-        raw, sess = [], []
-        block = 20
-        for _ in range(max(1, runs // (block - 1))):
-            raw += [raw_cycle(gw.port) for _ in range(block)][1:]
-            sess += [session_cycle(gw.port) for _ in range(block)][1:]
-        old = [old_cycle(gw.port) for _ in range(old_runs)]
-    return {
-        "raw_ms": statistics.median(raw) * 1000,
-        "session_ms": statistics.median(sess) * 1000,
-        "old_ms": statistics.median(old) * 1000,
-    }
+def old_policy_happy(old_runs: int) -> float:
+    """Median seconds of the old policy's connect + disconnect (its 2 s sleep included)."""
+    with gateway_process() as port:
+        return statistics.median(old_cycle(port) for _ in range(max(1, old_runs)))
 
 
 # --------------------------------------------------------------------------- 2. recovery
@@ -267,8 +251,15 @@ def plot(results: dict[str, Any], path: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=200, help="happy-path runs (session and raw)")
+    ap.add_argument("--blocks", type=int, default=10, help="happy path: blocks of 20 each")
+    ap.add_argument(
+        "--instr-cycles",
+        type=int,
+        default=50,
+        help="happy path: cycles per callgrind run (0: no instruction counts)",
+    )
     ap.add_argument("--old-runs", type=int, default=3, help="happy-path runs of the old policy")
+    ap.add_argument("--pairs", type=int, default=20, help="whole process: raw/job pairs")
     ap.add_argument("--restarts", default="1,3,10,60", help="restart lengths, seconds")
     ap.add_argument("--timeout", type=float, default=5.0, help="per-attempt timeout T")
     ap.add_argument("--budget", type=float, default=20.0, help="session budget B")
@@ -276,14 +267,14 @@ def main() -> int:
     ap.add_argument(
         "--quick",
         action="store_true",
-        help="small version: 50 runs, restarts 1,3, T=1, B=4, deadline 1",
+        help="small version: 3 blocks, 10 pairs, restarts 1,3, T=1, B=4, deadline 1",
     )
-    ap.add_argument("--sections", default="1,2,3,4", help="which sections to run, e.g. 1,4")
+    ap.add_argument("--sections", default=",".join(map(str, SECTIONS)), help="e.g. 1,5,6")
     ap.add_argument("--json", help="also write the results as JSON here")
     ap.add_argument("--plot", help="write the recovery-lag plot (PNG; needs matplotlib)")
     args = ap.parse_args()
     if args.quick:
-        args.runs, args.old_runs, args.restarts = 50, 1, "1,3"
+        args.blocks, args.pairs, args.old_runs, args.restarts = 3, 10, 1, "1,3"
         args.timeout, args.budget, args.alert_timeout = 1.0, 4.0, 1.0
 
     devnull = open(os.devnull, "w")  # noqa: SIM115  (kept open for the whole run)
@@ -291,18 +282,11 @@ def main() -> int:
     results: dict[str, Any] = {"python": sys.version.split()[0], "args": vars(args)}
     print(
         f"python {results['python']}; T={args.timeout:g} s, B={args.budget:g} s, "
-        f"alert deadline {args.alert_timeout:g} s"
+        f"alert deadline {args.alert_timeout:g} s; valgrind: "
+        f"{'yes' if have_valgrind() else 'no (no instruction counts)'}"
     )
-
-    sections = {int(x) for x in args.sections.split(",")}
-    if 1 in sections:
-        report_happy_path(args, results)
-    if 2 in sections:
-        report_recovery(args, results)
-    if 3 in sections:
-        report_give_up(args, results)
-    if 4 in sections:
-        report_alert_path(args, results)
+    for number in (int(x) for x in args.sections.split(",")):
+        SECTIONS[number](args, results)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.plot and "recovery" in results:
@@ -311,21 +295,62 @@ def main() -> int:
     return 0
 
 
+def ratio_line(name: str, s: dict[str, float], base: dict[str, float], goal: str) -> str:
+    return (
+        f"   {name:<24} {s['median_ms']:8.2f} ms  (min {s['min_ms']:7.2f}, max "
+        f"{s['max_ms']:8.2f}, n {s['n']:g})  ratio {s['median_ms'] / base['median_ms']:.2f}"
+        f"{goal}"
+    )
+
+
 def report_happy_path(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    h = happy_path(args.runs, args.old_runs)
+    h = happy_path(args.blocks, args.instr_cycles)
+    h["old_ms"] = old_policy_happy(args.old_runs) * 1000
     results["happy"] = h
+    w = h["wall"]
     print(
-        f"\n1. happy path enter+exit (median; ~{args.runs} runs each, alternating blocks; "
-        f"old policy {args.old_runs})"
+        "\n1. happy path enter+exit, gateway in its own process, JSON to a file "
+        f"(wall: {args.blocks} alternating blocks of 20)"
     )
-    print(f"   raw ib_insync   {h['raw_ms']:9.2f} ms")
-    print(
-        f"   ibkr_session    {h['session_ms']:9.2f} ms   ratio to raw "
-        f"{h['session_ms'] / h['raw_ms']:.2f} (goal <= 1.10)"
-    )
-    print(
-        f"   old policy      {h['old_ms']:9.2f} ms   ratio to raw {h['old_ms'] / h['raw_ms']:.0f}"
-    )
+    print(ratio_line("raw ib_insync", w["raw"], w["raw"], ""))
+    print(ratio_line("ibkr_session", w["session"], w["raw"], " (goal <= 1.10)"))
+    print(ratio_line("ibkr_session+healthcheck", w["session_hc"], w["raw"], " (goal <= 1.15)"))
+    old_ratio = h["old_ms"] / w["raw"]["median_ms"]
+    print(f"   old policy               {h['old_ms']:8.0f} ms  ratio {old_ratio:.0f}")
+    if "instructions" in h:
+        i = h["instructions"]
+        n = args.instr_cycles
+        print(f"   instructions per cycle (callgrind, {n} vs {2 * n} cycles):")
+        for name, goal in (("raw", ""), ("session", " (goal <= 1.25)"), ("session_hc", "")):
+            print(f"   {name:<24} {i[name] / 1e6:8.2f} M  ratio {i[name] / i['raw']:.2f}{goal}")
+
+
+def report_whole_process(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    p = whole_process(args.pairs)
+    results["whole_process"] = p
+    w = p["wall"]
+    print(f"\n5. whole process, 1-row plan ({args.pairs} pairs, fresh gateway process each)")
+    print(ratio_line("raw one-order script", w["raw"], w["raw"], ""))
+    print(ratio_line("submit_orders.py", w["job"], w["raw"], " (goal <= 1.15)"))
+    if "instructions" in p:
+        i = p["instructions"]
+        print(
+            f"   instructions (callgrind, one run each): raw {i['raw'] / 1e6:.0f} M, "
+            f"submit_orders {i['job'] / 1e6:.0f} M, ratio {i['job'] / i['raw']:.2f} (goal <= 1.15)"
+        )
+
+
+def report_simulator(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    rows = simulator_records()
+    results["simulator"] = rows
+    print("\n6. simulator records: ring of the last 10,000 (default) vs an unbounded list")
+    print("   recorded   kept   query(rare)  old query   wait_for wake   memory   old memory")
+    for r in rows:
+        mb, old_mb = r["memory_kb"] / 1024, r["old_memory_kb"] / 1024
+        print(
+            f"   {r['recorded']:>8} {r['kept']:>6} {r['query_us']:9.1f} us "
+            f"{r['old_query_us']:8.0f} us {r['wait_for_us']:10.0f} us {mb:7.1f} MB {old_mb:8.1f} MB"
+        )
 
 
 def report_recovery(args: argparse.Namespace, results: dict[str, Any]) -> None:
@@ -363,6 +388,27 @@ def report_alert_path(args: argparse.Namespace, results: dict[str, Any]) -> None
     print(f"   {'no alert':<18} {a['none_s']:6.2f} s")
     for name, key in (("Bot API black hole", "black_hole_s"), ("Bot API refused", "refused_s")):
         print(f"   {name:<18} {a[key]:6.2f} s  (+{a[key] - a['none_s']:.2f} s)")
+
+
+def report_relay_lag(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Section 7: recovery lag direct vs behind a relay, and time to give up per new class
+    (``recovery_lag.py``; the full series takes about fourteen minutes)."""
+    print("\n7. real gateways: recovery lag behind a relay, time to give up per class")
+    results["relay"] = relay_section(quick=args.quick)
+    for line in relay_report(results["relay"]):
+        print(f"   {line}")
+
+
+SECTIONS: dict[int, Callable[[argparse.Namespace, dict[str, Any]], None]] = {
+    1: report_happy_path,
+    2: report_recovery,
+    3: report_give_up,
+    4: report_alert_path,
+    5: report_whole_process,
+    6: report_simulator,
+    7: report_relay_lag,
+}
+"""Section number -> its report; a later section (throughput, relay lag) adds a line."""
 
 
 if __name__ == "__main__":

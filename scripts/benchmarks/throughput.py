@@ -186,7 +186,7 @@ def raw_client(port: int, rows: int, tag: str) -> int:
     """The raw contender: send every order, then wait for every acknowledgement."""
     from ib_insync import IB, LimitOrder, Stock
 
-    ib = IB()  # type: ignore[no-untyped-call]
+    ib = IB()
     ib.connect("127.0.0.1", port, clientId=10, timeout=60)
     trades = []
     for i in range(rows):
@@ -198,7 +198,7 @@ def raw_client(port: int, rows: int, tag: str) -> int:
         if time.monotonic() > deadline:
             return 1
         ib.waitOnUpdate(timeout=0.05)
-    ib.disconnect()  # type: ignore[no-untyped-call]
+    ib.disconnect()
     return 0
 
 

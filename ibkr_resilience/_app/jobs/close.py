@@ -26,6 +26,7 @@ from .close_cancel import Canceller
 from .close_orders import ClosingOrders
 from .close_records import CloseParams, CloseRecorder
 from .close_scope import Book, close_ref, trading_date
+from .gateway_watch import GatewayWatch, record_connectivity
 from .journal import DRY_RUN, NOT_PLACED, REJECTED, Journal
 from .kit import (
     RunState,
@@ -130,6 +131,7 @@ def _run(run: ScriptRun) -> None:
             timeout=run.ack_timeout,
             dry_run=args.dry_run,
             global_cancel=args.global_cancel,
+            outage_wait=run.settings.outage_wait,
         ).run
 
     run_in_session(run, SCRIPT, start)
@@ -153,15 +155,34 @@ class Closer:
     """Seconds to wait for each acknowledgement and for the cancels to be confirmed."""
     dry_run: bool
     global_cancel: bool
+    outage_wait: float = 300.0
+    """Seconds to wait for IB to come back after error 1100 (``IBKR_OUTAGE_WAIT``)."""
     day: date = field(default_factory=trading_date)
     """The exchange date the closing orders belong to."""
 
     def run(self, ib: Any) -> None:
-        """Close the positions in scope on the connected ``ib``; record every step."""
+        """Close the positions in scope on the connected ``ib``; record every step.
+
+        Raises the same :class:`.exits.RunStopped` errors as ``submit_orders`` (Read-Only
+        API, an IB outage past ``outage_wait``, a gateway that stopped answering).
+        """
         ib.RequestTimeout = self.timeout
         params = CloseParams(paper_account(ib), self.day, self.order_type)
+        watch = GatewayWatch(
+            ib,
+            lambda code, text: record_connectivity(
+                self.journal, self.state, params.account, code, text
+            ),
+            self.outage_wait,
+        )
+        try:
+            self._run(ib, params, watch)
+        finally:
+            watch.close()
+
+    def _run(self, ib: Any, params: CloseParams, watch: GatewayWatch) -> None:
         record = CloseRecorder(self.journal, self.state, params)
-        closing_orders = ClosingOrders(params, record, timeout=self.timeout)
+        closing_orders = ClosingOrders(params, record, watch, timeout=self.timeout)
         book = Book.read(ib, params.account, self.day)
         scope = book.scope(self.symbols)
         to_cancel = book.to_cancel(scope)

@@ -14,17 +14,21 @@ from typing import Any
 from ..._connect import compat
 from .close_records import CloseParams, CloseRecorder, closing_side, qty
 from .close_scope import close_ref
-from .exits import journal_if_cut_short
+from .exits import RunStopped, journal_if_cut_short
+from .gateway_watch import GatewayWatch, confirm
 from .journal import NOT_PLACED, SKIPPED, UNCONFIRMED
-from .orders import acknowledgement, qualify
+from .orders import qualify
 
 
 class ClosingOrders:
     """Builds, qualifies and sends closing orders, or records why one is not sent."""
 
-    def __init__(self, params: CloseParams, record: CloseRecorder, *, timeout: float) -> None:
+    def __init__(
+        self, params: CloseParams, record: CloseRecorder, watch: GatewayWatch, *, timeout: float
+    ) -> None:
         self.params = params
         self.record = record
+        self.watch = watch
         self.timeout = timeout
         self._contracts: dict[str, Any] = {}
 
@@ -55,11 +59,18 @@ class ClosingOrders:
         )
 
     def place(self, ib: Any, pos: Any) -> None:
-        """Send the closing order for ``pos`` (qualified first) and record its outcome."""
+        """Send the closing order for ``pos`` (qualified first) and record its outcome.
+
+        As in ``submit_orders`` (:func:`.gateway_watch.confirm`): nothing is sent while
+        error 1100 is in force, and a Read-Only refusal, an outage past its wait or a
+        silent gateway raise :class:`.exits.RunStopped` once the outcome is recorded.
+        """
+        self.watch.wait_out_outage()
         contract = self._contracts[pos.contract.symbol]
         order = self.order_for(pos)
         order.orderId = ib.client.getReqId()  # known before sending, for the journal
         trade: Any = None
+        stop: RunStopped | None = None
 
         def cut_short(cause: str) -> None:
             self.record.close(
@@ -74,8 +85,10 @@ class ClosingOrders:
         self.record.sending(pos, order)  # a failure here raises: nothing is sent
         with journal_if_cut_short(cut_short):
             trade = ib.placeOrder(contract, order)
-            event, message = acknowledgement(ib, [trade], self.timeout)
+            event, message, stop = confirm(ib, self.watch, [trade], self.timeout)
             self.record.close(pos, event, trade=trade, message=message)
+        if stop is not None:
+            raise stop
 
     def skip_pending(self, pos: Any, trade: Any) -> None:
         """Record that today's closing order ``trade`` already handles ``pos`` (or not)."""

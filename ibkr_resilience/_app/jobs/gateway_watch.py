@@ -23,14 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..._connect.compat import ensure_event_loop
+from ..._connect.failures import is_read_only_error
 from ..._core.log import get_logger
 from .exits import ExitCode, RunStopped
-from .orders import wait_for_update
+from .journal import REJECTED, UNCONFIRMED, Journal
+from .kit import Outcome, RunState
+from .orders import classify, trade_errors, trade_outcome, wait_for_update
 
 log = get_logger("ibkr_resilience.gateway")
 
@@ -122,6 +125,18 @@ class GatewayWatch:
         )
 
 
+CONNECTIVITY_EVENT = "gateway.connectivity"
+
+
+def record_connectivity(
+    journal: Journal, state: RunState, account: str, code: int, message: str
+) -> None:
+    """One journal record and one summary line per connectivity change (1100/1101/1102,
+    2110), so the record of either script shows when IB was unreachable during the run."""
+    journal.append(CONNECTIVITY_EVENT, code=code, message=message, account=account)
+    state.outcomes.append(Outcome(CONNECTIVITY_EVENT, f"error {code}: {message}", ""))
+
+
 def gateway_answers(ib: Any, timeout: float) -> bool:
     """The liveness probe: does ``reqCurrentTime`` come back within ``timeout`` seconds?
 
@@ -143,3 +158,67 @@ def gateway_answers(ib: Any, timeout: float) -> bool:
 def probe_timeout(ack_timeout: float) -> float:
     """A short deadline for the probe: ``PROBE_TIMEOUT``, never above the ack timeout."""
     return min(PROBE_TIMEOUT, ack_timeout)
+
+
+def confirm(
+    ib: Any, watch: GatewayWatch, trades: Sequence[Any], timeout: float
+) -> tuple[str, str, RunStopped | None]:
+    """Wait for the orders just placed (as one unit); return the journal event, its
+    message, and why the run must stop now (``None``: carry on).
+
+    Both scripts place through this, so the same gateway answer ends a run the same way
+    (see :func:`acknowledge` and :func:`stop_after`). When the gateway stopped
+    answering, the message is that stop's text, for the in-flight row's record.
+    """
+    event, message = acknowledge(ib, watch, trades, timeout)
+    stop = stop_after(ib, trades, event, timeout)
+    if isinstance(stop, GatewayNotAnsweringError):
+        message = str(stop)
+    return event, message, stop
+
+
+def acknowledge(
+    ib: Any, watch: GatewayWatch, trades: Sequence[Any], timeout: float
+) -> tuple[str, str]:
+    """Wait up to ``timeout`` s for the acknowledgements; an IB outage (1100) starting
+    meanwhile holds them (IB acknowledges only once restored), so it is waited out
+    (:meth:`GatewayWatch.wait_out_outage`, which raises :class:`IbOutageError`), then
+    the acknowledgements are waited for again. Returns ``orders.classify``'s answer."""
+
+    def settled() -> bool:
+        return all(trade_outcome(t) != "pending" for t in trades)
+
+    wait_for_update(ib, lambda: settled() or watch.in_outage, timeout)
+    if not settled() and watch.in_outage:
+        watch.wait_out_outage()
+        wait_for_update(ib, settled, timeout)
+    return classify(ib, trades, timeout)
+
+
+def stop_after(ib: Any, trades: Sequence[Any], event: str, timeout: float) -> RunStopped | None:
+    """Whether this answer means no later order can succeed.
+
+    Read-Only API (error 321, TWS "API interface is currently in Read-Only mode"):
+    every order would be refused (:class:`ReadOnlyApiError`, exit 5). No
+    acknowledgement and no answer to the liveness probe either: the gateway is silent
+    (frozen, or a dead NAT path with no FIN), and feeding it more orders would only
+    pile up unconfirmed ones (:class:`GatewayNotAnsweringError`, exit 1).
+    """
+    if event == REJECTED:
+        for t in trades:
+            for code, message in trade_errors(t):
+                if is_read_only_error(code, message):
+                    return ReadOnlyApiError(
+                        f"the gateway's API is read-only (error {code}: "
+                        f"{message.strip()}): {READ_ONLY_HINT}; no further order was sent"
+                    )
+    if event == UNCONFIRMED and ib.isConnected():  # a closed socket is the session's
+        probe = probe_timeout(timeout)
+        if not gateway_answers(ib, probe):
+            return GatewayNotAnsweringError(
+                f"the gateway stopped answering: no acknowledgement within "
+                f"{timeout:g} s (IBKR_ACK_TIMEOUT) and no reply to reqCurrentTime "
+                f"within {probe:g} s; the order may or may not have reached it, nothing "
+                "more was sent: check TWS and the network path"
+            )
+    return None

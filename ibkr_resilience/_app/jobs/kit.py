@@ -32,6 +32,7 @@ from ..._core.config import (
 from ..._core.log import get_logger
 from ..._core.logconfig import configure_logging
 from ..._session.session import ibkr_session
+from ..._session.signals import SignalGuard
 from ...errors import ConfigError, ConnectionFailed, LiveAccountRefused
 from ..usage import OneLineErrorParser
 from .exits import EXIT_CODES_HELP, LOST_GATEWAY, ExitCode, how_stopped, stop_on_journal_failure
@@ -171,21 +172,33 @@ def script_main(
 
     code = int(ExitCode.CONNECT_FAILED)  # what Python exits with if a bug escapes
     state.reason = "unexpected error (see the traceback on stderr)"
+    # SIGTERM/SIGHUP outside the session (reading the plan, after the disconnect) end the
+    # run as inside it: SystemExit(143/129), mapped by run_script, alerted and pinged.
+    guard = SignalGuard()
+    guard.install()
     loud = RunAlerts(script, environ)
     loud.start()  # before the settings and the plan: a missing plan is start + failure
     try:
         code = run_script(state, setup_and_run)
         return code
     finally:
-        write_run_metrics(state, code, environ)
-        loud.finish(
-            code,
-            state.reason,
-            state.summary,
-            gateway=_gateway(state, args, environ),
-            alerted=bool(getattr(getattr(state.session, "notifier", None), "failure_reported", 0)),
-            logging_ready=state.logging_ready,
-        )
+        # The run has its exit code: a signal now only waits for its report (metrics,
+        # alert, ping: each bounded), else cron would never hear how the run ended.
+        guard.defer()
+        try:
+            write_run_metrics(state, code, environ)
+            loud.finish(
+                code,
+                state.reason,
+                state.summary,
+                gateway=_gateway(state, args, environ),
+                alerted=bool(
+                    getattr(getattr(state.session, "notifier", None), "failure_reported", 0)
+                ),
+                logging_ready=state.logging_ready,
+            )
+        finally:
+            guard.restore()
 
 
 def _gateway(state: RunState, args: argparse.Namespace, env: Mapping[str, str]) -> Any:
@@ -249,7 +262,8 @@ def run_in_session(
     held from before connecting until after disconnecting (:mod:`.runlock`); a journal
     failure once connected is exit 7 (:func:`.exits.stop_on_journal_failure`).
     """
-    config = session_config(run.args, run.env)
+    # An IB outage (1100) found at connect is waited on as long as one mid-run.
+    config = session_config(run.args, run.env).replace(ib_offline_wait=run.settings.outage_wait)
     with open_journal(run, script=script) as journal:
         journal.start_run(
             host=config.host,

@@ -51,6 +51,9 @@ AMENDED = "order.amended"
 """``--amend``: the working order was modified in place (same order id)."""
 AMEND_FAILED = "order.amend_failed"
 """``--amend`` was refused, not confirmed, or not possible: the order stays as placed."""
+AMENDING = "order.amending"
+"""The record written just before ``--amend``'s ``placeOrder``. It is not a placement:
+until ``order.amended`` the journal's placed content stays the earlier one."""
 SENDING = "order.sending"
 """The record written just before ``placeOrder`` (the run's own crash guard)."""
 PLACEMENT_PROBLEMS = frozenset({CHANGED, REMOVED, AMEND_FAILED})

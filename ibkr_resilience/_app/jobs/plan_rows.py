@@ -84,15 +84,19 @@ class PlanError(ValueError):
 def parse_rows(text: str, src: str, limits: Limits | None = None) -> list[PlannedOrder]:
     """The validated rows of plan text (``plan_id`` still empty); ``src`` names the plan
     in the error. Raises :class:`PlanError` listing every problem of every row."""
-    try:
-        return _parse_rows(text, src, limits or Limits())
-    except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
-        raise PlanError(f"invalid order plan {src}: not readable as CSV: {exc}") from None
-
-
-def _parse_rows(text: str, src: str, limits: Limits) -> list[PlannedOrder]:
-    problems: list[tuple[int, str]] = []
     rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        return _parse_rows(rows, src, limits or Limits())
+    except csv.Error as exc:  # e.g. a cell over the csv module's field size limit
+        # The reader stops at the line it could not read: name it, as every other
+        # problem names its line (the cell itself is never quoted: it may be huge).
+        raise PlanError(
+            f"invalid order plan {src}: line {rows.line_num} is not readable as CSV: {exc}"
+        ) from None
+
+
+def _parse_rows(rows: Any, src: str, limits: Limits) -> list[PlannedOrder]:
+    problems: list[tuple[int, str]] = []
     header, header_line = _read_header(rows)
     if header is None:
         raise PlanError(f"order plan {src} is empty: expected a header line and orders")

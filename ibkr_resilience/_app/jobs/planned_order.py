@@ -115,24 +115,22 @@ class PlannedOrder:
             "ocaType": _BRACKET_OCA_TYPE,
             **common,
         }
-        take_profit = compat.LimitOrder(
-            exit_side,
-            self.quantity,
-            self.take_profit,
-            orderId=next_id(),
-            orderRef=f"{self.order_ref}:tp",
-            transmit=False,
-            **legs,
-        )
-        stop_loss = compat.StopOrder(
-            exit_side,
-            self.quantity,
-            self.stop_loss,
-            orderId=next_id(),
-            orderRef=f"{self.order_ref}:sl",
-            transmit=True,
-            **legs,
-        )
+
+        def leg(kind: Callable[..., compat.Order], price: float, suffix: str) -> compat.Order:
+            # Transmit only with the last leg: TWS then activates all three together.
+            last = suffix == "sl"
+            return kind(
+                exit_side,
+                self.quantity,
+                price,
+                orderId=next_id(),
+                orderRef=f"{self.order_ref}:{suffix}",
+                transmit=last,
+                **legs,
+            )
+
+        take_profit = leg(compat.LimitOrder, self.take_profit, "tp")  # ids in placing order
+        stop_loss = leg(compat.StopOrder, self.stop_loss, "sl")
         return [parent, take_profit, stop_loss]
 
     def _entry_order(self, order_id: int, **common: Any) -> compat.Order:

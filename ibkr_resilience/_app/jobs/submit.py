@@ -22,18 +22,9 @@ from functools import partial
 from typing import Any
 
 from ..._connect.compat import order_status
-from ..._connect.failures import is_read_only_error
 from ..._core.config import SessionConfig, env_value
 from ..._core.log import get_logger
-from .exits import RunStopped
-from .gateway_watch import (
-    READ_ONLY_HINT,
-    GatewayNotAnsweringError,
-    GatewayWatch,
-    ReadOnlyApiError,
-    gateway_answers,
-    probe_timeout,
-)
+from .gateway_watch import GatewayWatch, record_connectivity, stop_after
 from .journal import DRY_RUN, REJECTED, UNCONFIRMED, Journal
 from .kit import (
     Outcome,
@@ -44,7 +35,7 @@ from .kit import (
     run_in_session,
     script_main,
 )
-from .orders import paper_account, qualify, trade_errors
+from .orders import paper_account, qualify
 from .placements import (
     CHANGED,
     Placement,
@@ -192,7 +183,7 @@ class Submitter(ReviewedRows):
             timeout=self.timeout,
             record=self._record_unit,
             cut_short=self._record_cut_short,
-            stop_after=lambda trades, event: self._stop_after(ib, trades, event),
+            stop_after=lambda trades, event: stop_after(ib, trades, event, self.timeout),
             batch=self.journal.batch,
         )
         with window:
@@ -248,33 +239,6 @@ class Submitter(ReviewedRows):
         else:
             self._record(unit.key, UNCONFIRMED, order_id=orders[0].orderId, message=message)
 
-    def _stop_after(self, ib: Any, trades: list[Any], event: str) -> RunStopped | None:
-        """Whether this row's answer means no later order can succeed.
-
-        Read-Only API (error 321, TWS "API interface is currently in Read-Only mode"):
-        every order would be refused. No acknowledgement and no answer to the liveness
-        probe either: the gateway is silent (frozen, or a dead NAT path with no FIN),
-        and feeding it more orders would only pile up unconfirmed ones.
-        """
-        if event == REJECTED:
-            for t in trades:
-                for code, message in trade_errors(t):
-                    if is_read_only_error(code, message):
-                        return ReadOnlyApiError(
-                            f"the gateway's API is read-only (error {code}: "
-                            f"{message.strip()}): {READ_ONLY_HINT}; no further order was sent"
-                        )
-        if event == UNCONFIRMED and ib.isConnected():  # a closed socket is the session's
-            probe = probe_timeout(self.timeout)
-            if not gateway_answers(ib, probe):
-                return GatewayNotAnsweringError(
-                    f"the gateway stopped answering: no acknowledgement within "
-                    f"{self.timeout:g} s (IBKR_ACK_TIMEOUT) and no reply to reqCurrentTime "
-                    f"within {probe:g} s; the order may or may not have reached it, nothing "
-                    "more was sent: check TWS and the network path"
-                )
-        return None
-
     def _record_sending(self, row: PlannedOrder, orders: list[Any]) -> None:
         """The fsynced ``order.sending`` record that must precede the row's placeOrder."""
         fields = row.journal_fields()
@@ -284,11 +248,7 @@ class Submitter(ReviewedRows):
         self.journal.sending(**fields)
 
     def _record_connectivity(self, code: int, message: str) -> None:
-        """One journal line and one summary line per connectivity change (1100/1101/1102,
-        2110), so the record shows when IB was unreachable during the run."""
-        event = "gateway.connectivity"
-        self.journal.append(event, code=code, message=message, account=self.account)
-        self.state.outcomes.append(Outcome(event, f"error {code}: {message}", ""))
+        record_connectivity(self.journal, self.state, self.account, code, message)
 
     def _record(
         self,

@@ -8,7 +8,7 @@ The rules are in :mod:`.placements` and ``docs/order-plan.md``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..._connect.compat import order_status
@@ -16,7 +16,16 @@ from ..._core.log import get_logger
 from .exits import journal_if_cut_short
 from .journal import DRY_RUN, SKIPPED, Journal
 from .kit import Outcome, RunState
-from .placements import AMEND_FAILED, AMENDED, CHANGED, REMOVED, Found, Placement, Review
+from .placements import (
+    AMEND_FAILED,
+    AMENDED,
+    AMENDING,
+    CHANGED,
+    REMOVED,
+    Found,
+    Placement,
+    Review,
+)
 from .plan import Plan
 from .plan_amend import amend, amend_blocker
 from .planned_order import PlannedOrder
@@ -39,19 +48,9 @@ class ReviewedRows:
     timeout: float
     placements: Mapping[str, Placement]
 
-    def _record(
-        self,
-        row: PlannedOrder,
-        event: str,
-        *,
-        trades: list[Any] | None = None,
-        status: str = "",
-        order_id: int | None = None,
-        perm_id: int | None = None,
-        message: str = "",
-        placed_fingerprint: str | None = None,
-    ) -> None:
-        raise NotImplementedError
+    _record: Callable[..., None]
+    """``Submitter._record(row, event, *, trades=, status=, order_id=, perm_id=,
+    message=, placed_fingerprint=)``: one journal record, summary line and log line."""
 
     def _record_skipped(self, row: PlannedOrder, seen: Review) -> None:
         found, earlier = seen.legs, seen.placement
@@ -115,6 +114,9 @@ class ReviewedRows:
         def cut_short(cause: str) -> None:
             self._record(row, AMEND_FAILED, message=f"{cause} while amending: check TWS", **ids)
 
+        fields = row.journal_fields()
+        fields.update(ids, account=self.account, changes=changes)
+        self.journal.append(AMENDING, **fields)  # a failure here raises: nothing is sent
         with journal_if_cut_short(cut_short):
             event, text = amend(ib, row, entry.trade, self.account, self.timeout)
         if event == AMENDED:

@@ -75,6 +75,6 @@ def get_account(ib: IB) -> str:
     return _legacy.get_account(ib)
 
 
-def disconnect(ib: IB) -> None:
+def disconnect(ib: IB | None) -> None:
     """Disconnect ``ib`` if connected; never raises."""
     _legacy.disconnect(ib)

@@ -1,0 +1,123 @@
+"""Bench sections measured across processes: the happy path and the whole cron run.
+
+Both put the simulated gateway in its own process and measure the client from outside:
+wall time in interleaved blocks or pairs (median, min, max), and, where ``valgrind`` is
+installed, instructions (callgrind ``Ir``), which a loaded machine does not disturb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway_process import ROOT, gateway_process, have_valgrind, instructions, run_timed
+
+from ibkr_resilience.testing import HttpServer
+
+HERE = Path(__file__).resolve().parent
+HAPPY = HERE / "happy_cycles.py"
+RAW_ONE_ORDER = HERE / "raw_one_order.py"
+SUBMIT = ROOT / "scripts" / "paper_trading" / "submit_orders.py"
+PING_PATH = "/0b8e4f7a-5f1c-4e10-9c6a-3b7d2a9e1c13"
+ONE_ROW = "id,symbol,side,quantity,order_type,limit_price,stop_price,tif,take_profit,stop_loss\n"
+ONE_ROW += "bench-1,AAPL,BUY,10,MKT,,,DAY,,\n"
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    """Median, min and max, in milliseconds."""
+    return {
+        "median_ms": statistics.median(samples) * 1000,
+        "min_ms": min(samples) * 1000,
+        "max_ms": max(samples) * 1000,
+        "n": len(samples),
+    }
+
+
+def base_env(tmp: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": tmp,
+        "XDG_STATE_HOME": tmp,
+        "PYTHONHASHSEED": "0",
+    }
+
+
+# --------------------------------------------------------------------------- happy path
+def happy_cmd(port: int, tmp: str, url: str, contenders: str, *opts: str) -> list[str]:
+    log = os.path.join(tmp, "happy.jsonl")
+    return [
+        *(sys.executable, str(HAPPY), str(port), log, tmp),
+        *("--healthcheck-url", url, "--contenders", contenders, *opts),
+    ]
+
+
+def happy_path(blocks: int, instr_cycles: int) -> dict[str, Any]:
+    """Wall: raw / session / session with a healthcheck URL in alternating blocks of 20
+    in one child process. Instructions: per cycle, from two callgrind runs of each
+    contender (``instr_cycles`` and twice that; the difference removes start-up)."""
+    out: dict[str, Any] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        gateway_process() as port,
+        HttpServer([(200, b"OK")], path=PING_PATH, keep_alive=True) as hc,
+    ):
+        env = base_env(tmp)
+        cmd = happy_cmd(port, tmp, hc.url, "raw,session,session_hc", "--blocks", str(blocks))
+        done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+        times: dict[str, list[float]] = json.loads(done.stdout)
+        out["wall"] = {name: stats(samples) for name, samples in times.items()}
+        if have_valgrind() and instr_cycles > 0:
+            per_cycle: dict[str, float] = {}
+            for name in ("raw", "session", "session_hc"):
+                counts = []
+                for n in (instr_cycles, 2 * instr_cycles):
+                    opts = ("--blocks", "1", "--block", str(n), "--warmup", "3")
+                    counts.append(instructions(happy_cmd(port, tmp, hc.url, name, *opts), env))
+                per_cycle[name] = (counts[1] - counts[0]) / instr_cycles
+            out["instructions"] = per_cycle
+    return out
+
+
+# --------------------------------------------------------------------------- whole process
+def whole_process(pairs: int) -> dict[str, Any]:
+    """``submit_orders.py`` with a 1-row plan vs ``raw_one_order.py``, each a fresh
+    process against a fresh gateway process (an order placed once stays in the gateway's
+    executions), in pairs whose order alternates. Instructions: one callgrind run each."""
+    raw: list[float] = []
+    job: list[float] = []
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = Path(tmp, "plan.csv")
+        plan.write_text(ONE_ROW)
+        for i in range(pairs + (1 if have_valgrind() else 0)):
+            run_dir = tempfile.mkdtemp(dir=tmp)
+            env = {
+                **base_env(run_dir),
+                "IBKR_LOG_FORMAT": "json",
+                "IBKR_LOG_FILE": os.path.join(run_dir, "job.jsonl"),
+                "IBKR_JOURNAL": os.path.join(run_dir, "journal.jsonl"),
+                "IBKR_CONNECT_TIMEOUT": "60",
+                "IBKR_ACK_TIMEOUT": "60",
+            }
+            with gateway_process() as port:
+                raw_cmd = [sys.executable, str(RAW_ONE_ORDER), str(port)]
+                job_cmd = [sys.executable, str(SUBMIT), "--plan", str(plan), "--port", str(port)]
+                if i == pairs:  # the last pair: instruction counts instead of wall time
+                    counts = {"raw": instructions(raw_cmd, env), "job": instructions(job_cmd, env)}
+                    continue
+                if i % 2:
+                    job.append(run_timed(job_cmd, env))
+                    raw.append(run_timed(raw_cmd, env))
+                else:
+                    raw.append(run_timed(raw_cmd, env))
+                    job.append(run_timed(job_cmd, env))
+    result: dict[str, Any] = {"wall": {"raw": stats(raw), "job": stats(job)}}
+    if counts:
+        result["instructions"] = counts
+    return result

@@ -460,7 +460,9 @@ def test_drop_mid_session(
     not reconnected (orders may be in flight), alerted, exit 1 at once."""
     gw = fake_gateway
     gw.hold_orders(after=1)
-    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"), tmp_path)
+    # One order in flight (the windowed run: test_fault_matrix_window.py).
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_ORDER_WINDOW="1")
+    job = running(submit_cmd(gw), env, tmp_path)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
     gw.drop_connections()
     run = job.wait()
@@ -550,7 +552,8 @@ def test_signal_in_block(
     look), the order journaled unconfirmed, disconnected."""
     gw = fake_gateway
     gw.hold_orders(after=0)
-    job = running(submit_cmd(gw), job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20"), tmp_path)
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_ORDER_WINDOW="1")
+    job = running(submit_cmd(gw), env, tmp_path)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
     run, sent = job.signal_and_wait(signum)
     code, title = EXPECTED[row]
@@ -771,7 +774,8 @@ def test_read_only_mid_run(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
     rejected with the code, nothing more is sent, exit 5, the alert says what to untick."""
     gw = fake_gateway
     gw.read_only(after_orders=1)
-    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    env = job_env(tmp_path, bot_api.url, IBKR_ORDER_WINDOW="1")  # windowed: ..._window.py
+    run = run_job(submit_cmd(gw), env, tmp_path)
     code, title = EXPECTED["read_only_mid_run"]
     assert run.code == code, run.stderr
     # The session's own duration: no ack deadline waited (interpreter start-up excluded).
@@ -821,7 +825,9 @@ def test_ib_outage_restored(
     order is acknowledged and the run carries on (exit 0); the journal has both changes."""
     gw = fake_gateway
     gw.hold_orders(after=1)
-    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="30")
+    env = job_env(
+        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="30", IBKR_ORDER_WINDOW="1"
+    )
     job = running(submit_cmd(gw), env, tmp_path)
     sent_at_1100 = _outage_in_flight(gw, job)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 2, timeout=5)
@@ -852,7 +858,9 @@ def test_ib_outage_never_clears(
     the order in flight journaled unconfirmed, nothing sent after the 1100."""
     gw = fake_gateway
     gw.hold_orders(after=1)
-    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="1")
+    env = job_env(
+        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="1", IBKR_ORDER_WINDOW="1"
+    )
     job = running(submit_cmd(gw), env, tmp_path)
     sent_at_1100 = _outage_in_flight(gw, job)
     seen = time.monotonic()
@@ -877,7 +885,8 @@ def test_silent_gateway(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Pa
     deadline the liveness probe gets no answer either; exit 1, alert, nothing more sent."""
     gw = fake_gateway
     gw.silent(after_orders=1)
-    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    env = job_env(tmp_path, bot_api.url, IBKR_ORDER_WINDOW="1")  # windowed: ..._window.py
+    run = run_job(submit_cmd(gw), env, tmp_path)
     code, title = EXPECTED["silent_gateway"]
     assert run.code == code, run.stderr
     silent_at = gw.events("sim.silent")[0]["at"]
@@ -955,6 +964,7 @@ BAD_VALUES: dict[str, str] = {
     "IBKR_MAX_ORDER_NOTIONAL": "-1",
     "IBKR_OUTAGE_WAIT": "-1",
     "IBKR_LOCK_WAIT": "soon",
+    "IBKR_ORDER_WINDOW": "0",
     "IBKR_CLIENT_LIBRARY": "ib_nonesuch",
 }
 FAIL_OPEN = {"IBKR_ALERT_STATE_FILE", "IBKR_METRICS_DIR"}  # a warning, the run goes on

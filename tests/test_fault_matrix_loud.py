@@ -188,7 +188,7 @@ def test_sighup_in_block(
     a ``/fail`` ping (a signal) and a run-level alert."""
     gw = fake_gateway
     gw.hold_orders(after=0)
-    env = loud_env(tmp_path, bot_api, healthchecks, IBKR_ACK_TIMEOUT="20")
+    env = loud_env(tmp_path, bot_api, healthchecks, IBKR_ACK_TIMEOUT="20", IBKR_ORDER_WINDOW="1")
     job = running(submit_cmd(gw), env, tmp_path)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
     run, sent = job.signal_and_wait(signal.SIGHUP)

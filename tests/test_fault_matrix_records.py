@@ -110,7 +110,7 @@ def start_holder(
     gw.hold_orders(after=1)
     first_dir = tmp_path / "first"
     first_dir.mkdir()
-    env = job_env(first_dir, bot_url, IBKR_ACK_TIMEOUT="60")
+    env = job_env(first_dir, bot_url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="1")
     job = running(submit_cmd(gw), env, first_dir)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
     return job, env
@@ -270,14 +270,15 @@ def test_disk_fills_mid_run(bot_api: BotApi, tmp_path: Path) -> None:
     measure_dir.mkdir()
     real_dir.mkdir()
     with FakeGateway() as gw:
-        run = run_job(submit_cmd(gw), job_env(measure_dir, bot_api.url), measure_dir)
+        measure_env = job_env(measure_dir, bot_api.url, IBKR_ORDER_WINDOW="1")
+        run = run_job(submit_cmd(gw), measure_env, measure_dir)
         assert run.code == 0, run.stderr
     sending = [
         end
         for event, end in journal_offsets(measure_dir / "journal.jsonl")
         if event == "order.sending"
     ]
-    env = job_env(real_dir, bot_api.url)
+    env = job_env(real_dir, bot_api.url, IBKR_ORDER_WINDOW="1")  # one order in flight
     journal_path = Path(env["IBKR_JOURNAL"])
     journal_path.write_bytes(b"\n" * PREFILL)  # so the log file stays far under the limit
     with FakeGateway() as gw:
@@ -316,7 +317,7 @@ def test_crash_between_send_and_ack(
     journal already holds its ``order.sending`` with the id the gateway received."""
     gw = fake_gateway
     gw.hold_orders(after=0)
-    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60")
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="1")
     job = running(submit_cmd(gw), env, tmp_path)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 1, timeout=60)
     run, _ = job.signal_and_wait(signal.SIGKILL)

@@ -154,7 +154,8 @@ def test_sigterm_mid_run_then_rerun_places_every_order_once(tmp_path: Path) -> N
                 cwd=tmp_path,
                 stdout=o,
                 stderr=e,
-                env=script_env(tmp_path, IBKR_ACK_TIMEOUT="30"),
+                # One order in flight; the windowed kill: test_fault_matrix_window.py.
+                env=script_env(tmp_path, IBKR_ACK_TIMEOUT="30", IBKR_ORDER_WINDOW="1"),
             )
             try:
                 # hard deadlines, the interpreter's start-up on a loaded machine included
@@ -213,8 +214,9 @@ def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
 ) -> None:
     gw = fake_gateway
     gw.hold_orders(after=1)
+    env = script_env(tmp_path, IBKR_ACK_TIMEOUT="20", IBKR_ORDER_WINDOW="1")  # one in flight
     with dropping_when_an_order_is_held(gw):
-        assert submit(gw, tmp_path, env=script_env(tmp_path, IBKR_ACK_TIMEOUT="20")) == 1
+        assert submit(gw, tmp_path, env=env) == 1
     ended = time.monotonic()
     [dropped] = [e for e in gw.events("sim.connection.close") if e["reason"] == "dropped by test"]
     assert ended - dropped["at"] < 3  # the loss ended the wait, not the 20 s deadline

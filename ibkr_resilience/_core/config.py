@@ -43,6 +43,8 @@ DEFAULT_OUTAGE_WAIT = 300.0
 """Seconds the trading jobs wait for IB to come back after error 1100 (socket still up)."""
 DEFAULT_LOCK_WAIT = 60.0
 """Seconds a trading job waits for another run's lock on the same gateway."""
+DEFAULT_ORDER_WINDOW = 8
+"""Plan rows a trading job keeps sent and unacknowledged at once (1: one at a time)."""
 
 
 _Kind = Literal[
@@ -50,6 +52,7 @@ _Kind = Literal[
     "port",
     "client_id",
     "count",
+    "window",
     "positive",
     "non_negative",
     "amount",
@@ -175,6 +178,8 @@ class JobSettings:
     """``$IBKR_METRICS_DIR``: node-exporter textfile directory; ``None``: no metrics."""
     lock_wait: float = DEFAULT_LOCK_WAIT
     """Seconds to wait for another run's lock on the same gateway before exit 6 (>= 0)."""
+    order_window: int = DEFAULT_ORDER_WINDOW
+    """Rows (a bracket is one) sent and not yet acknowledged at once, 1 to 100."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)
@@ -234,6 +239,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("outage_wait", "IBKR_OUTAGE_WAIT", "non_negative", owner="job"),
     _Spec("metrics_dir", "IBKR_METRICS_DIR", "path", optional=True, owner="job"),
     _Spec("lock_wait", "IBKR_LOCK_WAIT", "non_negative", owner="job"),
+    _Spec("order_window", "IBKR_ORDER_WINDOW", "window", owner="job"),
     # Read once, when the package is imported (_connect/compat.py): the client library.
     _Spec("client_library", "IBKR_CLIENT_LIBRARY", "client_library", True, "process"),
 )

@@ -114,6 +114,7 @@ VALIDATORS: dict[str, tuple[Callable[[object], Any], str]] = {
     "port": (_integer(1, 65535), "an integer port between 1 and 65535"),
     "client_id": (_integer(0, 2**31 - 1), "an integer client id between 0 and 2147483647"),
     "count": (_integer(1, 10**9), "an integer >= 1"),
+    "window": (_integer(1, 100), "an integer from 1 to 100 (orders in flight)"),
     "positive": (_seconds(zero_ok=False), "a finite number of seconds > 0"),
     "non_negative": (_seconds(zero_ok=True), "a finite number of seconds >= 0"),
     "amount": (_seconds(zero_ok=False), "a finite amount > 0"),

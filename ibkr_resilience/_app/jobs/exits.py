@@ -55,7 +55,7 @@ exit codes:
        orders may be live and unrecorded (stderr lists each orderRef and order id)
   129  hung up (SIGHUP: the terminal or ssh session went away); as for 143
   130  interrupted (Ctrl-C)
-  143  terminated (SIGTERM); the order in flight is journaled as order.unconfirmed
+  143  terminated (SIGTERM); the orders in flight are journaled as order.unconfirmed
 
 Every non-zero exit is alerted (Telegram, de-duplicated across runs: a job failing
 every 5 minutes alerts once, then reminds) unless the session already alerted the same
@@ -63,7 +63,8 @@ failure, and pings IBKR_HEALTHCHECK_URL with <url>/<exit code> (<url>/fail for 1
 130, 143); exit 0 pings <url>. Each failing run logs one ERROR line, script.end.
 
 environment: IBKR_HOST, IBKR_PORT, IBKR_CONNECT_* (see docs/configuration.md),
-IBKR_ACK_TIMEOUT, IBKR_OUTAGE_WAIT, IBKR_LOCK_WAIT, IBKR_JOURNAL, IBKR_LOG_FORMAT/LEVEL/FILE.
+IBKR_ACK_TIMEOUT, IBKR_OUTAGE_WAIT, IBKR_LOCK_WAIT, IBKR_ORDER_WINDOW, IBKR_JOURNAL,
+IBKR_LOG_FORMAT/LEVEL/FILE.
 Options override them.
 Details: docs/scripts.md.
 """

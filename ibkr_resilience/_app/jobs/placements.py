@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ __all__ = [
     "placed_refs",
     "read_placements",
     "removed_refs",
+    "request_refs",
     "review",
 ]
 
@@ -80,16 +81,30 @@ class Found:
     """The open order's trade (its order and contract as the gateway reports them)."""
 
 
-def placed_refs(ib: Any, account: str) -> dict[str, Found]:
+def request_refs(ib: Any) -> tuple[Awaitable[Any], Awaitable[Any]]:
+    """Send the two requests :func:`placed_refs` reads (every client's open orders, the
+    executions) and return their pending answers, so that the caller can do something
+    else during the round trip (qualify the plan's contracts)."""
+    return ib.reqAllOpenOrdersAsync(), ib.reqExecutionsAsync()
+
+
+def placed_refs(
+    ib: Any, account: str, requested: tuple[Awaitable[Any], Awaitable[Any]] | None = None
+) -> dict[str, Found]:
     """Every orderRef in ``account``'s open orders (every client's) and executions.
 
+    ``requested``: the answers :func:`request_refs` is waiting for; else both requests
+    are sent now. Either way they share one round trip, and the wait is bounded as the
+    blocking calls are (``RequestTimeout``; 0 means none).
     Executions are whatever the gateway reports, which is the current day unless TWS
     keeps more; earlier days are in the journal (:func:`read_placements`).
     ``openTrades()``/``fills()`` add what this session itself saw, in case a request
     answer was cut short.
     """
     found: dict[str, Found] = {}
-    for trade in [*respect_reported_ids(ib, ib.reqAllOpenOrders()), *ib.openTrades()]:
+    pending = requested or request_refs(ib)
+    open_orders, executions = ib.run(*pending, timeout=ib.RequestTimeout or None)
+    for trade in [*respect_reported_ids(ib, open_orders), *ib.openTrades()]:
         order = trade.order
         if order.orderRef and order.account in (account, ""):
             status = order_status(trade)
@@ -97,7 +112,7 @@ def placed_refs(ib: Any, account: str) -> dict[str, Found]:
                 order.orderRef,
                 Found("open order", order.orderId or None, order.permId or None, status, trade),
             )
-    for fill in [*ib.reqExecutions(), *ib.fills()]:
+    for fill in [*executions, *ib.fills()]:
         ex = fill.execution
         if ex.orderRef and ex.acctNumber in (account, ""):
             found.setdefault(

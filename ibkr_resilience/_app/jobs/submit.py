@@ -4,11 +4,11 @@ A cron job can run twice (a retry, a manual re-run) or die halfway (SIGTERM, a r
 and either must neither lose nor duplicate an order. So the account, not this process,
 is the memory: every order carries an ``orderRef`` derived from the plan, and before
 placing anything the script collects the refs already in the account's open orders and
-in the executions the gateway reports; rows found there are skipped. Each order is
-placed and acknowledged (or rejected, or timed out) before the next one, and its outcome
-is in the fsynced journal before the script moves on, so a kill loses at most the
-acknowledgement of one order, which is then journaled as unconfirmed on the way out.
-See ``docs/scripts.md``.
+in the executions the gateway reports; rows found there are skipped. Up to
+``IBKR_ORDER_WINDOW`` rows are in flight at once (:mod:`.window`): each is announced by an
+fsynced ``order.sending`` record before it is sent, and its outcome follows in plan
+order, so a kill loses at most the acknowledgements of the rows in the window, which are
+then journaled as unconfirmed on the way out. See ``docs/scripts.md``.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from ..._connect.compat import order_status
 from ..._core.config import SessionConfig, env_value
 from ..._core.log import get_logger
-from .exits import journal_if_cut_short
-from .gateway_watch import GatewayWatch, confirm, record_connectivity
+from .gateway_watch import GatewayWatch, record_connectivity, stop_after
 from .journal import DRY_RUN, REJECTED, UNCONFIRMED, Journal
 from .kit import (
     Outcome,
@@ -43,11 +43,13 @@ from .placements import (
     placed_refs,
     read_placements,
     removed_refs,
+    request_refs,
     review,
 )
 from .plan import Plan, PlannedOrder, check_plan_id, load_plan
 from .plan_rows import Limits
 from .submit_review import ReviewedRows
+from .window import OrderWindow, Unit
 
 log = get_logger("ibkr_resilience.submit")
 
@@ -114,6 +116,7 @@ def _run(run: ScriptRun) -> None:
             timeout=run.ack_timeout,
             dry_run=args.dry_run,
             outage_wait=run.settings.outage_wait,
+            window=run.settings.order_window,
             amend=args.amend,
             placements=read_placements(journal.path, plan.plan_id),
         ).run
@@ -134,6 +137,8 @@ class Submitter(ReviewedRows):
     dry_run: bool
     outage_wait: float = 300.0
     """Seconds to wait for IB to come back after error 1100 (``IBKR_OUTAGE_WAIT``)."""
+    window: int = 1
+    """Rows in flight at once (``IBKR_ORDER_WINDOW``; 1: each acknowledged before the next)."""
     amend: bool = False
     """``--amend``: modify a changed row's working order in place."""
     placements: Mapping[str, Placement] = field(default_factory=dict)
@@ -157,8 +162,9 @@ class Submitter(ReviewedRows):
     def _run(self, ib: Any) -> None:
         self.account = paper_account(ib)
         contracts = self.plan.contracts()
+        requested = request_refs(ib)  # answered while the contracts are qualified
         failures = qualify(ib, contracts)
-        placed = placed_refs(ib, self.account)
+        placed = placed_refs(ib, self.account, requested)
         log.info(
             "submit.checked",
             account=self.account,
@@ -170,63 +176,73 @@ class Submitter(ReviewedRows):
             itertools.count(1).__next__ if self.dry_run else ib.client.getReqId
         )
         today = self.today()
-        for row in self.plan:
-            if not self.state.check_connected(ib):
-                return
-            seen = review(row, placed, self.placements.get(row.order_ref), today)
-            if seen.action == "skip":
-                self._record_skipped(row, seen)
-                continue
-            if seen.action == "changed":
-                self._changed(ib, row, seen)
-                continue
-            moved = moved_from(row, self.placements, self.plan.orders)
-            if moved is not None:
-                self._record_moved(row, moved)
-                continue
-            failure = failures.get(row.contract_key)
-            if failure is not None:
-                self._record(row, REJECTED, message=failure)
-                continue
-            orders = row.build_orders(next_id, account=self.account)
-            if self.dry_run:
-                legs = (
-                    f" + take-profit {row.take_profit} / stop-loss {row.stop_loss}"
-                    if row.is_bracket
-                    else ""
-                )
-                self._record(row, DRY_RUN, message=f"would place {_describe(row)}{legs}")
-                continue
-            self._place(ib, row, contracts[row.contract_key], orders)
+        assert self.watch is not None
+        window: OrderWindow[PlannedOrder] = OrderWindow(
+            ib,
+            self.watch,
+            size=self.window,
+            timeout=self.timeout,
+            record=self._record_unit,
+            cut_short=self._record_cut_short,
+            stop_after=lambda trades, event: stop_after(ib, trades, event, self.timeout),
+            batch=self.journal.batch,
+        )
+        with window:
+            for row in self.plan:
+                if not self.state.check_connected(ib):
+                    break
+                seen = review(row, placed, self.placements.get(row.order_ref), today)
+                if seen.action == "skip":
+                    window.then(partial(self._record_skipped, row, seen))
+                    continue
+                if seen.action == "changed":
+                    window.drain()  # an amendment is sent: one thing at a time
+                    self._changed(ib, row, seen)
+                    continue
+                moved = moved_from(row, self.placements, self.plan.orders)
+                if moved is not None:
+                    window.then(partial(self._record_moved, row, moved))
+                    continue
+                failure = failures.get(row.contract_key)
+                if failure is not None:
+                    window.then(partial(self._record, row, REJECTED, message=failure))
+                    continue
+                orders = row.build_orders(next_id, account=self.account)
+                if self.dry_run:
+                    legs = (
+                        f" + take-profit {row.take_profit} / stop-loss {row.stop_loss}"
+                        if row.is_bracket
+                        else ""
+                    )
+                    self._record(row, DRY_RUN, message=f"would place {_describe(row)}{legs}")
+                    continue
+                sending = partial(self._record_sending, row, orders)
+                if not window.place(row, contracts[row.contract_key], orders, sending):
+                    self.state.check_connected(ib)  # the gateway went away: stop here
+                    break
+            window.drain()
+        if self.state.lost:
+            return
         for ref, earlier in removed_refs(
             self.plan.plan_id, self.plan, placed, self.placements
         ).items():
             self._record_removed(ref, earlier)
 
-    def _place(self, ib: Any, row: PlannedOrder, contract: Any, orders: list[Any]) -> None:
-        assert self.watch is not None
-        self.watch.wait_out_outage()  # nothing is sent while error 1100 is in force
-        trades: list[Any] = []
+    def _record_unit(self, unit: Unit[PlannedOrder], event: str, message: str) -> None:
+        self._record(unit.key, event, trades=unit.trades, message=message)
 
-        def cut_short(cause: str) -> None:
-            message = (
-                f"{cause} while placing ({len(trades)} of {len(orders)} order(s) handed to "
-                "the client), before the gateway confirmed; a re-run skips it if the gateway "
-                "has it"
-            )
-            if trades:
-                self._record(row, UNCONFIRMED, trades=trades, message=message)
-            else:
-                self._record(row, UNCONFIRMED, order_id=orders[0].orderId, message=message)
-
-        self._record_sending(row, orders)  # a failure here raises: nothing is sent
-        with journal_if_cut_short(cut_short):
-            for order in orders:
-                trades.append(ib.placeOrder(contract, order))
-            event, message, stop = confirm(ib, self.watch, trades, self.timeout)
-            self._record(row, event, trades=trades, message=message)
-        if stop is not None:
-            raise stop
+    def _record_cut_short(self, unit: Unit[PlannedOrder], cause: str) -> None:
+        """A row in the window when the run stopped: unconfirmed, with why."""
+        trades, orders = unit.trades, unit.orders
+        message = (
+            f"{cause} while placing ({len(trades)} of {len(orders)} order(s) handed to "
+            "the client), before the gateway confirmed; a re-run skips it if the gateway "
+            "has it"
+        )
+        if trades:
+            self._record(unit.key, UNCONFIRMED, trades=trades, message=message)
+        else:
+            self._record(unit.key, UNCONFIRMED, order_id=orders[0].orderId, message=message)
 
     def _record_sending(self, row: PlannedOrder, orders: list[Any]) -> None:
         """The fsynced ``order.sending`` record that must precede the row's placeOrder."""

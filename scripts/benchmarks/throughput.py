@@ -1,0 +1,224 @@
+"""Order throughput under gateway latency: ``submit_orders`` vs a raw send-all script.
+
+Usage:
+    python scripts/benchmarks/throughput.py [--runs 7] [--rows 120] [--delay 0.05]
+        [--windows 1,8] [--json results.json]
+
+The simulated gateway runs in its own process with every reply delayed ``--delay`` s
+(scenario ``slow:S``), so its work stays out of the timings. Each contender is a whole
+process, as cron runs it, placing a ``--rows``-row plan of limit orders (no fills):
+
+- **raw**: a minimal ib_insync script (this file, ``--raw PORT ROWS TAG``): connect, hand
+  every order to ``placeOrder``, then wait until the gateway acknowledged them all; no
+  qualification, no idempotency check, no journal;
+- **submit_orders, window W**: ``scripts/paper_trading/submit_orders.py`` with
+  ``IBKR_ORDER_WINDOW=W`` (1 = one row at a time, the behaviour before issue 13 item 4),
+  JSON logs to ``/dev/null``, the journal in a temporary directory.
+
+Runs are interleaved (one of each contender per round, the order rotated each round),
+each with its own plan id so that every run places fresh orders. Reported: median, min
+and max wall seconds, each median's ratio to raw, and the median CPU seconds (user +
+system of the child, which other load on the machine disturbs less than wall time).
+Both contenders go through the client library's own throttle (45 requests/s,
+``Client.MaxRequests``), which for 120 orders is most of the raw script's time.
+
+``section()`` runs the measurement and returns the figures, for ``bench.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBMIT = ROOT / "scripts" / "paper_trading" / "submit_orders.py"
+SYMBOLS = ("AAPL", "MSFT", "IBM", "SPY")
+PRICE = 100.0  # a limit far from every simulated price: the orders rest, nothing fills
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def gateway_process(delay: float) -> Iterator[int]:
+    """``python -m ibkr_resilience.simulator --scenario slow:<delay>``; yields its port."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "ibkr_resilience.simulator", "--port", str(port)]
+    proc = subprocess.Popen(
+        [*cmd, "--scenario", f"slow:{delay:g}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # a benchmark helper, not a test: polling the port is fine here
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the simulated gateway did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def write_plan(path: Path, rows: int) -> None:
+    lines = ["id,symbol,side,quantity,order_type,limit_price,stop_price,tif,take_profit,stop_loss"]
+    lines += [f"r{i},{SYMBOLS[i % len(SYMBOLS)]},BUY,1,LMT,{PRICE:g},,DAY,," for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+CPU: dict[str, list[float]] = {}
+"""CPU seconds (user + system) of each contender's runs, filled by :func:`run_timed`."""
+
+
+def run_timed(cmd: Sequence[str], env: dict[str, str], name: str = "") -> float:
+    """Wall seconds of one child process run to completion (its CPU seconds go to
+    ``CPU[name]``: less disturbed than wall time by other work on the machine); raises
+    if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} exited {done.returncode}: {done.stderr[-500:]}")
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    CPU.setdefault(name, []).append(cpu)
+    return elapsed
+
+
+def _contenders(
+    port: int, rows: int, windows: Sequence[int], tmp: Path
+) -> dict[str, Callable[[str], float]]:
+    plan = tmp / "plan.csv"
+    write_plan(plan, rows)
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp)}
+
+    def raw(tag: str) -> float:
+        cmd = [sys.executable, __file__, "--raw", str(port), str(rows), tag]
+        return run_timed(cmd, base, "raw")
+
+    def submit(window: int) -> Callable[[str], float]:
+        def run(tag: str) -> float:
+            env = {
+                **base,
+                "XDG_STATE_HOME": str(tmp / "state"),
+                "IBKR_JOURNAL": str(tmp / f"journal-{tag}.jsonl"),
+                "IBKR_LOG_FORMAT": "json",
+                "IBKR_LOG_FILE": "/dev/null",
+                "IBKR_ORDER_WINDOW": str(window),
+            }
+            cmd = [sys.executable, str(SUBMIT), "--plan", str(plan), "--port", str(port)]
+            return run_timed([*cmd, "--plan-id", tag], env, f"submit_orders, window {window}")
+
+        return run
+
+    found: dict[str, Callable[[str], float]] = {"raw": raw}
+    for window in windows:
+        found[f"submit_orders, window {window}"] = submit(window)
+    return found
+
+
+def section(
+    runs: int = 7,
+    rows: int = 120,
+    delay: float = 0.05,
+    windows: Sequence[int] = (1, 8),
+    out: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Measure and print the throughput section; return ``{contender: {median_s, min_s,
+    max_s, ratio, runs_s}}`` plus the parameters."""
+    times: dict[str, list[float]] = {}
+    CPU.clear()
+    with tempfile.TemporaryDirectory() as tmp, gateway_process(delay) as port:
+        contenders = _contenders(port, rows, windows, Path(tmp))
+        names = list(contenders)
+        for i in range(runs):
+            turn = names[i % len(names) :] + names[: i % len(names)]  # rotate each round
+            for name in turn:
+                tag = f"b{i}{names.index(name)}"
+                times.setdefault(name, []).append(contenders[name](tag))
+    raw_median = statistics.median(times["raw"])
+    results: dict[str, Any] = {"rows": rows, "delay_s": delay, "runs": runs}
+    out(f"## Order throughput: {rows} rows, {delay * 1000:g} ms per reply, {runs} runs each")
+    raw_cpu = statistics.median(CPU["raw"])
+    head = f"{'contender':<28} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7}"
+    out(f"{head} {'CPU':>7} {'ratio':>7}")
+    for name, values in times.items():
+        median = statistics.median(values)
+        cpu = statistics.median(CPU[name])
+        results[name] = {
+            "median_s": median,
+            "min_s": min(values),
+            "max_s": max(values),
+            "ratio": median / raw_median,
+            "runs_s": values,
+            "cpu_median_s": cpu,
+            "cpu_ratio": cpu / raw_cpu,
+        }
+        out(
+            f"{name:<28} {median:>7.2f}s {min(values):>7.2f}s {max(values):>7.2f}s "
+            f"{median / raw_median:>6.2f}x {cpu:>6.2f}s {cpu / raw_cpu:>6.2f}x"
+        )
+    return results
+
+
+def raw_client(port: int, rows: int, tag: str) -> int:
+    """The raw contender: send every order, then wait for every acknowledgement."""
+    from ib_insync import IB, LimitOrder, Stock
+
+    ib = IB()
+    ib.connect("127.0.0.1", port, clientId=10, timeout=60)
+    trades = []
+    for i in range(rows):
+        order = LimitOrder("BUY", 1, PRICE, orderRef=f"{tag}:r{i}", tif="DAY")
+        trades.append(ib.placeOrder(Stock(SYMBOLS[i % len(SYMBOLS)], "SMART", "USD"), order))
+    done = ("PreSubmitted", "Submitted", "Filled")
+    deadline = time.monotonic() + 120
+    while any(t.orderStatus.status not in done for t in trades):
+        if time.monotonic() > deadline:
+            return 1
+        ib.waitOnUpdate(timeout=0.05)
+    ib.disconnect()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--rows", type=int, default=120)
+    ap.add_argument("--delay", type=float, default=0.05, help="seconds per gateway reply")
+    ap.add_argument("--windows", default="1,8", help="IBKR_ORDER_WINDOW values to compare")
+    ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    ap.add_argument("--raw", nargs=3, metavar=("PORT", "ROWS", "TAG"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.raw:
+        return raw_client(int(args.raw[0]), int(args.raw[1]), args.raw[2])
+    windows = [int(w) for w in args.windows.split(",")]
+    results = section(args.runs, args.rows, args.delay, windows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

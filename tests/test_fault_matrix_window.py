@@ -1,0 +1,394 @@
+"""Fault-matrix rows for the order window (issue 13, item 4): several rows in flight.
+
+Same rules as ``tests/test_fault_matrix.py`` (whose helpers this uses): the script runs as
+cron runs it, a subprocess with the real client against the simulated gateway and a
+loopback Bot API; every wait is on a gateway event (``hold_orders`` keeps chosen orders
+unanswered, so exactly which rows are in flight is known) or on the job's own log line,
+never a sleep. The rows of ``tests/test_fault_matrix.py`` that hold one order in flight run
+with ``IBKR_ORDER_WINDOW=1``; these are their windowed counterparts, plus the kill at any
+point and the plan-order guarantees. ``EXPECTED`` holds each row's exit code and
+:func:`test_the_window_rows_state_what_the_tests_assert` checks docs/reliability.md.
+
+The example plan has five rows: four single orders, then a bracket (three orders).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_fault_matrix import (
+    PLAN,
+    RELIABILITY_DOC,
+    SLACK,
+    Running,
+    job_env,
+    journal_records,
+    run_job,
+    submit_cmd,
+    wire_alert,
+)
+
+from ibkr_resilience._app.jobs.plan import load_plan
+from ibkr_resilience.simulator import FakeGateway, PlaceOrder
+from ibkr_resilience.testing import BotApi
+
+EXPECTED: dict[str, int] = {
+    "all_in_flight": -signal.SIGKILL,
+    "window_full": -signal.SIGKILL,
+    "bracket_in_flight": -signal.SIGKILL,
+    "window_sigterm": 143,
+    "window_drop": 1,
+    "window_read_only": 5,
+    "window_outage_restored": 0,
+    "window_outage_never_clears": 1,
+    "window_silent": 1,
+    "window_plan_order": 3,
+}
+
+ROWS = load_plan(PLAN).orders
+LEGS = [len(row.order_refs) for row in ROWS]  # orders per row: [1, 1, 1, 1, 3]
+OUTCOMES = {"order.submitted", "order.rejected", "order.unconfirmed", "order.skipped"}
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[[list[str], dict[str, str], Path], Running]]:
+    started: list[Running] = []
+
+    def start(cmd: list[str], env: dict[str, str], cwd: Path) -> Running:
+        started.append(Running(cmd, env, cwd))
+        return started[-1]
+
+    yield start
+    for job in started:
+        job.kill()
+
+
+def placed(gw: FakeGateway) -> list[PlaceOrder]:
+    return [m.request for m in gw.messages("placeOrder") if isinstance(m.request, PlaceOrder)]
+
+
+def held(gw: FakeGateway, count: int) -> None:
+    """Wait until the gateway holds ``count`` orders unanswered."""
+    assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == count, timeout=60)
+
+
+def outcomes(tmp_path: Path) -> list[dict[str, Any]]:
+    return [r for r in journal_records(tmp_path) if r["event"] in OUTCOMES]
+
+
+def assert_journal_complete(tmp_path: Path) -> None:
+    """Every row announced by ``order.sending`` has exactly one outcome record after it."""
+    records = journal_records(tmp_path)
+    sent = [r["order_ref"] for r in records if r["event"] == "order.sending"]
+    done = [r["order_ref"] for r in records if r["event"] in OUTCOMES and r["order_ref"] in sent]
+    assert Counter(done) == Counter(sent), (sent, done)
+
+
+def assert_placed_once(gw: FakeGateway) -> None:
+    """Each orderRef of the plan reached the gateway exactly once, and rests there once."""
+    refs = [ref for row in ROWS for ref in row.order_refs]
+    assert Counter(p.order_ref for p in placed(gw)) == Counter(refs)
+    assert Counter(o.order_ref for o in gw.state.order_list()) == Counter(refs)
+
+
+def in_plan_order(records: list[dict[str, Any]]) -> bool:
+    lines = [r["line"] for r in records]
+    return lines == sorted(lines)
+
+
+# --------------------------------------------------------------------------- kill -9
+@pytest.mark.parametrize(
+    ("row", "window", "answered"),
+    [
+        pytest.param("all_in_flight", 8, 0, id="all_in_flight"),
+        pytest.param("window_full", 2, 1, id="window_full"),
+        pytest.param("bracket_in_flight", 8, 4, id="bracket_in_flight"),
+    ],
+)
+def test_window_kill_then_rerun(
+    row: str,
+    window: int,
+    answered: int,
+    fake_gateway: FakeGateway,
+    bot_api: BotApi,
+    tmp_path: Path,
+    running: Callable[..., Running],
+) -> None:
+    """SIGKILL (no handler runs) with several rows sent and unanswered: the journal
+    already names every order the gateway received (``order.sending``, same order id);
+    the gateway then answers them, and a re-run places only the rows never sent: every
+    orderRef reaches the gateway exactly once."""
+    gw = fake_gateway
+    gw.hold_orders(after=answered)  # the first `answered` rows are single orders
+    in_flight = sum(LEGS[answered : answered + window])
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW=str(window))
+    job = running(submit_cmd(gw), env, tmp_path)
+    held(gw, in_flight)
+    run, _ = job.signal_and_wait(signal.SIGKILL)
+    assert run.code == EXPECTED[row]
+    sent = placed(gw)
+    assert len(sent) == answered + in_flight  # the window was full: nothing else went out
+    sending = {
+        leg["order_ref"]: leg["order_id"]
+        for r in journal_records(tmp_path)
+        if r["event"] == "order.sending"
+        for leg in r.get("legs") or [r]
+    }
+    assert {p.order_ref: p.order_id for p in sent} == sending  # announced before sent
+    assert gw.release_orders() == in_flight  # the gateway did get them: now working
+
+    rerun = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    assert rerun.code == 0, rerun.stderr
+    unsent = len(ROWS) - answered - min(window, len(ROWS) - answered)
+    skipped = len(ROWS) - unsent
+    expected = f"{skipped} skipped" + (f", {unsent} submitted" if unsent else "")
+    assert f"result: {expected}; exit 0" in rerun.stdout, rerun.stdout
+    assert_placed_once(gw)
+
+
+# --------------------------------------------------------------------------- stops
+def test_window_sigterm(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
+    """SIGTERM with three rows in flight: exit 143 at once, each of the three journaled
+    unconfirmed (plan order, the gateway's order ids, the cause); the re-run after the
+    gateway answered them skips the three and places the other two."""
+    gw = fake_gateway
+    gw.hold_orders(after=0)
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="3")
+    job = running(submit_cmd(gw), env, tmp_path)
+    held(gw, 3)
+    run, sent = job.signal_and_wait(signal.SIGTERM)
+    assert run.code == EXPECTED["window_sigterm"], run.stderr
+    assert run.at("ibkr.session.end") - sent < 2.0
+    assert "submit_orders.py: error: terminated (SIGTERM)" in run.human_stderr()
+    assert "Traceback" not in run.stderr
+    assert "3 unconfirmed" in run.stdout
+    assert run.one("script.end")["outcomes"] == {"order.unconfirmed": 3}
+    records = outcomes(tmp_path)
+    ids = {p.order_ref: p.order_id for p in placed(gw)}
+    assert [r["order_ref"] for r in records] == [row.order_ref for row in ROWS[:3]]
+    for record in records:
+        assert record["event"] == "order.unconfirmed"
+        assert record["message"].startswith("terminated (SIGTERM) while placing")
+        assert record["order_id"] == ids[record["order_ref"]]
+    assert_journal_complete(tmp_path)
+    assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
+    assert gw.release_orders() == 3
+
+    rerun = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    assert rerun.code == 0, rerun.stderr
+    assert "result: 3 skipped, 2 submitted; exit 0" in rerun.stdout, rerun.stdout
+    assert_placed_once(gw)
+
+
+def test_window_drop(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
+    """The connection drops with rows 2-5 in flight: exit 1 at once (not the 20 s
+    deadline), the four journaled unconfirmed "connection was lost", in plan order."""
+    gw = fake_gateway
+    gw.hold_orders(after=1)
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20")
+    job = running(submit_cmd(gw), env, tmp_path)
+    held(gw, sum(LEGS[1:]))
+    gw.drop_connections()
+    run = job.wait()
+    assert run.code == EXPECTED["window_drop"], run.stderr
+    assert run.at("script.end") - run.at("ibkr.session.lost") < 3
+    assert any("lost the gateway" in line for line in run.human_stderr())
+    wire_alert(bot_api, "IBKR CONNECTION LOST")
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.unconfirmed": 4}
+    records = outcomes(tmp_path)
+    assert [r["event"] for r in records] == ["order.submitted"] + ["order.unconfirmed"] * 4
+    assert all("connection was lost" in r["message"] for r in records[1:])
+    assert in_plan_order(records)
+    assert_journal_complete(tmp_path)
+
+
+def test_window_read_only(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """Read-Only API after the first order, rows in flight: exit 5; the 2nd row is
+    rejected with 321; sending stops as soon as that is seen, and every row sent has its
+    outcome (rejected with 321, or unconfirmed if its answer had not arrived yet)."""
+    gw = fake_gateway
+    gw.read_only(after_orders=1)
+    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    assert run.code == EXPECTED["window_read_only"], run.stderr
+    assert run.one("ibkr.session.end")["duration_s"] < 3 + 2 * SLACK  # no deadline waited
+    wire_alert(bot_api, "IBKR SESSION FAILED", "ReadOnlyApiError", "error 321")
+    records = outcomes(tmp_path)
+    assert [r["event"] for r in records[:2]] == ["order.submitted", "order.rejected"]
+    assert records[1]["message"].startswith("error 321:")
+    for record in records[2:]:
+        assert record["event"] in ("order.rejected", "order.unconfirmed"), record
+        assert record["event"] == "order.unconfirmed" or "error 321" in record["message"]
+    assert 2 <= len(placed(gw)) <= sum(LEGS)
+    assert in_plan_order(records)
+    assert_journal_complete(tmp_path)
+
+
+def _outage_with_window_full(gw: FakeGateway, job: Running) -> None:
+    """Window 2, the 1st order answered: rows 2 and 3 held (the window is full); then
+    an IB outage (1100); once the job logged it the held orders meet it (held again)."""
+    held(gw, 2)
+    gw.set_scenario("ib_offline:3600")
+    job.wait_for_log(
+        lambda r: r.get("event") == "gateway.connectivity" and r.get("code") == 1100, timeout=10
+    )
+    gw.release_orders()
+    held(gw, 4)
+
+
+def test_window_outage_restored(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
+    """1100 while the window is full: nothing more is sent until 1102; then the held rows
+    are acknowledged, the rest is sent, exit 0, outcomes in plan order."""
+    gw = fake_gateway
+    gw.hold_orders(after=1)
+    env = job_env(
+        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="30", IBKR_ORDER_WINDOW="2"
+    )
+    job = running(submit_cmd(gw), env, tmp_path)
+    _outage_with_window_full(gw, job)
+    assert len(placed(gw)) == 3  # nothing sent during the 1100
+    gw.normal()  # 1102: the held orders are served
+    restored_at = gw.events("sim.ib_restored")[0]["at"]
+    run = job.wait()
+    assert run.code == EXPECTED["window_outage_restored"], run.stderr
+    wire_alert(bot_api, None)
+    later = gw.messages("placeOrder")[3:]
+    assert len(later) == 4 and all(r.at > restored_at for r in later)  # row 4, the bracket
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 5, "gateway.connectivity": 2}
+    records = outcomes(tmp_path)
+    assert in_plan_order(records) and len(records) == 5
+    assert_journal_complete(tmp_path)
+
+
+def test_window_outage_never_clears(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
+    """1100 that outlasts IBKR_OUTAGE_WAIT with two rows in flight: exit 1, both
+    journaled unconfirmed naming the outage, nothing sent after the 1100."""
+    gw = fake_gateway
+    gw.hold_orders(after=1)
+    env = job_env(
+        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="1", IBKR_ORDER_WINDOW="2"
+    )
+    job = running(submit_cmd(gw), env, tmp_path)
+    _outage_with_window_full(gw, job)
+    run = job.wait()
+    assert run.code == EXPECTED["window_outage_never_clears"], run.stderr
+    assert len(placed(gw)) == 3
+    wire_alert(bot_api, "IBKR SESSION FAILED", "IbOutageError", "error 1100")
+    assert run.one("script.end")["outcomes"] == {
+        "order.submitted": 1,
+        "order.unconfirmed": 2,
+        "gateway.connectivity": 1,
+    }
+    records = outcomes(tmp_path)
+    assert all("error 1100" in r["message"] for r in records[1:]), records
+    assert in_plan_order(records)
+    assert_journal_complete(tmp_path)
+
+
+def test_window_silent(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """Silent from the 2nd order on, the other rows already in flight: after the 2nd
+    row's deadline and the probe, exit 1; the four rows journaled unconfirmed, and
+    nothing but the probe reached the gateway after the window."""
+    gw = fake_gateway
+    gw.silent(after_orders=1)
+    run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    assert run.code == EXPECTED["window_silent"], run.stderr
+    silent_at = gw.events("sim.silent")[0]["at"]
+    after = [r.name for r in gw.messages() if r.at > silent_at]
+    assert after.count("reqCurrentTime") == 1 and set(after) <= {"placeOrder", "reqCurrentTime"}
+    assert len(placed(gw)) == sum(LEGS)  # the whole plan fit in the window
+    assert run.one("ibkr.session.end")["duration_s"] < 3 + 2 + 2 * SLACK
+    wire_alert(bot_api, "IBKR SESSION FAILED", "GatewayNotAnsweringError")
+    assert run.one("script.end")["outcomes"] == {"order.submitted": 1, "order.unconfirmed": 4}
+    records = outcomes(tmp_path)
+    assert all("stopped answering" in r["message"] for r in records[1:])
+    assert in_plan_order(records)
+    assert_journal_complete(tmp_path)
+
+
+# --------------------------------------------------------------------------- plan order
+BIG_PLAN_HEADER = (
+    "id,symbol,side,quantity,order_type,limit_price,stop_price,tif,take_profit,stop_loss"
+)
+
+
+def big_plan(tmp_path: Path, rows: int) -> Path:
+    """``rows`` rows over the simulator's contracts; every 5th a bracket, every 7th an
+    unknown symbol (rejected without being sent)."""
+    lines = [BIG_PLAN_HEADER]
+    for i in range(rows):
+        if i % 7 == 6:
+            lines.append(f"r{i},NOPE,BUY,1,LMT,10,,DAY,,")
+        elif i % 5 == 4:
+            lines.append(f"r{i},SPY,BUY,1,LMT,561,,DAY,575,550")
+        else:
+            lines.append(f"r{i},{('AAPL', 'MSFT', 'IBM')[i % 3]},BUY,1,LMT,100,,DAY,,")
+    path = tmp_path / "big.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_window_plan_order(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
+    """30 rows, 20 ms per reply, window 4: rows really overlap (a row is sent before the
+    one ahead is answered), yet outcomes and summary are in plan order, each bracket's
+    legs go out back to back (transmit False, False, True), every row once; exit 3 for
+    the unknown symbols only."""
+    gw = fake_gateway
+    plan = big_plan(tmp_path, 30)
+    gw.set_scenario("slow:0.02")
+    cmd = [*submit_cmd(gw)[:2], "--plan", str(plan), "--port", str(gw.port)]
+    env = job_env(tmp_path, bot_api.url, IBKR_ORDER_WINDOW="4", IBKR_CONNECT_TIMEOUT="5")
+    run = run_job(cmd, env, tmp_path)
+    assert run.code == EXPECTED["window_plan_order"], run.stderr
+    records = journal_records(tmp_path)
+    done = [r for r in records if r["event"] in OUTCOMES]
+    assert [r["line"] for r in done] == list(range(2, 32))  # plan order, every row
+    assert {r["event"] for r in done if r["contract"]["symbol"] == "NOPE"} == {"order.rejected"}
+    assert {r["event"] for r in done if r["contract"]["symbol"] != "NOPE"} == {"order.submitted"}
+    events = [
+        (r["event"], r["order_ref"]) for r in records if r["event"] in OUTCOMES | {"order.sending"}
+    ]
+    overlapped = any(a == b == "order.sending" for (a, _), (b, _) in itertools.pairwise(events))
+    assert overlapped, events
+    summary = [line for line in run.stdout.splitlines() if "line " in line]
+    assert [int(re.search(r"line (\d+)", s).group(1)) for s in summary] == list(range(2, 32))  # type: ignore[union-attr]
+    sent = placed(gw)
+    assert len({p.order_ref for p in sent}) == len(sent)
+    for i, p in enumerate(sent):
+        if p.parent_id == 0 and not p.transmit:  # a bracket's parent
+            tp, sl = sent[i + 1], sent[i + 2]
+            assert (tp.parent_id, sl.parent_id) == (p.order_id, p.order_id)
+            assert (tp.transmit, sl.transmit) == (False, True)
+            assert (tp.order_ref, sl.order_ref) == (f"{p.order_ref}:tp", f"{p.order_ref}:sl")
+    assert_journal_complete(tmp_path)
+
+
+# --------------------------------------------------------------------------- the table
+def test_the_window_rows_state_what_the_tests_assert() -> None:
+    """docs/reliability.md has a row per entry of ``EXPECTED``, naming its test here
+    and stating the exit code that test asserts."""
+    tests = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
+    rows: dict[str, list[str]] = {}
+    for line in RELIABILITY_DOC.read_text().splitlines():
+        found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)
+        if not line.startswith("|") or not found or found.group(1) not in tests:
+            continue
+        row = found.group(2) or found.group(1).removeprefix("test_")
+        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
+    assert set(EXPECTED) <= set(rows), set(EXPECTED) - set(rows)
+    for row, code in EXPECTED.items():
+        assert f"**{code}**" in rows[row], (row, rows[row])

@@ -41,7 +41,6 @@ from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from ..._connect.compat import ensure_event_loop
@@ -133,12 +132,7 @@ class OrderWindow(Generic[K]):
     def __enter__(self) -> OrderWindow[K]:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         if exc is None:
             return
         # The journal must hold an outcome for every unit sent; a journal that cannot be

@@ -333,7 +333,8 @@ def test_close_read_only(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: P
     journaled rejected, nothing more is sent, exit 5, the alert says what to untick."""
     gw = with_positions(fake_gateway)
     gw.read_only(after_orders=1)
-    run = run_job(close_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    env = job_env(tmp_path, bot_api.url, IBKR_ORDER_WINDOW="1")  # windowed: ..._window.py
+    run = run_job(close_cmd(gw), env, tmp_path)
     code, title = code_and_title("close_read_only")
     assert run.code == code, run.stderr
     assert duration(run) < 3 + 2 * SLACK  # no ack deadline (3 s) waited
@@ -354,7 +355,9 @@ def test_close_outage_restored(
     held order is acknowledged and the run carries on (exit 0); both changes journaled."""
     gw = with_positions(fake_gateway)
     gw.hold_orders(after=1)
-    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="30")
+    env = job_env(
+        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="30", IBKR_ORDER_WINDOW="1"
+    )
     job = running(close_cmd(gw), env, tmp_path)
     sent_at_1100 = _outage_in_flight(gw, job)
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == 2, timeout=5)
@@ -381,7 +384,9 @@ def test_close_outage_never_clears(
     1100, the closing order in flight journaled unconfirmed, nothing sent after the 1100."""
     gw = with_positions(fake_gateway)
     gw.hold_orders(after=1)
-    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="1")
+    env = job_env(
+        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="1", IBKR_ORDER_WINDOW="1"
+    )
     job = running(close_cmd(gw), env, tmp_path)
     sent_at_1100 = _outage_in_flight(gw, job)
     run = job.wait()
@@ -409,7 +414,8 @@ def test_close_silent(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
     journaled unconfirmed, only the probe reached the gateway after the silence."""
     gw = with_positions(fake_gateway)
     gw.silent(after_orders=1)
-    run = run_job(close_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    env = job_env(tmp_path, bot_api.url, IBKR_ORDER_WINDOW="1")  # windowed: ..._window.py
+    run = run_job(close_cmd(gw), env, tmp_path)
     code, title = code_and_title("close_silent")
     assert run.code == code, run.stderr
     silent_at = when(gw, "sim.silent")

@@ -10,6 +10,9 @@ point and the plan-order guarantees. ``EXPECTED`` holds each row's exit code and
 :func:`test_the_window_rows_state_what_the_tests_assert` checks docs/reliability.md.
 
 The example plan has five rows: four single orders, then a bracket (three orders).
+``close_positions`` sends its closing orders through the same window: its rows close
+three positions (AAPL, MSFT, SPY) with market-on-close orders, which stay working in the
+simulator, so a re-run meets them and must skip them (the closing orderRef check).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from test_fault_matrix import (
     submit_cmd,
     wire_alert,
 )
+from test_fault_matrix_gateways import POSITIONS, close_cmd, with_positions
 
 from ibkr_resilience._app.jobs.plan import load_plan
 from ibkr_resilience.simulator import FakeGateway, PlaceOrder
@@ -50,6 +54,9 @@ EXPECTED: dict[str, int] = {
     "window_outage_never_clears": 1,
     "window_silent": 1,
     "window_plan_order": 3,
+    "close_all_in_flight": -signal.SIGKILL,
+    "close_window_full": -signal.SIGKILL,
+    "close_window_sigterm": 143,
 }
 
 ROWS = load_plan(PLAN).orders
@@ -375,6 +382,112 @@ def test_window_plan_order(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
             assert (tp.transmit, sl.transmit) == (False, True)
             assert (tp.order_ref, sl.order_ref) == (f"{p.order_ref}:tp", f"{p.order_ref}:sl")
     assert_journal_complete(tmp_path)
+
+
+# --------------------------------------------------------------------------- close_positions
+CLOSE_SYMBOLS = [symbol for symbol, _, _ in POSITIONS]
+
+
+def close_moc(gw: FakeGateway) -> list[str]:
+    return [*close_cmd(gw), "--moc"]
+
+
+def closes(tmp_path: Path) -> list[dict[str, Any]]:
+    """The close runs' outcome records (cancels excluded: there are none here)."""
+    return [r for r in outcomes(tmp_path) if r["order_ref"].startswith("close:")]
+
+
+def assert_closed_once(gw: FakeGateway) -> None:
+    """One closing order per position reached the gateway, and rests there once."""
+    refs = [p.order_ref for p in placed(gw)]
+    assert len(refs) == len(set(refs)) == len(POSITIONS), refs
+    assert sorted(ref.rsplit(":", 1)[1] for ref in refs) == sorted(CLOSE_SYMBOLS)
+    assert Counter(o.order_ref for o in gw.state.order_list()) == Counter(refs)
+
+
+@pytest.mark.parametrize(
+    ("row", "window"),
+    [
+        pytest.param("close_all_in_flight", 8, id="close_all_in_flight"),
+        pytest.param("close_window_full", 2, id="close_window_full"),
+    ],
+)
+def test_close_window_kill_then_rerun(
+    row: str,
+    window: int,
+    fake_gateway: FakeGateway,
+    bot_api: BotApi,
+    tmp_path: Path,
+    running: Callable[..., Running],
+) -> None:
+    """SIGKILL with several closing orders sent and unanswered: each was announced by
+    ``order.sending`` (same order id) before it reached the gateway; once the gateway
+    has them, a re-run skips those (their closing orderRef is pending) and closes only
+    the positions never sent: each position closed once."""
+    gw = with_positions(fake_gateway)
+    gw.hold_orders(after=0)
+    in_flight = min(window, len(POSITIONS))
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW=str(window))
+    job = running(close_moc(gw), env, tmp_path)
+    held(gw, in_flight)
+    run, _ = job.signal_and_wait(signal.SIGKILL)
+    assert run.code == EXPECTED[row]
+    sent = placed(gw)
+    assert len(sent) == in_flight  # the window was full: nothing else went out
+    sending = {
+        r["order_ref"]: r["order_id"]
+        for r in journal_records(tmp_path)
+        if r["event"] == "order.sending"
+    }
+    assert {p.order_ref: p.order_id for p in sent} == sending  # announced before sent
+    assert gw.release_orders() == in_flight  # the gateway did get them: now working
+
+    rerun = run_job(close_moc(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    assert rerun.code == 0, rerun.stderr
+    unsent = len(POSITIONS) - in_flight
+    expected = f"{in_flight} skipped" + (f", {unsent} submitted" if unsent else "")
+    assert f"result: {expected}; exit 0" in rerun.stdout, rerun.stdout
+    records = closes(tmp_path)
+    assert [r["contract"]["symbol"] for r in records] == CLOSE_SYMBOLS  # position order
+    assert [r["event"] for r in records] == ["order.skipped"] * in_flight + [
+        "order.submitted"
+    ] * unsent
+    assert_closed_once(gw)
+
+
+def test_close_window_sigterm(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
+    """SIGTERM with the three closing orders in flight: exit 143 at once, each journaled
+    unconfirmed (position order, the gateway's order ids, the cause); the re-run after
+    the gateway answered them skips all three: no position closed twice."""
+    gw = with_positions(fake_gateway)
+    gw.hold_orders(after=0)
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="8")
+    job = running(close_moc(gw), env, tmp_path)
+    held(gw, len(POSITIONS))
+    run, sent = job.signal_and_wait(signal.SIGTERM)
+    assert run.code == EXPECTED["close_window_sigterm"], run.stderr
+    assert run.at("ibkr.session.end") - sent < 2.0
+    assert "close_positions.py: error: terminated (SIGTERM)" in run.human_stderr()
+    assert "Traceback" not in run.stderr
+    assert "3 unconfirmed" in run.stdout
+    assert run.one("script.end")["outcomes"] == {"order.unconfirmed": 3}
+    records = closes(tmp_path)
+    ids = {p.order_ref: p.order_id for p in placed(gw)}
+    assert [r["contract"]["symbol"] for r in records] == CLOSE_SYMBOLS
+    for record in records:
+        assert record["event"] == "order.unconfirmed"
+        assert record["message"].startswith("terminated (SIGTERM) while placing")
+        assert record["order_id"] == ids[record["order_ref"]]
+    assert_journal_complete(tmp_path)
+    assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
+    assert gw.release_orders() == 3
+
+    rerun = run_job(close_moc(gw), job_env(tmp_path, bot_api.url), tmp_path)
+    assert rerun.code == 0, rerun.stderr
+    assert "result: 3 skipped; exit 0" in rerun.stdout, rerun.stdout
+    assert_closed_once(gw)
 
 
 # --------------------------------------------------------------------------- the table

@@ -179,7 +179,8 @@ class JobSettings:
     lock_wait: float = DEFAULT_LOCK_WAIT
     """Seconds to wait for another run's lock on the same gateway before exit 6 (>= 0)."""
     order_window: int = DEFAULT_ORDER_WINDOW
-    """Rows (a bracket is one) sent and not yet acknowledged at once, 1 to 100."""
+    """Orders sent and not yet acknowledged at once, 1 to 100: plan rows (a bracket is one)
+    for ``submit_orders``, closing orders for ``close_positions``."""
 
     def __post_init__(self) -> None:
         _check_fields(self, _JOB_SPECS)

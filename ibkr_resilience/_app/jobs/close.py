@@ -4,7 +4,10 @@ A stop or limit order left working after a position is closed can open a new one
 and a closing order sent while another order on the symbol is still live can overshoot.
 So the script cancels the account's open orders for the symbols it closes, waits until
 the gateway confirms that none of them is live any more, re-reads the positions (an
-order may have filled meanwhile), and only then sends one closing order per position.
+order may have filled meanwhile), and only then sends one closing order per position,
+up to ``IBKR_ORDER_WINDOW`` of them unacknowledged at once (:mod:`.window`, as in
+``submit_orders``), each announced by an fsynced ``order.sending`` record before it is
+sent, outcomes recorded in position order.
 
 This module is the script and the order of those steps; each step is its own module:
 what to act on (:mod:`.close_scope`), cancelling (:mod:`.close_cancel`), the closing
@@ -18,6 +21,7 @@ import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import date
+from functools import partial
 from typing import Any
 
 from ..._core.config import SessionConfig
@@ -132,6 +136,7 @@ def _run(run: ScriptRun) -> None:
             dry_run=args.dry_run,
             global_cancel=args.global_cancel,
             outage_wait=run.settings.outage_wait,
+            window=run.settings.order_window,
         ).run
 
     run_in_session(run, SCRIPT, start)
@@ -157,6 +162,9 @@ class Closer:
     global_cancel: bool
     outage_wait: float = 300.0
     """Seconds to wait for IB to come back after error 1100 (``IBKR_OUTAGE_WAIT``)."""
+    window: int = 1
+    """Closing orders in flight at once (``IBKR_ORDER_WINDOW``; 1: each acknowledged
+    before the next is sent)."""
     day: date = field(default_factory=trading_date)
     """The exchange date the closing orders belong to."""
 
@@ -222,20 +230,25 @@ class Closer:
         live = book.live_by_symbol()
         closing = book.closing(scope)
         failures = closing_orders.qualify(ib, closing)
-        for symbol, pos in closing.items():
-            if not self.state.check_connected(ib):
-                return
-            pending = book.pending_close(symbol)
-            if symbol in blocked or symbol in live:
-                ids = ", ".join(str(t.order.orderId) for t in live.get(symbol, []))
-                reason = blocked.get(symbol) or f"order(s) {ids} on {symbol} are still live"
-                record.close(pos, NOT_PLACED, message=f"not closed: {reason}")
-            elif pending is not None:
-                closing_orders.skip_pending(pos, pending)
-            elif symbol in failures:
-                record.close(pos, REJECTED, message=failures[symbol])
-            else:
-                closing_orders.place(ib, pos)
+        with closing_orders.window(ib, size=self.window) as window:
+            for symbol, pos in closing.items():
+                if not self.state.check_connected(ib):
+                    break
+                pending = book.pending_close(symbol)
+                if symbol in blocked or symbol in live:
+                    ids = ", ".join(str(t.order.orderId) for t in live.get(symbol, []))
+                    reason = blocked.get(symbol) or f"order(s) {ids} on {symbol} are still live"
+                    window.then(
+                        partial(record.close, pos, NOT_PLACED, message=f"not closed: {reason}")
+                    )
+                elif pending is not None:
+                    window.then(partial(closing_orders.skip_pending, pos, pending))
+                elif symbol in failures:
+                    window.then(partial(record.close, pos, REJECTED, message=failures[symbol]))
+                elif not closing_orders.place(ib, window, pos):
+                    self.state.check_connected(ib)  # the gateway went away: stop here
+                    break
+            window.drain()
 
     def _preview(
         self,

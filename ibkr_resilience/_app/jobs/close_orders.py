@@ -9,15 +9,16 @@ would open a position instead of closing one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from ..._connect import compat
 from .close_records import CloseParams, CloseRecorder, closing_side, qty
 from .close_scope import close_ref
-from .exits import RunStopped, journal_if_cut_short
-from .gateway_watch import GatewayWatch, confirm
+from .gateway_watch import GatewayWatch, stop_after
 from .journal import NOT_PLACED, SKIPPED, UNCONFIRMED
 from .orders import qualify
+from .window import OrderWindow, Unit
 
 
 class ClosingOrders:
@@ -58,37 +59,49 @@ class ClosingOrders:
             orderRef=close_ref(pos.contract.symbol, self.params.day),
         )
 
-    def place(self, ib: Any, pos: Any) -> None:
-        """Send the closing order for ``pos`` (qualified first) and record its outcome.
+    def window(self, ib: Any, *, size: int) -> OrderWindow[Any]:
+        """The window the closing orders go through (:mod:`.window`): up to ``size`` in
+        flight, outcomes recorded in position order, each in one journal batch, and
+        every order still in flight journaled when the run stops early."""
+        return OrderWindow(
+            ib,
+            self.watch,
+            size=size,
+            timeout=self.timeout,
+            record=self._record_unit,
+            cut_short=self._record_cut_short,
+            stop_after=lambda trades, event: stop_after(ib, trades, event, self.timeout),
+            batch=self.record.journal.batch,
+        )
 
-        As in ``submit_orders`` (:func:`.gateway_watch.confirm`): nothing is sent while
-        error 1100 is in force, and a Read-Only refusal, an outage past its wait or a
-        silent gateway raise :class:`.exits.RunStopped` once the outcome is recorded.
+    def place(self, ib: Any, window: OrderWindow[Any], pos: Any) -> bool:
+        """Send the closing order for ``pos`` (qualified first) through ``window``; its
+        outcome is recorded when the window settles it. ``False``: the connection is
+        gone and nothing was sent.
+
+        As in ``submit_orders``: the fsynced ``order.sending`` goes first (a failure
+        there raises and nothing is sent), nothing is sent while error 1100 is in force,
+        and a Read-Only refusal, an outage past its wait or a silent gateway raise
+        :class:`.exits.RunStopped` once the outcomes in flight are recorded.
         """
-        self.watch.wait_out_outage()
         contract = self._contracts[pos.contract.symbol]
         order = self.order_for(pos)
         order.orderId = ib.client.getReqId()  # known before sending, for the journal
-        trade: Any = None
-        stop: RunStopped | None = None
+        return window.place(pos, contract, [order], partial(self.record.sending, pos, order))
 
-        def cut_short(cause: str) -> None:
-            self.record.close(
-                pos,
-                UNCONFIRMED,
-                trade=trade,
-                order=order,
-                message=f"{cause} while placing, before the gateway confirmed; a re-run "
-                "skips it if it is still pending",
-            )
+    def _record_unit(self, unit: Unit[Any], event: str, message: str) -> None:
+        self.record.close(unit.key, event, trade=unit.trades[0], message=message)
 
-        self.record.sending(pos, order)  # a failure here raises: nothing is sent
-        with journal_if_cut_short(cut_short):
-            trade = ib.placeOrder(contract, order)
-            event, message, stop = confirm(ib, self.watch, [trade], self.timeout)
-            self.record.close(pos, event, trade=trade, message=message)
-        if stop is not None:
-            raise stop
+    def _record_cut_short(self, unit: Unit[Any], cause: str) -> None:
+        """A closing order in the window when the run stopped: unconfirmed, with why."""
+        self.record.close(
+            unit.key,
+            UNCONFIRMED,
+            trade=unit.trades[0] if unit.trades else None,
+            order=unit.orders[0],
+            message=f"{cause} while placing, before the gateway confirmed; a re-run "
+            "skips it if it is still pending",
+        )
 
     def skip_pending(self, pos: Any, trade: Any) -> None:
         """Record that today's closing order ``trade`` already handles ``pos`` (or not)."""

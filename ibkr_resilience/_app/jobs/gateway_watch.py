@@ -33,7 +33,7 @@ from ..._core.log import get_logger
 from .exits import ExitCode, RunStopped
 from .journal import REJECTED, UNCONFIRMED, Journal
 from .kit import Outcome, RunState
-from .orders import classify, trade_errors, trade_outcome, wait_for_update
+from .orders import trade_errors, wait_for_update
 
 log = get_logger("ibkr_resilience.gateway")
 
@@ -158,41 +158,6 @@ def gateway_answers(ib: Any, timeout: float) -> bool:
 def probe_timeout(ack_timeout: float) -> float:
     """A short deadline for the probe: ``PROBE_TIMEOUT``, never above the ack timeout."""
     return min(PROBE_TIMEOUT, ack_timeout)
-
-
-def confirm(
-    ib: Any, watch: GatewayWatch, trades: Sequence[Any], timeout: float
-) -> tuple[str, str, RunStopped | None]:
-    """Wait for the orders just placed (as one unit); return the journal event, its
-    message, and why the run must stop now (``None``: carry on).
-
-    Both scripts place through this, so the same gateway answer ends a run the same way
-    (see :func:`acknowledge` and :func:`stop_after`). When the gateway stopped
-    answering, the message is that stop's text, for the in-flight row's record.
-    """
-    event, message = acknowledge(ib, watch, trades, timeout)
-    stop = stop_after(ib, trades, event, timeout)
-    if isinstance(stop, GatewayNotAnsweringError):
-        message = str(stop)
-    return event, message, stop
-
-
-def acknowledge(
-    ib: Any, watch: GatewayWatch, trades: Sequence[Any], timeout: float
-) -> tuple[str, str]:
-    """Wait up to ``timeout`` s for the acknowledgements; an IB outage (1100) starting
-    meanwhile holds them (IB acknowledges only once restored), so it is waited out
-    (:meth:`GatewayWatch.wait_out_outage`, which raises :class:`IbOutageError`), then
-    the acknowledgements are waited for again. Returns ``orders.classify``'s answer."""
-
-    def settled() -> bool:
-        return all(trade_outcome(t) != "pending" for t in trades)
-
-    wait_for_update(ib, lambda: settled() or watch.in_outage, timeout)
-    if not settled() and watch.in_outage:
-        watch.wait_out_outage()
-        wait_for_update(ib, settled, timeout)
-    return classify(ib, trades, timeout)
 
 
 def stop_after(ib: Any, trades: Sequence[Any], event: str, timeout: float) -> RunStopped | None:

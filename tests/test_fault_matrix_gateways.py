@@ -21,18 +21,19 @@ from typing import Any
 import test_fault_matrix
 from test_fault_matrix import (
     MAX_TIME,
-    RELIABILITY_DOC,
     REPO,
     SLACK,
     Run,
     Running,
     _outage_in_flight,
+    check_table,
     gateway_closed_cleanly,
     job_env,
     journal_records,
     no_secret_leaked,
     run_job,
     submit_cmd,
+    tests_in,
     wire_alert,
 )
 
@@ -426,14 +427,6 @@ def test_close_silent(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
 
 # --------------------------------------------------------------------------- the table
 def test_the_reliability_table_states_these_rows() -> None:
-    """docs/reliability.md has one row per entry of ``EXPECTED``, naming its test and
-    stating its exit code and alert (the first part's check covers the row format)."""
-    text = RELIABILITY_DOC.read_text()
-    tests = {name for name in globals() if name.startswith("test_")}
-    for row, (code, title) in EXPECTED.items():
-        assert f"test_{row}" in tests, row
-        [line] = [ln for ln in text.splitlines() if ln.startswith("|") and f"`test_{row}`" in ln]
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        assert f"**{code}**" in cells, (row, cells)
-        expected = "not sent" if title is None else f"sent: `{title}`"
-        assert any(c.startswith(expected) for c in cells), (row, cells)
+    """docs/reliability.md has one row per entry of ``EXPECTED``, naming its test here and
+    stating its exit code and alert."""
+    check_table(EXPECTED, tests_in(__file__))

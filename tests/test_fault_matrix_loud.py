@@ -16,7 +16,6 @@ every output of every fault-matrix row for the bot token (see ``token_audit.py``
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -26,13 +25,14 @@ import pytest
 import test_fault_matrix
 from test_fault_matrix import (
     PLAN,
-    RELIABILITY_DOC,
     Running,
+    check_table,
     job_env,
     journal_records,
     read_log,
     run_job,
     submit_cmd,
+    tests_in,
     wire_alert,
 )
 from token_audit import AUDIT, AUDIT_TEST
@@ -345,20 +345,7 @@ def test_sigterm_while_reporting(
 
 def test_the_reliability_table_states_the_loud_rows() -> None:
     """Each row above is in docs/reliability.md with the exit code and alert asserted."""
-    rows: dict[str, list[str]] = {}
-    for line in RELIABILITY_DOC.read_text().splitlines():
-        found = re.search(r"`(test_[a-z_0-9]+)`", line)
-        if line.startswith("|") and found and found.group(1) in globals():
-            rows[found.group(1).removeprefix("test_")] = [
-                c.strip() for c in line.strip().strip("|").split("|")
-            ]
-    for row, (code, title) in EXPECTED.items():
-        assert row in rows, f"docs/reliability.md has no row for test_{row}"
-        cells = rows[row]
-        assert f"**{code}**" in cells, (row, cells)
-        alert = [c for c in cells if c.startswith(("sent", "not sent"))]
-        expected = "not sent" if title is None else f"sent: `{title}`"
-        assert len(alert) == 1 and alert[0].startswith(expected), (row, cells)
+    check_table(EXPECTED, tests_in(__file__))
 
 
 # --------------------------------------------------------------------------- the token audit

@@ -14,7 +14,6 @@ code, stderr and what the gateway saw, and leave the Bot API to that feature's t
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from collections import Counter
@@ -24,13 +23,14 @@ from typing import Any
 
 import pytest
 from test_fault_matrix import (
-    RELIABILITY_DOC,
     SLACK,
     Run,
     Running,
+    check_table,
     job_env,
     run_job,
     submit_cmd,
+    tests_in,
 )
 from token_audit import TOKEN
 
@@ -332,16 +332,4 @@ def test_crash_between_send_and_ack(
 def test_the_records_rows_state_what_the_tests_assert() -> None:
     """docs/reliability.md has a row per entry of ``EXPECTED``, naming its test here
     and stating the exit code that test asserts."""
-    tests = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
-    rows: dict[str, list[str]] = {}
-    for line in RELIABILITY_DOC.read_text().splitlines():
-        found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)
-        if not line.startswith("|") or not found or found.group(1) not in tests:
-            continue
-        row = found.group(2) or found.group(1).removeprefix("test_").removeprefix(
-            "overlapping_runs_"
-        )
-        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
-    assert set(EXPECTED) <= set(rows), set(EXPECTED) - set(rows)
-    for row, code in EXPECTED.items():
-        assert f"**{code}**" in rows[row], (row, rows[row])
+    check_table(EXPECTED, tests_in(__file__), prefixes=("test_", "overlapping_runs_"))

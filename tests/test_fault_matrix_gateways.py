@@ -103,6 +103,28 @@ def connected_after_failures(run: Run, failure_class: str) -> list[dict[str, Any
     return failed
 
 
+def ridden_out(
+    gw: FakeGateway, bot_api: BotApi, job: Running, row: str, failure_class: str
+) -> list[dict[str, Any]]:
+    """The gateway's fault clears on the job's 3rd failed attempt: the job connects within
+    one interval (1 s) of the gateway serving again, inside its 60 s budget, places the
+    plan and exits as ``row`` states, with its alert. Returns its failed attempts (all
+    ``failure_class``, at the short interval: :func:`connected_after_failures`)."""
+    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", count=3)
+    gw.normal()
+    back = when(gw, "sim.scenario", scenario="normal")
+    run = job.wait()
+    code, title = code_and_title(row)
+    assert run.code == code, run.stderr
+    assert "result: 5 submitted; exit 0" in run.stdout
+    wire_alert(bot_api, title)
+    failed = connected_after_failures(run, failure_class)
+    served = min(e["at"] for e in gw.events("sim.api_started") if e["at"] >= back)
+    assert 0 <= served - back < ONE_INTERVAL  # the target
+    assert duration(run) < 60  # inside the budget
+    return failed
+
+
 # --------------------------------------------------------------------------- connect
 def test_relay_restart(
     fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
@@ -114,19 +136,8 @@ def test_relay_restart(
     gw.relay_restart(3600)
     env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="60")
     job = running(submit_cmd(gw), env, tmp_path)
-    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", count=3)
-    gw.normal()
-    back = when(gw, "sim.scenario", scenario="normal")
-    run = job.wait()
-    code, title = code_and_title("relay_restart")
-    assert run.code == code, run.stderr
-    assert "result: 5 submitted; exit 0" in run.stdout
-    wire_alert(bot_api, title)
-    failed = connected_after_failures(run, "closed")
+    failed = ridden_out(gw, bot_api, job, "relay_restart", "closed")
     assert len(failed) >= 3
-    served = min(e["at"] for e in gw.events("sim.api_started") if e["at"] >= back)
-    assert 0 <= served - back < ONE_INTERVAL  # the target
-    assert duration(run) < 60  # inside the budget
     assert len(gw.messages("placeOrder")) == 7
     gateway_closed_cleanly(gw)
 
@@ -161,20 +172,9 @@ def test_client_id_transient(
     gw.client_id_in_use_for(3600, client_id=10)
     env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="60", IBKR_CLIENT_ID_GRACE="20")
     job = running(submit_cmd(gw), env, tmp_path)
-    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", count=3)
-    gw.normal()
-    cleared = when(gw, "sim.scenario", scenario="normal")
-    run = job.wait()
-    code, title = code_and_title("client_id_transient")
-    assert run.code == code, run.stderr
-    assert "result: 5 submitted; exit 0" in run.stdout
-    wire_alert(bot_api, title)
-    failed = connected_after_failures(run, "rejected")
+    failed = ridden_out(gw, bot_api, job, "client_id_transient", "rejected")
     assert all("326" in (f["detail"] or "") + f["error"] for f in failed)
     assert failed[-1]["elapsed_ms"] < 20_000  # inside the grace period
-    served = min(e["at"] for e in gw.events("sim.api_started") if e["at"] >= cleared)
-    assert 0 <= served - cleared < ONE_INTERVAL
-    assert duration(run) < 60
     assert len(gw.events("sim.client_id_in_use")) == len(failed)
     gateway_closed_cleanly(gw)
 

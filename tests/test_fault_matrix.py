@@ -818,6 +818,21 @@ def _outage_in_flight(gw: FakeGateway, job: Running) -> int:
     return len(gw.messages("placeOrder"))
 
 
+def stopped_by_the_outage(
+    gw: FakeGateway, bot_api: BotApi, run: Run, sent_at_1100: int, title: str | None
+) -> None:
+    """The 1100 of :func:`_outage_in_flight` did not clear within IBKR_OUTAGE_WAIT: nothing
+    reached the gateway after it, the alert names 1100 and the setting, and the run
+    counted the 1st order submitted, the 2nd (in flight) unconfirmed, and the outage."""
+    assert len(gw.messages("placeOrder")) == sent_at_1100 == 2
+    wire_alert(bot_api, title, "IbOutageError", "error 1100", "IBKR_OUTAGE_WAIT")
+    assert run.one("script.end")["outcomes"] == {
+        "order.submitted": 1,
+        "order.unconfirmed": 1,
+        "gateway.connectivity": 1,
+    }
+
+
 def test_ib_outage_restored(
     fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
 ) -> None:
@@ -869,13 +884,7 @@ def test_ib_outage_never_clears(
     code, title = EXPECTED["ib_outage_never_clears"]
     assert run.code == code, run.stderr
     assert took < 1 + 3 * SLACK + 2  # the outage wait, then out (not the 20 s ack deadline)
-    assert len(gw.messages("placeOrder")) == sent_at_1100 == 2
-    wire_alert(bot_api, title, "IbOutageError", "error 1100", "IBKR_OUTAGE_WAIT")
-    assert run.one("script.end")["outcomes"] == {
-        "order.submitted": 1,
-        "order.unconfirmed": 1,
-        "gateway.connectivity": 1,
-    }
+    stopped_by_the_outage(gw, bot_api, run, sent_at_1100, title)
     assert any("error 1100" in line for line in run.human_stderr())
     gateway_closed_cleanly(gw)
 

@@ -116,6 +116,34 @@ def start_holder(
     return job, env
 
 
+def overlapping(
+    gw: FakeGateway, tmp_path: Path, bot_url: str, running: Callable[..., Running], lock_wait: str
+) -> tuple[Running, list[str], dict[str, str]]:
+    """Run A holding the lock (:func:`start_holder`), and run B's command (its own client
+    id) and environment (A's state directory and journal, ``IBKR_LOCK_WAIT=lock_wait``)."""
+    first, first_env = start_holder(gw, tmp_path, bot_url, running)
+    env = second_run_env(tmp_path, first_env, bot_url, IBKR_LOCK_WAIT=lock_wait)
+    return first, [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)], env
+
+
+def second_waiting(
+    gw: FakeGateway, tmp_path: Path, bot_url: str, running: Callable[..., Running]
+) -> tuple[Running, Running]:
+    """Run A holding the lock and run B started with a 60 s wait for it, once B has
+    logged that it waits."""
+    first, cmd, env = overlapping(gw, tmp_path, bot_url, running, "60")
+    second = running(cmd, env, tmp_path / "second")
+    second.wait_for_log(lambda r: r.get("event") == "script.lock.waiting")
+    return first, second
+
+
+def placed_once_by_the_first(gw: FakeGateway) -> None:
+    """Every orderRef of the plan reached the gateway once, all from run A."""
+    assert placed(gw, SECOND_CLIENT_ID) == []
+    counts = plan_ref_count(gw)
+    assert len(counts) == 7 and set(counts.values()) == {1}, counts
+
+
 def test_overlapping_runs_lock_wait_expires(
     fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
 ) -> None:
@@ -123,9 +151,7 @@ def test_overlapping_runs_lock_wait_expires(
     IBKR_LOCK_WAIT, exits 6 naming the holder, never connects; the first run finishes and
     every orderRef reaches the gateway once."""
     gw = fake_gateway
-    first, first_env = start_holder(gw, tmp_path, bot_api.url, running)
-    env = second_run_env(tmp_path, first_env, bot_api.url, IBKR_LOCK_WAIT=str(LOCK_WAIT_SHORT))
-    cmd = [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)]
+    first, cmd, env = overlapping(gw, tmp_path, bot_api.url, running, str(LOCK_WAIT_SHORT))
     second = run_job(cmd, env, tmp_path / "second")
     assert second.code == EXPECTED["lock_wait_expires"], second.stderr
     [line] = human_lines(second)
@@ -141,9 +167,7 @@ def test_overlapping_runs_lock_wait_expires(
     assert gw.release_orders() == 1
     first_run = first.wait()
     assert first_run.code == 0, first_run.stderr
-    assert placed(gw, SECOND_CLIENT_ID) == []
-    counts = plan_ref_count(gw)
-    assert len(counts) == 7 and set(counts.values()) == {1}, counts
+    placed_once_by_the_first(gw)
     no_token(second)
 
 
@@ -153,11 +177,7 @@ def test_overlapping_runs_lock_holder_finishes(
     """The first run finishes within the second's wait: the second connects only after
     the first disconnected, finds every row placed and places nothing (exit 0)."""
     gw = fake_gateway
-    first, first_env = start_holder(gw, tmp_path, bot_api.url, running)
-    env = second_run_env(tmp_path, first_env, bot_api.url, IBKR_LOCK_WAIT="60")
-    cmd = [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)]
-    second = running(cmd, env, tmp_path / "second")
-    second.wait_for_log(lambda r: r.get("event") == "script.lock.waiting")
+    first, second = second_waiting(gw, tmp_path, bot_api.url, running)
     assert len(gw.events("sim.connection.open")) == 1  # the second run has not connected
     assert gw.release_orders() == 1
     first_run = first.wait()
@@ -167,9 +187,7 @@ def test_overlapping_runs_lock_holder_finishes(
     assert "result: 5 skipped; exit 0" in second_run.stdout
     # Held until the first run had disconnected: its session ended before the lock passed.
     assert first_run.at("ibkr.session.end") <= second_run.at("script.lock.acquired")
-    assert placed(gw, SECOND_CLIENT_ID) == []
-    counts = plan_ref_count(gw)
-    assert len(counts) == 7 and set(counts.values()) == {1}, counts
+    placed_once_by_the_first(gw)
     no_token(second_run)
 
 
@@ -179,11 +197,7 @@ def test_sigterm_waiting_for_lock(
     """SIGTERM while the second run waits for the lock: exit 143 at once (not at the end of
     the wait), one line, no traceback; the first run is untouched and finishes."""
     gw = fake_gateway
-    first, first_env = start_holder(gw, tmp_path, bot_api.url, running)
-    env = second_run_env(tmp_path, first_env, bot_api.url, IBKR_LOCK_WAIT="60")
-    cmd = [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)]
-    second = running(cmd, env, tmp_path / "second")
-    second.wait_for_log(lambda r: r.get("event") == "script.lock.waiting")
+    first, second = second_waiting(gw, tmp_path, bot_api.url, running)
     run, sent = second.signal_and_wait(signal.SIGTERM)
     assert run.code == EXPECTED["sigterm_waiting_for_lock"], run.stderr
     assert human_lines(run) == ["submit_orders.py: error: terminated (SIGTERM)"]

@@ -1036,7 +1036,7 @@ def test_bad_environment_variable(
 TABLE_ROW = re.compile(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`")
 
 
-def tests_in(path: str | Path) -> set[str]:
+def defined_tests(path: str | Path) -> set[str]:
     """The names of the test functions a test file defines."""
     return set(re.findall(r"^def (test_\w+)", Path(path).read_text(), re.M))
 
@@ -1098,7 +1098,7 @@ def test_the_reliability_table_states_what_the_tests_assert() -> None:
     the sibling files (``test_fault_matrix_*.py``) are checked there against their own
     ``EXPECTED`` (by :func:`check_table`); here only their test names must exist."""
     siblings = [REPO / "tests" / "test_soak.py", *(REPO / "tests").glob("test_fault_matrix_*.py")]
-    tests = set(globals()) | {name for path in siblings for name in tests_in(path)}
+    tests = set(globals()) | {name for path in siblings for name in defined_tests(path)}
     rows = check_table(EXPECTED, tests, every_row=True)
     assert set(BAD_VALUES) <= set(rows), set(BAD_VALUES) - set(rows)
     for var, value in BAD_VALUES.items():

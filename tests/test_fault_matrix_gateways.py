@@ -27,6 +27,7 @@ from test_fault_matrix import (
     Running,
     _outage_in_flight,
     check_table,
+    defined_tests,
     gateway_closed_cleanly,
     job_env,
     journal_records,
@@ -34,7 +35,6 @@ from test_fault_matrix import (
     run_job,
     stopped_by_the_outage,
     submit_cmd,
-    tests_in,
     wire_alert,
 )
 
@@ -424,4 +424,4 @@ def test_close_silent(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
 def test_the_reliability_table_states_these_rows() -> None:
     """docs/reliability.md has one row per entry of ``EXPECTED``, naming its test here and
     stating its exit code and alert."""
-    check_table(EXPECTED, tests_in(__file__))
+    check_table(EXPECTED, defined_tests(__file__))

@@ -52,10 +52,10 @@ from test_fault_matrix import (
     SUBMIT,
     Run,
     check_table,
+    defined_tests,
     job_env,
     run_job,
     submit_cmd,
-    tests_in,
     wire_alert,
 )
 from test_fault_matrix_loud import Healthchecks, assert_pinged
@@ -679,4 +679,4 @@ def test_no_home_no_passwd(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
 def test_the_reliability_table_states_the_hostile_rows() -> None:
     """docs/reliability.md has a row per entry of ``EXPECTED`` naming its test here, with
     the exit code and the alert the test asserts."""
-    check_table(EXPECTED, tests_in(__file__))
+    check_table(EXPECTED, defined_tests(__file__))

@@ -27,12 +27,12 @@ from test_fault_matrix import (
     PLAN,
     Running,
     check_table,
+    defined_tests,
     job_env,
     journal_records,
     read_log,
     run_job,
     submit_cmd,
-    tests_in,
     wire_alert,
 )
 from token_audit import AUDIT, AUDIT_TEST
@@ -344,7 +344,7 @@ def test_sigterm_while_reporting(
 
 def test_the_reliability_table_states_the_loud_rows() -> None:
     """Each row above is in docs/reliability.md with the exit code and alert asserted."""
-    check_table(EXPECTED, tests_in(__file__))
+    check_table(EXPECTED, defined_tests(__file__))
 
 
 # --------------------------------------------------------------------------- the token audit

@@ -21,12 +21,12 @@ from test_fault_matrix import (
     SUBMIT,
     Run,
     check_table,
+    defined_tests,
     gateway_closed_cleanly,
     job_env,
     journal_records,
     no_secret_leaked,
     run_job,
-    tests_in,
 )
 
 from ibkr_resilience.simulator import FakeGateway, PlaceOrder
@@ -206,7 +206,7 @@ def test_later_day_rerun(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: P
 def test_the_plan_rows_are_in_the_reliability_table() -> None:
     """docs/reliability.md has a row per entry of ``EXPECTED_PLANS``, naming its test here
     and stating the exit code that test asserts."""
-    check_table(EXPECTED_PLANS, tests_in(__file__))
+    check_table(EXPECTED_PLANS, defined_tests(__file__))
 
 
 def test_row_inserted_without_ids(

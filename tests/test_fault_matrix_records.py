@@ -27,10 +27,10 @@ from test_fault_matrix import (
     Run,
     Running,
     check_table,
+    defined_tests,
     job_env,
     run_job,
     submit_cmd,
-    tests_in,
 )
 from token_audit import TOKEN
 
@@ -346,4 +346,4 @@ def test_crash_between_send_and_ack(
 def test_the_records_rows_state_what_the_tests_assert() -> None:
     """docs/reliability.md has a row per entry of ``EXPECTED``, naming its test here
     and stating the exit code that test asserts."""
-    check_table(EXPECTED, tests_in(__file__), prefixes=("test_", "overlapping_runs_"))
+    check_table(EXPECTED, defined_tests(__file__), prefixes=("test_", "overlapping_runs_"))

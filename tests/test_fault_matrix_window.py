@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 from test_fault_matrix import (
     PLAN,
-    RELIABILITY_DOC,
     SLACK,
     Running,
+    check_table,
+    defined_tests,
     job_env,
     journal_records,
     run_job,
@@ -381,14 +382,4 @@ def test_window_plan_order(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
 def test_the_window_rows_state_what_the_tests_assert() -> None:
     """docs/reliability.md has a row per entry of ``EXPECTED``, naming its test here
     and stating the exit code that test asserts."""
-    tests = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
-    rows: dict[str, list[str]] = {}
-    for line in RELIABILITY_DOC.read_text().splitlines():
-        found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)
-        if not line.startswith("|") or not found or found.group(1) not in tests:
-            continue
-        row = found.group(2) or found.group(1).removeprefix("test_")
-        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
-    assert set(EXPECTED) <= set(rows), set(EXPECTED) - set(rows)
-    for row, code in EXPECTED.items():
-        assert f"**{code}**" in rows[row], (row, rows[row])
+    check_table(EXPECTED, defined_tests(__file__))

@@ -17,11 +17,12 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_fault_matrix
 from test_fault_matrix import (
     SLACK,
     Run,
@@ -53,18 +54,7 @@ LOCK_WAIT_SHORT = 0.5
 PREFILL = 4 * 1024 * 1024  # journal bytes before the run: more than any other file grows
 
 
-@pytest.fixture
-def running() -> Iterator[Callable[[list[str], dict[str, str], Path], Running]]:
-    """Jobs started in the background (``Running``), killed at the end if still running."""
-    started: list[Running] = []
-
-    def start(cmd: list[str], env: dict[str, str], cwd: Path) -> Running:
-        started.append(Running(cmd, env, cwd))
-        return started[-1]
-
-    yield start
-    for job in started:
-        job.kill()
+running = test_fault_matrix.running  # the fixture: jobs started in the background
 
 
 def placed(gw: FakeGateway, client_id: int | None = None) -> list[PlaceOrder]:

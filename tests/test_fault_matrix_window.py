@@ -18,11 +18,12 @@ import itertools
 import re
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_fault_matrix
 from test_fault_matrix import (
     PLAN,
     SLACK,
@@ -58,17 +59,7 @@ LEGS = [len(row.order_refs) for row in ROWS]  # orders per row: [1, 1, 1, 1, 3]
 OUTCOMES = {"order.submitted", "order.rejected", "order.unconfirmed", "order.skipped"}
 
 
-@pytest.fixture
-def running() -> Iterator[Callable[[list[str], dict[str, str], Path], Running]]:
-    started: list[Running] = []
-
-    def start(cmd: list[str], env: dict[str, str], cwd: Path) -> Running:
-        started.append(Running(cmd, env, cwd))
-        return started[-1]
-
-    yield start
-    for job in started:
-        job.kill()
+running = test_fault_matrix.running  # the fixture: jobs started in the background
 
 
 def placed(gw: FakeGateway) -> list[PlaceOrder]:
@@ -235,9 +226,25 @@ def test_window_read_only(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: 
     assert_journal_complete(tmp_path)
 
 
-def _outage_with_window_full(gw: FakeGateway, job: Running) -> None:
-    """Window 2, the 1st order answered: rows 2 and 3 held (the window is full); then
-    an IB outage (1100); once the job logged it the held orders meet it (held again)."""
+def _outage_with_window_full(
+    gw: FakeGateway,
+    bot_api: BotApi,
+    tmp_path: Path,
+    running: Callable[..., Running],
+    outage_wait: str,
+) -> Running:
+    """Start the job with window 2 and ``IBKR_OUTAGE_WAIT=outage_wait``. The 1st order
+    answered, rows 2 and 3 held (the window is full); then an IB outage (1100); once the
+    job logged it the held orders meet it (held again). Returns the running job."""
+    gw.hold_orders(after=1)
+    env = job_env(
+        tmp_path,
+        bot_api.url,
+        IBKR_ACK_TIMEOUT="20",
+        IBKR_OUTAGE_WAIT=outage_wait,
+        IBKR_ORDER_WINDOW="2",
+    )
+    job = running(submit_cmd(gw), env, tmp_path)
     held(gw, 2)
     gw.set_scenario("ib_offline:3600")
     job.wait_for_log(
@@ -245,6 +252,7 @@ def _outage_with_window_full(gw: FakeGateway, job: Running) -> None:
     )
     gw.release_orders()
     held(gw, 4)
+    return job
 
 
 def test_window_outage_restored(
@@ -253,12 +261,7 @@ def test_window_outage_restored(
     """1100 while the window is full: nothing more is sent until 1102; then the held rows
     are acknowledged, the rest is sent, exit 0, outcomes in plan order."""
     gw = fake_gateway
-    gw.hold_orders(after=1)
-    env = job_env(
-        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="30", IBKR_ORDER_WINDOW="2"
-    )
-    job = running(submit_cmd(gw), env, tmp_path)
-    _outage_with_window_full(gw, job)
+    job = _outage_with_window_full(gw, bot_api, tmp_path, running, outage_wait="30")
     assert len(placed(gw)) == 3  # nothing sent during the 1100
     gw.normal()  # 1102: the held orders are served
     restored_at = gw.events("sim.ib_restored")[0]["at"]
@@ -279,12 +282,7 @@ def test_window_outage_never_clears(
     """1100 that outlasts IBKR_OUTAGE_WAIT with two rows in flight: exit 1, both
     journaled unconfirmed naming the outage, nothing sent after the 1100."""
     gw = fake_gateway
-    gw.hold_orders(after=1)
-    env = job_env(
-        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="1", IBKR_ORDER_WINDOW="2"
-    )
-    job = running(submit_cmd(gw), env, tmp_path)
-    _outage_with_window_full(gw, job)
+    job = _outage_with_window_full(gw, bot_api, tmp_path, running, outage_wait="1")
     run = job.wait()
     assert run.code == EXPECTED["window_outage_never_clears"], run.stderr
     assert len(placed(gw)) == 3

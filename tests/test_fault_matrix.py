@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -818,6 +818,21 @@ def _outage_in_flight(gw: FakeGateway, job: Running) -> int:
     return len(gw.messages("placeOrder"))
 
 
+def stopped_by_the_outage(
+    gw: FakeGateway, bot_api: BotApi, run: Run, sent_at_1100: int, title: str | None
+) -> None:
+    """The 1100 of :func:`_outage_in_flight` did not clear within IBKR_OUTAGE_WAIT: nothing
+    reached the gateway after it, the alert names 1100 and the setting, and the run
+    counted the 1st order submitted, the 2nd (in flight) unconfirmed, and the outage."""
+    assert len(gw.messages("placeOrder")) == sent_at_1100 == 2
+    wire_alert(bot_api, title, "IbOutageError", "error 1100", "IBKR_OUTAGE_WAIT")
+    assert run.one("script.end")["outcomes"] == {
+        "order.submitted": 1,
+        "order.unconfirmed": 1,
+        "gateway.connectivity": 1,
+    }
+
+
 def test_ib_outage_restored(
     fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
 ) -> None:
@@ -869,13 +884,7 @@ def test_ib_outage_never_clears(
     code, title = EXPECTED["ib_outage_never_clears"]
     assert run.code == code, run.stderr
     assert took < 1 + 3 * SLACK + 2  # the outage wait, then out (not the 20 s ack deadline)
-    assert len(gw.messages("placeOrder")) == sent_at_1100 == 2
-    wire_alert(bot_api, title, "IbOutageError", "error 1100", "IBKR_OUTAGE_WAIT")
-    assert run.one("script.end")["outcomes"] == {
-        "order.submitted": 1,
-        "order.unconfirmed": 1,
-        "gateway.connectivity": 1,
-    }
+    stopped_by_the_outage(gw, bot_api, run, sent_at_1100, title)
     assert any("error 1100" in line for line in run.human_stderr())
     gateway_closed_cleanly(gw)
 
@@ -1024,34 +1033,74 @@ def test_bad_environment_variable(
 
 
 # --------------------------------------------------------------------------- the table
+TABLE_ROW = re.compile(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`")
+
+
+def defined_tests(path: str | Path) -> set[str]:
+    """The names of the test functions a test file defines."""
+    return set(re.findall(r"^def (test_\w+)", Path(path).read_text(), re.M))
+
+
+def table_rows(
+    tests: Collection[str], *, prefixes: tuple[str, ...] = ("test_",), every_row: bool = False
+) -> dict[str, list[str]]:
+    """The rows of the tables in docs/reliability.md that name one of ``tests``, each as
+    its stripped cells, by row id: the parametrize id, else the test name without
+    ``prefixes`` (removed in order). A row naming another test is passed over, or with
+    ``every_row`` is a failure; two rows with one id are a failure."""
+    rows: dict[str, list[str]] = {}
+    for line in RELIABILITY_DOC.read_text().splitlines():
+        found = TABLE_ROW.search(line)
+        if not line.startswith("|") or not found:
+            continue
+        if found.group(1) not in tests:
+            assert not every_row, f"no such test: {found.group(0)}"
+            continue
+        row = found.group(2) or found.group(1)
+        for prefix in prefixes if not found.group(2) else ():
+            row = row.removeprefix(prefix)
+        assert row not in rows, f"two rows for {row}"
+        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
+    return rows
+
+
+def check_table(
+    expected: Mapping[str, int | tuple[int, str | None]],
+    tests: Collection[str],
+    *,
+    prefixes: tuple[str, ...] = ("test_",),
+    every_row: bool = False,
+) -> dict[str, list[str]]:
+    """Each row id of ``expected`` has its row in docs/reliability.md (see
+    :func:`table_rows`), stating the exit code in bold and, where ``expected`` gives an
+    alert title (or None), exactly one alert cell: ``sent: `<title>` ...`` or ``not
+    sent``. Returns the rows found, for the caller's own further checks."""
+    rows = table_rows(tests, prefixes=prefixes, every_row=every_row)
+    assert set(expected) <= set(rows), (
+        f"no row in docs/reliability.md for {set(expected) - set(rows)}"
+    )
+    for row, want in expected.items():
+        cells = rows[row]
+        code = want[0] if isinstance(want, tuple) else want
+        assert f"**{code}**" in cells, (row, cells)
+        if isinstance(want, tuple):
+            alert = [c for c in cells if c.startswith(("sent", "not sent"))]
+            title = want[1]
+            expected_alert = "not sent" if title is None else f"sent: `{title}`"
+            assert len(alert) == 1 and alert[0].startswith(expected_alert), (row, cells)
+    return rows
+
+
 def test_the_reliability_table_states_what_the_tests_assert() -> None:
     """Each row of the tables in docs/reliability.md names its test and states the exit
     code (and alert) that test asserts: ``EXPECTED`` for the faults, exit 2 and the bad
     value for the variables; and no row of the matrix is missing from the tables. Rows of
     the sibling files (``test_fault_matrix_*.py``) are checked there against their own
-    ``EXPECTED``; here only their test names must exist."""
+    ``EXPECTED`` (by :func:`check_table`); here only their test names must exist."""
     siblings = [REPO / "tests" / "test_soak.py", *(REPO / "tests").glob("test_fault_matrix_*.py")]
-    tests = set(globals()) | {
-        name for path in siblings for name in re.findall(r"^def (test_\w+)", path.read_text(), re.M)
-    }
-    rows: dict[str, list[str]] = {}
-    for line in RELIABILITY_DOC.read_text().splitlines():
-        found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)
-        if not line.startswith("|") or not found:
-            continue
-        assert found.group(1) in tests, f"no such test: {found.group(0)}"
-        row = found.group(2) or found.group(1).removeprefix("test_")
-        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
-    assert set(EXPECTED) | set(BAD_VALUES) <= set(rows), (set(EXPECTED) | set(BAD_VALUES)) - set(
-        rows
-    )
-    for row, (code, title) in EXPECTED.items():
-        cells = rows[row]
-        assert f"**{code}**" in cells, (row, cells)
-        alert = [c for c in cells if c.startswith(("sent", "not sent"))]
-        assert len(alert) == 1, (row, cells)
-        expected = "not sent" if title is None else f"sent: `{title}`"
-        assert alert[0].startswith(expected), (row, cells)
+    tests = set(globals()) | {name for path in siblings for name in defined_tests(path)}
+    rows = check_table(EXPECTED, tests, every_row=True)
+    assert set(BAD_VALUES) <= set(rows), set(BAD_VALUES) - set(rows)
     for var, value in BAD_VALUES.items():
         cells = rows[var]
         assert "**2**" in cells and f"`{value}`" in cells, (var, cells)

@@ -21,17 +21,19 @@ from typing import Any
 import test_fault_matrix
 from test_fault_matrix import (
     MAX_TIME,
-    RELIABILITY_DOC,
     REPO,
     SLACK,
     Run,
     Running,
     _outage_in_flight,
+    check_table,
+    defined_tests,
     gateway_closed_cleanly,
     job_env,
     journal_records,
     no_secret_leaked,
     run_job,
+    stopped_by_the_outage,
     submit_cmd,
     wire_alert,
 )
@@ -102,6 +104,28 @@ def connected_after_failures(run: Run, failure_class: str) -> list[dict[str, Any
     return failed
 
 
+def ridden_out(
+    gw: FakeGateway, bot_api: BotApi, job: Running, row: str, failure_class: str
+) -> list[dict[str, Any]]:
+    """The gateway's fault clears on the job's 3rd failed attempt: the job connects within
+    one interval (1 s) of the gateway serving again, inside its 60 s budget, places the
+    plan and exits as ``row`` states, with its alert. Returns its failed attempts (all
+    ``failure_class``, at the short interval: :func:`connected_after_failures`)."""
+    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", count=3)
+    gw.normal()
+    back = when(gw, "sim.scenario", scenario="normal")
+    run = job.wait()
+    code, title = code_and_title(row)
+    assert run.code == code, run.stderr
+    assert "result: 5 submitted; exit 0" in run.stdout
+    wire_alert(bot_api, title)
+    failed = connected_after_failures(run, failure_class)
+    served = min(e["at"] for e in gw.events("sim.api_started") if e["at"] >= back)
+    assert 0 <= served - back < ONE_INTERVAL  # the target
+    assert duration(run) < 60  # inside the budget
+    return failed
+
+
 # --------------------------------------------------------------------------- connect
 def test_relay_restart(
     fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
@@ -113,19 +137,8 @@ def test_relay_restart(
     gw.relay_restart(3600)
     env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="60")
     job = running(submit_cmd(gw), env, tmp_path)
-    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", count=3)
-    gw.normal()
-    back = when(gw, "sim.scenario", scenario="normal")
-    run = job.wait()
-    code, title = code_and_title("relay_restart")
-    assert run.code == code, run.stderr
-    assert "result: 5 submitted; exit 0" in run.stdout
-    wire_alert(bot_api, title)
-    failed = connected_after_failures(run, "closed")
+    failed = ridden_out(gw, bot_api, job, "relay_restart", "closed")
     assert len(failed) >= 3
-    served = min(e["at"] for e in gw.events("sim.api_started") if e["at"] >= back)
-    assert 0 <= served - back < ONE_INTERVAL  # the target
-    assert duration(run) < 60  # inside the budget
     assert len(gw.messages("placeOrder")) == 7
     gateway_closed_cleanly(gw)
 
@@ -160,20 +173,9 @@ def test_client_id_transient(
     gw.client_id_in_use_for(3600, client_id=10)
     env = job_env(tmp_path, bot_api.url, IBKR_CONNECT_MAX_TIME="60", IBKR_CLIENT_ID_GRACE="20")
     job = running(submit_cmd(gw), env, tmp_path)
-    job.wait_for_log(lambda r: r.get("event") == "ibkr.connect.failed", count=3)
-    gw.normal()
-    cleared = when(gw, "sim.scenario", scenario="normal")
-    run = job.wait()
-    code, title = code_and_title("client_id_transient")
-    assert run.code == code, run.stderr
-    assert "result: 5 submitted; exit 0" in run.stdout
-    wire_alert(bot_api, title)
-    failed = connected_after_failures(run, "rejected")
+    failed = ridden_out(gw, bot_api, job, "client_id_transient", "rejected")
     assert all("326" in (f["detail"] or "") + f["error"] for f in failed)
     assert failed[-1]["elapsed_ms"] < 20_000  # inside the grace period
-    served = min(e["at"] for e in gw.events("sim.api_started") if e["at"] >= cleared)
-    assert 0 <= served - cleared < ONE_INTERVAL
-    assert duration(run) < 60
     assert len(gw.events("sim.client_id_in_use")) == len(failed)
     gateway_closed_cleanly(gw)
 
@@ -397,13 +399,7 @@ def test_close_outage_never_clears(
     assert error["error_type"] == "IbOutageError"
     assert 1.0 <= run.at("ibkr.session.error") - run.at("gateway.outage.waiting") < 1 + SLACK
     assert waiting["wait_s"] == 1
-    assert len(gw.messages("placeOrder")) == sent_at_1100 == 2
-    wire_alert(bot_api, title, "IbOutageError", "error 1100", "IBKR_OUTAGE_WAIT")
-    assert run.one("script.end")["outcomes"] == {
-        "order.submitted": 1,
-        "order.unconfirmed": 1,
-        "gateway.connectivity": 1,
-    }
+    stopped_by_the_outage(gw, bot_api, run, sent_at_1100, title)
     assert ("order.unconfirmed", "MSFT") in close_journal(tmp_path)
     gateway_closed_cleanly(gw, CLOSE_CLIENT_ID)
 
@@ -432,14 +428,6 @@ def test_close_silent(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path
 
 # --------------------------------------------------------------------------- the table
 def test_the_reliability_table_states_these_rows() -> None:
-    """docs/reliability.md has one row per entry of ``EXPECTED``, naming its test and
-    stating its exit code and alert (the first part's check covers the row format)."""
-    text = RELIABILITY_DOC.read_text()
-    tests = {name for name in globals() if name.startswith("test_")}
-    for row, (code, title) in EXPECTED.items():
-        assert f"test_{row}" in tests, row
-        [line] = [ln for ln in text.splitlines() if ln.startswith("|") and f"`test_{row}`" in ln]
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        assert f"**{code}**" in cells, (row, cells)
-        expected = "not sent" if title is None else f"sent: `{title}`"
-        assert any(c.startswith(expected) for c in cells), (row, cells)
+    """docs/reliability.md has one row per entry of ``EXPECTED``, naming its test here and
+    stating its exit code and alert."""
+    check_table(EXPECTED, defined_tests(__file__))

@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import pwd
-import re
 import shutil
 import sys
 import sysconfig
@@ -48,11 +47,12 @@ import test_fault_matrix_loud
 from test_fault_matrix import (
     ALERT_TIMEOUT,
     PLAN,
-    RELIABILITY_DOC,
     REPO,
     SLACK,
     SUBMIT,
     Run,
+    check_table,
+    defined_tests,
     job_env,
     run_job,
     submit_cmd,
@@ -679,18 +679,4 @@ def test_no_home_no_passwd(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
 def test_the_reliability_table_states_the_hostile_rows() -> None:
     """docs/reliability.md has a row per entry of ``EXPECTED`` naming its test here, with
     the exit code and the alert the test asserts."""
-    tests = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
-    rows: dict[str, list[str]] = {}
-    for line in RELIABILITY_DOC.read_text().splitlines():
-        found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)
-        if not line.startswith("|") or not found or found.group(1) not in tests:
-            continue
-        row = found.group(2) or found.group(1).removeprefix("test_")
-        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
-    assert set(EXPECTED) <= set(rows), set(EXPECTED) - set(rows)
-    for row, (code, title) in EXPECTED.items():
-        cells = rows[row]
-        assert f"**{code}**" in cells, (row, cells)
-        alert = [c for c in cells if c.startswith(("sent", "not sent"))]
-        expected = "not sent" if title is None else f"sent: `{title}`"
-        assert len(alert) == 1 and alert[0].startswith(expected), (row, cells)
+    check_table(EXPECTED, defined_tests(__file__))

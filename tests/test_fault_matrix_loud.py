@@ -16,7 +16,6 @@ every output of every fault-matrix row for the bot token (see ``token_audit.py``
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -26,8 +25,9 @@ import pytest
 import test_fault_matrix
 from test_fault_matrix import (
     PLAN,
-    RELIABILITY_DOC,
     Running,
+    check_table,
+    defined_tests,
     job_env,
     journal_records,
     read_log,
@@ -207,26 +207,36 @@ def test_sighup_in_block(
     assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
 
 
+def run_into_closed_pipe(
+    cmd: list[str], env: dict[str, str], cwd: Path, *, stderr_too: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` with stdout (and with ``stderr_too`` stderr as well) on a pipe whose
+    reader is already gone, as ``| head -0`` leaves it; stderr otherwise captured."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=write_end,
+            stderr=write_end if stderr_too else subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+
 def test_closed_stdout(
     fake_gateway: FakeGateway, bot_api: BotApi, healthchecks: Healthchecks, tmp_path: Path
 ) -> None:
     """``submit_orders.py ... | head -0``: stdout is a pipe whose reader is gone, so the
     summary's write fails with EPIPE. The run still exits 0, with no traceback and no
     "Exception ignored" at interpreter shutdown; the orders and the pings are unaffected."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        result = subprocess.run(
-            submit_cmd(fake_gateway),
-            cwd=tmp_path,
-            env=loud_env(tmp_path, bot_api, healthchecks),
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        os.close(write_end)
+    result = run_into_closed_pipe(
+        submit_cmd(fake_gateway), loud_env(tmp_path, bot_api, healthchecks), tmp_path
+    )
     AUDIT.process("", result.stderr)
     code, title = EXPECTED["closed_stdout"]
     assert result.returncode == code, result.stderr
@@ -248,21 +258,10 @@ def test_closed_stdout_and_stderr(
     | head -1`` after the reader left): the error line cannot be written, yet the run
     still exits 2, alerts and pings ``/2`` (before: a BrokenPipeError escaped, exit 1,
     and the alert and the ping said "could not connect")."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
     cmd = submit_cmd(fake_gateway)
     cmd[cmd.index("--plan") + 1] = str(tmp_path / "no-such-plan.csv")
-    try:
-        result = subprocess.run(
-            cmd,
-            cwd=tmp_path,
-            env=loud_env(tmp_path, bot_api, healthchecks),
-            stdout=write_end,
-            stderr=write_end,
-            timeout=60,
-        )
-    finally:
-        os.close(write_end)
+    env = loud_env(tmp_path, bot_api, healthchecks)
+    result = run_into_closed_pipe(cmd, env, tmp_path, stderr_too=True)
     AUDIT.process("", "")  # its outputs went nowhere; its files are audited all the same
     code, title = EXPECTED["closed_stdout_and_stderr"]
     assert result.returncode == code
@@ -345,20 +344,7 @@ def test_sigterm_while_reporting(
 
 def test_the_reliability_table_states_the_loud_rows() -> None:
     """Each row above is in docs/reliability.md with the exit code and alert asserted."""
-    rows: dict[str, list[str]] = {}
-    for line in RELIABILITY_DOC.read_text().splitlines():
-        found = re.search(r"`(test_[a-z_0-9]+)`", line)
-        if line.startswith("|") and found and found.group(1) in globals():
-            rows[found.group(1).removeprefix("test_")] = [
-                c.strip() for c in line.strip().strip("|").split("|")
-            ]
-    for row, (code, title) in EXPECTED.items():
-        assert row in rows, f"docs/reliability.md has no row for test_{row}"
-        cells = rows[row]
-        assert f"**{code}**" in cells, (row, cells)
-        alert = [c for c in cells if c.startswith(("sent", "not sent"))]
-        expected = "not sent" if title is None else f"sent: `{title}`"
-        assert len(alert) == 1 and alert[0].startswith(expected), (row, cells)
+    check_table(EXPECTED, defined_tests(__file__))
 
 
 # --------------------------------------------------------------------------- the token audit

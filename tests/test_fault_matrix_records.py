@@ -14,20 +14,21 @@ code, stderr and what the gateway saw, and leave the Bot API to that feature's t
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_fault_matrix
 from test_fault_matrix import (
-    RELIABILITY_DOC,
     SLACK,
     Run,
     Running,
+    check_table,
+    defined_tests,
     job_env,
     run_job,
     submit_cmd,
@@ -53,18 +54,7 @@ LOCK_WAIT_SHORT = 0.5
 PREFILL = 4 * 1024 * 1024  # journal bytes before the run: more than any other file grows
 
 
-@pytest.fixture
-def running() -> Iterator[Callable[[list[str], dict[str, str], Path], Running]]:
-    """Jobs started in the background (``Running``), killed at the end if still running."""
-    started: list[Running] = []
-
-    def start(cmd: list[str], env: dict[str, str], cwd: Path) -> Running:
-        started.append(Running(cmd, env, cwd))
-        return started[-1]
-
-    yield start
-    for job in started:
-        job.kill()
+running = test_fault_matrix.running  # the fixture: jobs started in the background
 
 
 def placed(gw: FakeGateway, client_id: int | None = None) -> list[PlaceOrder]:
@@ -116,6 +106,34 @@ def start_holder(
     return job, env
 
 
+def overlapping(
+    gw: FakeGateway, tmp_path: Path, bot_url: str, running: Callable[..., Running], lock_wait: str
+) -> tuple[Running, list[str], dict[str, str]]:
+    """Run A holding the lock (:func:`start_holder`), and run B's command (its own client
+    id) and environment (A's state directory and journal, ``IBKR_LOCK_WAIT=lock_wait``)."""
+    first, first_env = start_holder(gw, tmp_path, bot_url, running)
+    env = second_run_env(tmp_path, first_env, bot_url, IBKR_LOCK_WAIT=lock_wait)
+    return first, [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)], env
+
+
+def second_waiting(
+    gw: FakeGateway, tmp_path: Path, bot_url: str, running: Callable[..., Running]
+) -> tuple[Running, Running]:
+    """Run A holding the lock and run B started with a 60 s wait for it, once B has
+    logged that it waits."""
+    first, cmd, env = overlapping(gw, tmp_path, bot_url, running, "60")
+    second = running(cmd, env, tmp_path / "second")
+    second.wait_for_log(lambda r: r.get("event") == "script.lock.waiting")
+    return first, second
+
+
+def placed_once_by_the_first(gw: FakeGateway) -> None:
+    """Every orderRef of the plan reached the gateway once, all from run A."""
+    assert placed(gw, SECOND_CLIENT_ID) == []
+    counts = plan_ref_count(gw)
+    assert len(counts) == 7 and set(counts.values()) == {1}, counts
+
+
 def test_overlapping_runs_lock_wait_expires(
     fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
 ) -> None:
@@ -123,9 +141,7 @@ def test_overlapping_runs_lock_wait_expires(
     IBKR_LOCK_WAIT, exits 6 naming the holder, never connects; the first run finishes and
     every orderRef reaches the gateway once."""
     gw = fake_gateway
-    first, first_env = start_holder(gw, tmp_path, bot_api.url, running)
-    env = second_run_env(tmp_path, first_env, bot_api.url, IBKR_LOCK_WAIT=str(LOCK_WAIT_SHORT))
-    cmd = [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)]
+    first, cmd, env = overlapping(gw, tmp_path, bot_api.url, running, str(LOCK_WAIT_SHORT))
     second = run_job(cmd, env, tmp_path / "second")
     assert second.code == EXPECTED["lock_wait_expires"], second.stderr
     [line] = human_lines(second)
@@ -141,9 +157,7 @@ def test_overlapping_runs_lock_wait_expires(
     assert gw.release_orders() == 1
     first_run = first.wait()
     assert first_run.code == 0, first_run.stderr
-    assert placed(gw, SECOND_CLIENT_ID) == []
-    counts = plan_ref_count(gw)
-    assert len(counts) == 7 and set(counts.values()) == {1}, counts
+    placed_once_by_the_first(gw)
     no_token(second)
 
 
@@ -153,11 +167,7 @@ def test_overlapping_runs_lock_holder_finishes(
     """The first run finishes within the second's wait: the second connects only after
     the first disconnected, finds every row placed and places nothing (exit 0)."""
     gw = fake_gateway
-    first, first_env = start_holder(gw, tmp_path, bot_api.url, running)
-    env = second_run_env(tmp_path, first_env, bot_api.url, IBKR_LOCK_WAIT="60")
-    cmd = [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)]
-    second = running(cmd, env, tmp_path / "second")
-    second.wait_for_log(lambda r: r.get("event") == "script.lock.waiting")
+    first, second = second_waiting(gw, tmp_path, bot_api.url, running)
     assert len(gw.events("sim.connection.open")) == 1  # the second run has not connected
     assert gw.release_orders() == 1
     first_run = first.wait()
@@ -167,9 +177,7 @@ def test_overlapping_runs_lock_holder_finishes(
     assert "result: 5 skipped; exit 0" in second_run.stdout
     # Held until the first run had disconnected: its session ended before the lock passed.
     assert first_run.at("ibkr.session.end") <= second_run.at("script.lock.acquired")
-    assert placed(gw, SECOND_CLIENT_ID) == []
-    counts = plan_ref_count(gw)
-    assert len(counts) == 7 and set(counts.values()) == {1}, counts
+    placed_once_by_the_first(gw)
     no_token(second_run)
 
 
@@ -179,11 +187,7 @@ def test_sigterm_waiting_for_lock(
     """SIGTERM while the second run waits for the lock: exit 143 at once (not at the end of
     the wait), one line, no traceback; the first run is untouched and finishes."""
     gw = fake_gateway
-    first, first_env = start_holder(gw, tmp_path, bot_api.url, running)
-    env = second_run_env(tmp_path, first_env, bot_api.url, IBKR_LOCK_WAIT="60")
-    cmd = [*submit_cmd(gw), "--client-id", str(SECOND_CLIENT_ID)]
-    second = running(cmd, env, tmp_path / "second")
-    second.wait_for_log(lambda r: r.get("event") == "script.lock.waiting")
+    first, second = second_waiting(gw, tmp_path, bot_api.url, running)
     run, sent = second.signal_and_wait(signal.SIGTERM)
     assert run.code == EXPECTED["sigterm_waiting_for_lock"], run.stderr
     assert human_lines(run) == ["submit_orders.py: error: terminated (SIGTERM)"]
@@ -332,16 +336,4 @@ def test_crash_between_send_and_ack(
 def test_the_records_rows_state_what_the_tests_assert() -> None:
     """docs/reliability.md has a row per entry of ``EXPECTED``, naming its test here
     and stating the exit code that test asserts."""
-    tests = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
-    rows: dict[str, list[str]] = {}
-    for line in RELIABILITY_DOC.read_text().splitlines():
-        found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)
-        if not line.startswith("|") or not found or found.group(1) not in tests:
-            continue
-        row = found.group(2) or found.group(1).removeprefix("test_").removeprefix(
-            "overlapping_runs_"
-        )
-        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
-    assert set(EXPECTED) <= set(rows), set(EXPECTED) - set(rows)
-    for row, code in EXPECTED.items():
-        assert f"**{code}**" in rows[row], (row, rows[row])
+    check_table(EXPECTED, defined_tests(__file__), prefixes=("test_", "overlapping_runs_"))

@@ -21,16 +21,18 @@ import itertools
 import re
 import signal
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_fault_matrix
 from test_fault_matrix import (
     PLAN,
-    RELIABILITY_DOC,
     SLACK,
     Running,
+    check_table,
+    defined_tests,
     job_env,
     journal_records,
     run_job,
@@ -64,17 +66,7 @@ LEGS = [len(row.order_refs) for row in ROWS]  # orders per row: [1, 1, 1, 1, 3]
 OUTCOMES = {"order.submitted", "order.rejected", "order.unconfirmed", "order.skipped"}
 
 
-@pytest.fixture
-def running() -> Iterator[Callable[[list[str], dict[str, str], Path], Running]]:
-    started: list[Running] = []
-
-    def start(cmd: list[str], env: dict[str, str], cwd: Path) -> Running:
-        started.append(Running(cmd, env, cwd))
-        return started[-1]
-
-    yield start
-    for job in started:
-        job.kill()
+running = test_fault_matrix.running  # the fixture: jobs started in the background
 
 
 def placed(gw: FakeGateway) -> list[PlaceOrder]:
@@ -241,9 +233,25 @@ def test_window_read_only(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: 
     assert_journal_complete(tmp_path)
 
 
-def _outage_with_window_full(gw: FakeGateway, job: Running) -> None:
-    """Window 2, the 1st order answered: rows 2 and 3 held (the window is full); then
-    an IB outage (1100); once the job logged it the held orders meet it (held again)."""
+def _outage_with_window_full(
+    gw: FakeGateway,
+    bot_api: BotApi,
+    tmp_path: Path,
+    running: Callable[..., Running],
+    outage_wait: str,
+) -> Running:
+    """Start the job with window 2 and ``IBKR_OUTAGE_WAIT=outage_wait``. The 1st order
+    answered, rows 2 and 3 held (the window is full); then an IB outage (1100); once the
+    job logged it the held orders meet it (held again). Returns the running job."""
+    gw.hold_orders(after=1)
+    env = job_env(
+        tmp_path,
+        bot_api.url,
+        IBKR_ACK_TIMEOUT="20",
+        IBKR_OUTAGE_WAIT=outage_wait,
+        IBKR_ORDER_WINDOW="2",
+    )
+    job = running(submit_cmd(gw), env, tmp_path)
     held(gw, 2)
     gw.set_scenario("ib_offline:3600")
     job.wait_for_log(
@@ -251,6 +259,7 @@ def _outage_with_window_full(gw: FakeGateway, job: Running) -> None:
     )
     gw.release_orders()
     held(gw, 4)
+    return job
 
 
 def test_window_outage_restored(
@@ -259,12 +268,7 @@ def test_window_outage_restored(
     """1100 while the window is full: nothing more is sent until 1102; then the held rows
     are acknowledged, the rest is sent, exit 0, outcomes in plan order."""
     gw = fake_gateway
-    gw.hold_orders(after=1)
-    env = job_env(
-        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="30", IBKR_ORDER_WINDOW="2"
-    )
-    job = running(submit_cmd(gw), env, tmp_path)
-    _outage_with_window_full(gw, job)
+    job = _outage_with_window_full(gw, bot_api, tmp_path, running, outage_wait="30")
     assert len(placed(gw)) == 3  # nothing sent during the 1100
     gw.normal()  # 1102: the held orders are served
     restored_at = gw.events("sim.ib_restored")[0]["at"]
@@ -285,12 +289,7 @@ def test_window_outage_never_clears(
     """1100 that outlasts IBKR_OUTAGE_WAIT with two rows in flight: exit 1, both
     journaled unconfirmed naming the outage, nothing sent after the 1100."""
     gw = fake_gateway
-    gw.hold_orders(after=1)
-    env = job_env(
-        tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="20", IBKR_OUTAGE_WAIT="1", IBKR_ORDER_WINDOW="2"
-    )
-    job = running(submit_cmd(gw), env, tmp_path)
-    _outage_with_window_full(gw, job)
+    job = _outage_with_window_full(gw, bot_api, tmp_path, running, outage_wait="1")
     run = job.wait()
     assert run.code == EXPECTED["window_outage_never_clears"], run.stderr
     assert len(placed(gw)) == 3
@@ -494,14 +493,4 @@ def test_close_window_sigterm(
 def test_the_window_rows_state_what_the_tests_assert() -> None:
     """docs/reliability.md has a row per entry of ``EXPECTED``, naming its test here
     and stating the exit code that test asserts."""
-    tests = set(re.findall(r"^def (test_\w+)", Path(__file__).read_text(), re.M))
-    rows: dict[str, list[str]] = {}
-    for line in RELIABILITY_DOC.read_text().splitlines():
-        found = re.search(r"`(test_[a-z_0-9]+)(?:\[([A-Za-z_0-9]+)\])?`", line)
-        if not line.startswith("|") or not found or found.group(1) not in tests:
-            continue
-        row = found.group(2) or found.group(1).removeprefix("test_")
-        rows[row] = [c.strip() for c in line.strip().strip("|").split("|")]
-    assert set(EXPECTED) <= set(rows), set(EXPECTED) - set(rows)
-    for row, code in EXPECTED.items():
-        assert f"**{code}**" in rows[row], (row, rows[row])
+    check_table(EXPECTED, defined_tests(__file__))

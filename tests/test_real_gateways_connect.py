@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -67,6 +68,14 @@ def session(gw: FakeGateway, alerts: RecordingAlert, **kw: Any) -> Any:
     kw.setdefault("max_time", 10.0)
     env = kw.pop("env", {})
     return ibkr_session(10, "127.0.0.1", gw.port, alert=alerts, env=env, **kw)
+
+
+def connect_fails(open_session: Callable[[], Any]) -> tuple[JsonLogCapture, ConnectionFailed]:
+    """Enter the session ``open_session()`` makes, under a log capture, expecting it to
+    give up: the captured log lines and the :class:`ConnectionFailed` raised."""
+    with JsonLogCapture() as logs, pytest.raises(ConnectionFailed) as info, open_session():
+        pass
+    return logs, info.value
 
 
 def test_a_relayed_restart_is_ridden_out_at_the_short_interval(fake_gateway: FakeGateway) -> None:
@@ -144,14 +153,9 @@ def test_read_only_api_fails_at_once_with_its_own_class_and_hint(
     alerts = RecordingAlert()
     fake_gateway.add_fault(ReadOnlyApi())
     started = time.monotonic()
-    with (
-        JsonLogCapture() as logs,
-        pytest.raises(ConnectionFailed) as info,
-        session(fake_gateway, alerts),
-    ):
-        pass
+    logs, error = connect_fails(lambda: session(fake_gateway, alerts))
     assert time.monotonic() - started < 1.0  # not the 1 s bound, not the 10 s budget
-    assert info.value.failure_class == "read_only" and info.value.attempts == 1
+    assert error.failure_class == "read_only" and error.attempts == 1
     assert logs.events("ibkr.connect.gave_up")[0]["failure_class"] == "read_only"
     [text] = alerts.texts
     assert "Failure: read_only" in text and "Read-Only API" in text and "ReadOnlyApi=no" in text
@@ -170,13 +174,8 @@ def test_ib_offline_at_connect_is_waited_on_then_its_own_class_with_an_alert(
 ) -> None:
     alerts = RecordingAlert()
     fake_gateway.add_fault(OfflineAtConnect())
-    with (
-        JsonLogCapture() as logs,
-        pytest.raises(ConnectionFailed) as info,
-        session(fake_gateway, alerts, timeout=0.5, max_time=2.0),
-    ):
-        pass
-    assert info.value.failure_class == "ib_offline"
+    logs, error = connect_fails(lambda: session(fake_gateway, alerts, timeout=0.5, max_time=2.0))
+    assert error.failure_class == "ib_offline"
     # One connection, held for the rest of the budget while waiting for 1101/1102: a
     # reconnect cannot help (the gateway is fine, IB is not).
     [failed] = logs.events("ibkr.connect.failed")
@@ -196,22 +195,19 @@ def test_ib_offline_wait_is_configured_apart_from_the_budget(fake_gateway: FakeG
     alerts = RecordingAlert()
     fake_gateway.add_fault(OfflineAtConnect())
     started = time.monotonic()
-    with (
-        JsonLogCapture() as logs,
-        pytest.raises(ConnectionFailed) as info,
-        ibkr_session(
+    logs, error = connect_fails(
+        lambda: ibkr_session(
             10,
             "127.0.0.1",
             fake_gateway.port,
             alert=alerts,
             config=SessionConfig(timeout=0.5, max_time=30.0, ib_offline_wait=0.5),
-        ),
-    ):
-        pass
+        )
+    )
     assert time.monotonic() - started < 0.5 + 1.5  # not the 30 s budget
-    assert info.value.failure_class == "ib_offline" and info.value.attempts == 1
+    assert error.failure_class == "ib_offline" and error.attempts == 1
     assert logs.events("ibkr.connect.gave_up")[0]["reason"] == "fail_fast"
-    assert "within 0.5 s" in str(info.value.last_error)
+    assert "within 0.5 s" in str(error.last_error)
     [text] = alerts.texts
     assert "1100" in text
 

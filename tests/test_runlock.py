@@ -19,23 +19,9 @@ from ibkr_resilience._app.jobs.runlock import (
     lock_path,
     run_lock,
 )
+from ibkr_resilience.testing import FakeTime
 
 HOLDER = {"pid": 4242, "script": "submit_orders.py", "run_id": "abc123"}
-
-
-class FakeTime:
-    """A clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture

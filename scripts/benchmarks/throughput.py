@@ -28,56 +28,23 @@ Both contenders go through the client library's own throttle (45 requests/s,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from gateway_process import ROOT, gateway_process
+
 SUBMIT = ROOT / "scripts" / "paper_trading" / "submit_orders.py"
 SYMBOLS = ("AAPL", "MSFT", "IBM", "SPY")
 PRICE = 100.0  # a limit far from every simulated price: the orders rest, nothing fills
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def gateway_process(delay: float) -> Iterator[int]:
-    """``python -m ibkr_resilience.simulator --scenario slow:<delay>``; yields its port."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "ibkr_resilience.simulator", "--port", str(port)]
-    proc = subprocess.Popen(
-        [*cmd, "--scenario", f"slow:{delay:g}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # a benchmark helper, not a test: polling the port is fine here
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("the simulated gateway did not start")
-            time.sleep(0.05)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def write_plan(path: Path, rows: int) -> None:
@@ -149,7 +116,10 @@ def section(
     max_s, ratio, runs_s}}`` plus the parameters."""
     times: dict[str, list[float]] = {}
     CPU.clear()
-    with tempfile.TemporaryDirectory() as tmp, gateway_process(delay) as port:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        gateway_process("--scenario", f"slow:{delay:g}") as port,
+    ):
         contenders = _contenders(port, rows, windows, Path(tmp))
         names = list(contenders)
         for i in range(runs):

@@ -61,14 +61,7 @@ class ReviewedRows:
                 f"already placed ({earlier.event.removeprefix('order.')} on {earlier.day}, "
                 "journal); not open at the gateway now"
             )
-            self._record(
-                row,
-                SKIPPED,
-                order_id=earlier.order_id,
-                perm_id=earlier.perm_id,
-                message=message,
-                placed_fingerprint=seen.placed_fingerprint,
-            )
+            self._record_skip(row, earlier, message, seen.placed_fingerprint)
             return
         where = "; ".join(
             f"{ref.removeprefix(row.order_ref) or 'entry'}: {f.source} {f.order_id} ({f.status})"
@@ -76,14 +69,21 @@ class ReviewedRows:
         )
         missing = [r for r in row.order_refs if r not in found]
         note = f"; not found: {', '.join(missing)}" if missing else ""
+        self._record_skip(row, entry, f"already placed ({where}){note}", seen.placed_fingerprint)
+
+    def _record_skip(
+        self, row: PlannedOrder, earlier: Found | Placement, message: str, fingerprint: str | None
+    ) -> None:
+        """A row not placed again: the order it was placed as (the gateway's status when
+        the gateway knows it), why, and the fingerprint of what was placed."""
         self._record(
             row,
             SKIPPED,
-            status=entry.status,
-            order_id=entry.order_id,
-            perm_id=entry.perm_id,
-            message=f"already placed ({where}){note}",
-            placed_fingerprint=seen.placed_fingerprint,
+            status=earlier.status if isinstance(earlier, Found) else "",
+            order_id=earlier.order_id,
+            perm_id=earlier.perm_id,
+            message=message,
+            placed_fingerprint=fingerprint,
         )
 
     def _changed(self, ib: Any, row: PlannedOrder, seen: Review) -> None:
@@ -127,18 +127,12 @@ class ReviewedRows:
     def _record_moved(self, row: PlannedOrder, earlier: Placement) -> None:
         """A row without an id whose content was placed under another row number: the
         rows moved (one inserted above), so it is not placed a second time."""
-        self._record(
-            row,
-            SKIPPED,
-            order_id=earlier.order_id,
-            perm_id=earlier.perm_id,
-            placed_fingerprint=earlier.fingerprint,
-            message=(
-                f"already placed as {earlier.order_ref} ({earlier.event.removeprefix('order.')} "
-                f"on {earlier.day}): rows without an id are numbered by position and moved; "
-                "not placed again (give the plan an id column)"
-            ),
+        message = (
+            f"already placed as {earlier.order_ref} ({earlier.event.removeprefix('order.')} "
+            f"on {earlier.day}): rows without an id are numbered by position and moved; "
+            "not placed again (give the plan an id column)"
         )
+        self._record_skip(row, earlier, message, earlier.fingerprint)
 
     def _record_removed(self, ref: str, earlier: Found | Placement) -> None:
         """A row of this plan placed earlier and no longer in it: reported, not cancelled."""

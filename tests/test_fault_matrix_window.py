@@ -152,6 +152,36 @@ def test_window_kill_then_rerun(
     assert_placed_once(gw)
 
 
+def terminated_with_three_in_flight(
+    gw: FakeGateway,
+    job: Running,
+    script: str,
+    code: int,
+    records_of: Callable[[Path], list[dict[str, Any]]],
+    tmp_path: Path,
+) -> list[dict[str, Any]]:
+    """SIGTERM to ``job`` with three orders held in its window: exit ``code`` at once, each
+    of the three journaled unconfirmed with the gateway's order id and the cause, the
+    journal complete, the gateway left; the held orders released. Returns the records."""
+    run, sent = job.signal_and_wait(signal.SIGTERM)
+    assert run.code == code, run.stderr
+    assert run.at("ibkr.session.end") - sent < 2.0
+    assert f"{script}: error: terminated (SIGTERM)" in run.human_stderr()
+    assert "Traceback" not in run.stderr
+    assert "3 unconfirmed" in run.stdout
+    assert run.one("script.end")["outcomes"] == {"order.unconfirmed": 3}
+    records = records_of(tmp_path)
+    ids = {p.order_ref: p.order_id for p in placed(gw)}
+    for record in records:
+        assert record["event"] == "order.unconfirmed"
+        assert record["message"].startswith("terminated (SIGTERM) while placing")
+        assert record["order_id"] == ids[record["order_ref"]]
+    assert_journal_complete(tmp_path)
+    assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
+    assert gw.release_orders() == 3
+    return records
+
+
 # --------------------------------------------------------------------------- stops
 def test_window_sigterm(
     fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
@@ -164,23 +194,10 @@ def test_window_sigterm(
     env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="3")
     job = running(submit_cmd(gw), env, tmp_path)
     held(gw, 3)
-    run, sent = job.signal_and_wait(signal.SIGTERM)
-    assert run.code == EXPECTED["window_sigterm"], run.stderr
-    assert run.at("ibkr.session.end") - sent < 2.0
-    assert "submit_orders.py: error: terminated (SIGTERM)" in run.human_stderr()
-    assert "Traceback" not in run.stderr
-    assert "3 unconfirmed" in run.stdout
-    assert run.one("script.end")["outcomes"] == {"order.unconfirmed": 3}
-    records = outcomes(tmp_path)
-    ids = {p.order_ref: p.order_id for p in placed(gw)}
+    records = terminated_with_three_in_flight(
+        gw, job, "submit_orders.py", EXPECTED["window_sigterm"], outcomes, tmp_path
+    )
     assert [r["order_ref"] for r in records] == [row.order_ref for row in ROWS[:3]]
-    for record in records:
-        assert record["event"] == "order.unconfirmed"
-        assert record["message"].startswith("terminated (SIGTERM) while placing")
-        assert record["order_id"] == ids[record["order_ref"]]
-    assert_journal_complete(tmp_path)
-    assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
-    assert gw.release_orders() == 3
 
     rerun = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
     assert rerun.code == 0, rerun.stderr
@@ -465,23 +482,10 @@ def test_close_window_sigterm(
     env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="8")
     job = running(close_moc(gw), env, tmp_path)
     held(gw, len(POSITIONS))
-    run, sent = job.signal_and_wait(signal.SIGTERM)
-    assert run.code == EXPECTED["close_window_sigterm"], run.stderr
-    assert run.at("ibkr.session.end") - sent < 2.0
-    assert "close_positions.py: error: terminated (SIGTERM)" in run.human_stderr()
-    assert "Traceback" not in run.stderr
-    assert "3 unconfirmed" in run.stdout
-    assert run.one("script.end")["outcomes"] == {"order.unconfirmed": 3}
-    records = closes(tmp_path)
-    ids = {p.order_ref: p.order_id for p in placed(gw)}
+    records = terminated_with_three_in_flight(
+        gw, job, "close_positions.py", EXPECTED["close_window_sigterm"], closes, tmp_path
+    )
     assert [r["contract"]["symbol"] for r in records] == CLOSE_SYMBOLS
-    for record in records:
-        assert record["event"] == "order.unconfirmed"
-        assert record["message"].startswith("terminated (SIGTERM) while placing")
-        assert record["order_id"] == ids[record["order_ref"]]
-    assert_journal_complete(tmp_path)
-    assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
-    assert gw.release_orders() == 3
 
     rerun = run_job(close_moc(gw), job_env(tmp_path, bot_api.url), tmp_path)
     assert rerun.code == 0, rerun.stderr

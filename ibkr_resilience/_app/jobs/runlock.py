@@ -26,7 +26,6 @@ from pathlib import Path
 
 from ..._core.log import get_logger
 from ..._core.statedir import UnusableStateFile, open_regular, state_dir
-from ..._session.signals import SignalGuard
 from .exits import ExitCode
 
 __all__ = ["POLL_INTERVAL", "RunLockError", "RunLocked", "lock_path", "run_lock"]
@@ -69,9 +68,10 @@ def run_lock(
     Tries at once, then every :data:`POLL_INTERVAL` seconds until ``wait`` seconds (on
     ``clock``) have passed; then raises :class:`RunLocked` with the holder's details as
     the file states them. ``holder`` (pid, script, run id) is written into the file while
-    the lock is held and cleared before it is released. SIGTERM while waiting ends the
-    wait as ``SystemExit(143)``. Raises :class:`RunLockError` when ``path`` is a FIFO, a
-    device or a directory, or cannot be created.
+    the lock is held and cleared before it is released. A SIGTERM while waiting ends the
+    wait as the caller's signal handling does (the scripts: ``SystemExit(143)``).
+    Raises :class:`RunLockError` when ``path`` is a FIFO, a device or a directory, or
+    cannot be created.
     """
     fd = _open(path)
     try:
@@ -114,23 +114,20 @@ def _acquire(
     started = clock()
     held_by = _holder_text(fd)
     log.warning("script.lock.waiting", lock=str(path), held_by=held_by, wait_s=wait)
-    guard = SignalGuard()
-    guard.install()  # SIGTERM during a long wait: exit 143 through the usual path
-    try:
-        while True:
-            remaining = wait - (clock() - started)
-            if remaining <= 0:
-                held_by = _holder_text(fd) or held_by
-                raise RunLocked(
-                    f"another run holds the lock for this gateway ({path}) "
-                    f"{'(' + held_by + ') ' if held_by else ''}and did not release it within "
-                    f"{wait:g} s (IBKR_LOCK_WAIT); nothing was sent"
-                )
-            sleep(min(POLL_INTERVAL, remaining))
-            if _try_lock(fd):
-                break
-    finally:
-        guard.restore()
+    # SIGTERM/SIGHUP during a long wait end the run through the script's own guard
+    # (kit.script_main): SystemExit(143/129), mapped, alerted and pinged as anywhere else.
+    while True:
+        remaining = wait - (clock() - started)
+        if remaining <= 0:
+            held_by = _holder_text(fd) or held_by
+            raise RunLocked(
+                f"another run holds the lock for this gateway ({path}) "
+                f"{'(' + held_by + ') ' if held_by else ''}and did not release it within "
+                f"{wait:g} s (IBKR_LOCK_WAIT); nothing was sent"
+            )
+        sleep(min(POLL_INTERVAL, remaining))
+        if _try_lock(fd):
+            break
     log.info("script.lock.acquired", lock=str(path), waited_s=round(clock() - started, 3))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from ibkr_resilience._app.jobs import orders
 from ibkr_resilience._app.jobs.orders import (
-    acknowledgement,
+    classify,
     order_key,
     paper_account,
     trade_error,
@@ -49,11 +49,6 @@ def test_trade_error_is_the_last_error() -> None:
     assert trade_error(trade("Submitted")) == ""
 
 
-@pytest.fixture
-def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(orders, "wait_for_acks", lambda ib, trades, timeout: None)
-
-
 class Asked:
     """A connected client whose ``reqAllOpenOrders`` runs ``then`` (the gateway's say)."""
 
@@ -72,29 +67,27 @@ class Asked:
         return []
 
 
-@pytest.mark.usefixtures("no_wait")
 def test_acknowledgement_of_a_group_of_orders() -> None:
     """A bracket stands or falls as one: any rejection wins, then any pending leg."""
     ok = trade("Submitted")
     ib = Asked()
-    assert acknowledgement(ib, [ok, trade("PreSubmitted")], 5) == ("order.submitted", "")
+    assert classify(ib, [ok, trade("PreSubmitted")], 5) == ("order.submitted", "")
     rejected = trade("Cancelled", (201, "Order rejected"))
-    assert acknowledgement(ib, [ok, trade("PendingSubmit"), rejected], 5) == (
+    assert classify(ib, [ok, trade("PendingSubmit"), rejected], 5) == (
         "order.rejected",
         "error 201: Order rejected",
     )
     assert ib.asked == 1  # a rejection is confirmed with the gateway first
-    assert acknowledgement(ib, [trade("Inactive")], 5) == (
+    assert classify(ib, [trade("Inactive")], 5) == (
         "order.rejected",
         "cancelled by the gateway",
     )
-    assert acknowledgement(ib, [ok, trade("PendingSubmit")], 2.5) == (
+    assert classify(ib, [ok, trade("PendingSubmit")], 2.5) == (
         "order.unconfirmed",
         "no acknowledgement within 2.5 s: check TWS",
     )
 
 
-@pytest.mark.usefixtures("no_wait")
 def test_informational_notices_are_not_rejections() -> None:
     """10349 makes ib_insync mark an order Cancelled (ib_async #191): still pending; and
     a client-side Cancelled that the gateway contradicts when asked is accepted."""
@@ -105,10 +98,10 @@ def test_informational_notices_are_not_rejections() -> None:
     assert not orders.is_informational(201)
     guessed = trade("Cancelled", (201, "Order rejected"))
     ib = Asked(then=lambda: setattr(guessed.orderStatus, "status", "Submitted"))
-    assert acknowledgement(ib, [guessed], 5) == ("order.submitted", "")
+    assert classify(ib, [guessed], 5) == ("order.submitted", "")
     read_only = trade("Cancelled", (321, "... The API interface is currently in Read-Only mode."))
     ib = Asked()
-    assert acknowledgement(ib, [read_only], 5)[0] == "order.rejected"
+    assert classify(ib, [read_only], 5)[0] == "order.rejected"
     assert ib.asked == 0  # a read-only gateway may refuse that request too
 
 

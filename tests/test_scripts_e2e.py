@@ -228,7 +228,8 @@ def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
 
 
 def test_the_ack_wait_ends_cleanly_when_the_gateway_is_lost(fake_gateway: FakeGateway) -> None:
-    """``wait_for_acks`` returns (the order still pending) when the socket drops, and
+    """The ack wait (``wait_for_update``) returns (the order still pending) when the socket
+    drops, and
     raises nothing, on every Python (3.12's ``asyncio.wait_for`` let the drop escape as
     ``ConnectionError`` through ``ib_insync.util.run``)."""
     gw = fake_gateway
@@ -240,7 +241,9 @@ def test_the_ack_wait_ends_cleanly_when_the_gateway_is_lost(fake_gateway: FakeGa
             compat.Stock("AAPL", "SMART", "USD"), compat.LimitOrder("BUY", 1, 100.0)
         )
         with dropping_when_an_order_is_held(gw):
-            orders_module.wait_for_acks(ib, [trade], 20)
+            orders_module.wait_for_update(
+                ib, lambda: orders_module.trade_outcome(trade) != "pending", 20
+            )
         ended = time.monotonic()
         assert gw.events("sim.order_held")  # the drop came while the order was unanswered
         [dropped] = gw.events("sim.connection.close")

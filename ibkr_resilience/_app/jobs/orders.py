@@ -3,7 +3,7 @@
 ``submit_orders`` and ``close_positions`` must agree on what "accepted" means, on how
 long and how they wait for it, and on which orders count as live, or the same gateway
 answer would be journaled differently by the two scripts. So contract qualification,
-the acknowledgement rules (:func:`trade_outcome`, :func:`acknowledgement`), the waits and
+the acknowledgement rules (:func:`trade_outcome`, :func:`classify`), the waits and
 the open-order view live here once. The rules are documented in ``docs/scripts.md``.
 """
 
@@ -122,20 +122,11 @@ def trade_outcome(trade: Any) -> str:
     return "pending"
 
 
-def acknowledgement(ib: Any, trades: Sequence[Any], timeout: float) -> tuple[str, str]:
-    """Wait up to ``timeout`` seconds for the orders just placed; return the journal
-    event and message for them as one unit (a bracket's legs stand or fall together).
-
-    ``order.rejected`` with the gateway's error if any order was refused,
-    ``order.unconfirmed`` if any is still unacknowledged, else ``order.submitted``.
-    """
-    wait_for_acks(ib, trades, timeout)
-    return classify(ib, trades, timeout)
-
-
 def classify(ib: Any, trades: Sequence[Any], timeout: float) -> tuple[str, str]:
-    """The journal event and message for ``trades`` as they stand (see
-    :func:`acknowledgement`). A rejection is confirmed with the gateway first: its own
+    """The journal event and message for ``trades`` as they stand, as one unit (a
+    bracket's legs stand or fall together): ``order.rejected`` with the gateway's error
+    if any order was refused, ``order.unconfirmed`` if any is still unacknowledged, else
+    ``order.submitted``. A rejection is confirmed with the gateway first: its own
     statuses are asked for again (``reqAllOpenOrders``), because the client library marks
     an order Cancelled on any order error; a Read-Only refusal (321) is not asked about,
     since a read-only gateway may refuse that request too."""
@@ -175,12 +166,6 @@ def respect_reported_ids(ib: Any, trades: Sequence[Any]) -> list[Any]:
     if top > 0:
         ib.client.updateReqId(top + 1)
     return list(trades)
-
-
-def wait_for_acks(ib: Any, trades: Sequence[Any], timeout: float) -> None:
-    """Run the client's loop until every trade is accepted or rejected, or ``timeout``."""
-    pending = list(trades)
-    wait_for_update(ib, lambda: all(trade_outcome(t) != "pending" for t in pending), timeout)
 
 
 def wait_for_update(ib: Any, done: Callable[[], bool], timeout: float) -> bool:

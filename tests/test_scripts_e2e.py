@@ -229,9 +229,8 @@ def test_gateway_lost_mid_run_exits_1_and_journals_the_order_in_flight(
 
 def test_the_ack_wait_ends_cleanly_when_the_gateway_is_lost(fake_gateway: FakeGateway) -> None:
     """The ack wait (``wait_for_update``) returns (the order still pending) when the socket
-    drops, and
-    raises nothing, on every Python (3.12's ``asyncio.wait_for`` let the drop escape as
-    ``ConnectionError`` through ``ib_insync.util.run``)."""
+    drops, and raises nothing, on every Python (3.12's ``asyncio.wait_for`` let the drop
+    escape as ``ConnectionError`` through ``ib_insync.util.run``)."""
     gw = fake_gateway
     gw.hold_orders(after=0)
     ib = IB()

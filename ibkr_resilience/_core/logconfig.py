@@ -5,9 +5,9 @@ package only *emits* events and :func:`configure_logging` wires them up. It rout
 structlog and the stdlib (``ib_insync.*``, ``urllib3``) through the same
 ``ProcessorFormatter`` so that one run produces one homogeneous stream of JSON lines a
 log viewer can index: ``timestamp`` (RFC 3339, UTC, ``Z``), ``level``, ``logger``,
-``event``, plus the run's ``run_id`` and ``script`` on every line. Secrets are removed by
-a single processor that runs after exceptions are rendered, so tracebacks are scrubbed
-too.
+
+
+
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from ..errors import ConfigError
 from . import twslevels
 from .config import check_setting, env_value
 from .identity import script_name
-from .redact import redact_secrets, register_secret, scrub
+from .log import FIELDS, route_through_stdlib
+from .redact import register_secret, scrub
 
 _HANDLER_MARK = "_ibkr_resilience_handler"
 _FIRST_KEYS = ("timestamp", "level", "logger", "event", "run_id", "script")
@@ -62,6 +63,28 @@ def _order_keys(
     ordered = {key: event_dict.pop(key) for key in _FIRST_KEYS if key in event_dict}
     ordered.update(event_dict)
     return ordered
+
+
+def _library_fields(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Make the fields this package's lines carry on their record keys of the line.
+
+    The record in ``_record`` is the formatter's own copy, so taking the attribute off
+    it (for ExtraAdder not to copy it as one nested key) leaves the original alone.
+    """
+    record = event_dict.get("_record")
+    fields = getattr(record, FIELDS, None)
+    if fields is not None:
+        delattr(record, FIELDS)
+        event_dict.update(fields)
+    return event_dict
+
+
+def _scrub_line(logger: Any, method_name: str, line: Any) -> str:
+    """Remove secrets from the rendered line (one pass over one string, whatever the
+    fields: tracebacks, nested values and foreign records included)."""
+    return scrub(str(line))
 
 
 def _drop_formatter_leftovers(
@@ -122,6 +145,7 @@ def configure_logging(
     register_secret(environ.get("IFDS_TELEGRAM_BOT_TOKEN"))
 
     shared: list[Processor] = [
+        _library_fields,
         structlog.contextvars.merge_contextvars,
         _RunContext(run, script or script_name()),
         structlog.stdlib.add_log_level,
@@ -133,17 +157,19 @@ def configure_logging(
         _drop_formatter_leftovers,
     ]
 
+    processors: list[Processor] = [
+        structlog.stdlib.filter_by_level,
+        *shared,
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ]
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=processors,
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         # Not cached: module-level loggers must follow a later reconfiguration.
         cache_logger_on_first_use=False,
     )
+    route_through_stdlib(processors)
 
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
@@ -251,8 +277,10 @@ def _formatter(fmt: str, shared: list[Processor], *, colors: bool) -> _RenderOnc
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             exceptions,
-            redact_secrets,
             _order_keys,
             renderer,
+            # Last: whatever the renderer wrote (an exception's text, a nested value,
+            # a foreign library's message) is in the one string scrubbed here.
+            _scrub_line,
         ],
     )

@@ -236,7 +236,8 @@ def test_refused_endpoint_is_quick_and_logged(refused: str) -> None:
         pass
     assert time.monotonic() - started < 1.0
     failed = [e for e in logs if e["event"] == "ibkr.healthcheck.failed"]
-    assert [e["error_type"] for e in failed] == ["ConnectionError", "ConnectionError"]
+    # The pings go through http.client (keepalive.py): a refused connect is the OSError itself.
+    assert [e["error_type"] for e in failed] == ["ConnectionRefusedError"] * 2
     assert logs[-1]["outcome"] == "ok"
 
 
@@ -260,12 +261,27 @@ def test_uuid_never_reaches_the_logs(pings: PingServer, refused: str) -> None:
     ]
     [failed_start, failed_fail] = [x for x in lines if x["event"] == "ibkr.healthcheck.failed"]
     assert failed_fail["target"].endswith("/.../fail")
-    # The places the URL would leak through were really exercised, and scrubbed:
-    # urllib3's DEBUG request line and requests' exception text both quote the path.
-    assert any(
-        x["logger"] == "urllib3.connectionpool" and "[REDACTED]" in x["event"] for x in lines
-    )
-    assert "[REDACTED]" in failed_start["error"]
+    assert failed_start["error_type"] == "ConnectionRefusedError"
+
+
+def test_a_proxy_variable_sends_the_pings_through_requests_scrubbed(
+    pings: PingServer, refused: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http.client speaks to no proxy: with one configured, the pings go through
+    ``requests`` (which honours it), whose texts quote the URL and are scrubbed."""
+    monkeypatch.setenv("HTTP_PROXY", refused.rsplit("/", 1)[0])  # a proxy that refuses
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with JsonLogCapture() as capture, session(pings.url):
+        pass
+    lines = capture.records
+    assert UUID not in capture.text
+    assert pings.requests == []  # nothing went around the proxy
+    failed = [x for x in lines if x["event"] == "ibkr.healthcheck.failed"]
+    assert [x["error_type"] for x in failed] == ["ProxyError", "ProxyError"]
+    # The place the URL would leak through was really exercised, and scrubbed:
+    # requests' exception text quotes the whole URL.
+    assert "[REDACTED]" in failed[0]["error"]
 
 
 def test_url_is_hidden_in_repr_and_config_errors() -> None:

@@ -63,3 +63,30 @@ def run_bounded(
         error=error if isinstance(error, BaseException) else None,
         elapsed_ms=elapsed_ms,
     )
+
+
+def run_here(
+    call: Callable[[], object],
+    timeout: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> Bounded:
+    """Run ``call()`` in this thread, for a caller that is itself a daemon thread.
+
+    Nothing waits for such a thread beyond its own bound, so it needs no second thread;
+    the result is judged as :func:`run_bounded` judges it: timed out when the call
+    ended more than ``timeout`` seconds after the start. Nothing ``call`` raises
+    propagates.
+    """
+    started = clock()
+    value: object = None
+    error: BaseException | None = None
+    try:
+        value = call()
+    except BaseException as exc:
+        error = exc
+    elapsed = clock() - started
+    elapsed_ms = round(elapsed * 1000, 1)
+    if elapsed > timeout:
+        return Bounded(timed_out=True, elapsed_ms=elapsed_ms)
+    return Bounded(timed_out=False, value=value, error=error, elapsed_ms=elapsed_ms)

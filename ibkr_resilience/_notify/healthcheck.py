@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from .._core.config import check_setting
 from .._core.log import get_logger
 from .._core.redact import register_secret, scrub
-from .bounded import run_bounded
-from .http import HttpPost, PooledPost, RequestsPost, requests_post
+from .bounded import Bounded, run_bounded, run_here
+from .http import HttpPost, requests_post
+from .keepalive import ping_post
 
 log = get_logger("ibkr_resilience.healthcheck")
 
@@ -57,11 +58,11 @@ class Healthcheck:
     """Ping one check URL; never raises, never takes longer than ``timeout``."""
 
     def __init__(self, url: str, timeout: float, *, post: HttpPost | None = None) -> None:
-        # The shared default opens one connection per request; a check's pings all go to
+        # The alerts' default opens one connection per request; a check's pings all go to
         # one host, so they get their own kept connection (one TCP + TLS setup per run).
-        self._pooled: RequestsPost | None = None
+        self._kept: Any = None
         if post is None or post is requests_post:
-            self._pooled = post = PooledPost()
+            self._kept = post = ping_post()
         self._post: HttpPost = post
         self._start: threading.Thread | None = None
         self._url: str = check_setting("healthcheck_url", url)
@@ -91,11 +92,16 @@ class Healthcheck:
     def start_in_background(self, run_id: str | None = None) -> None:
         """Send ``/start`` from a daemon thread: the connect never waits for monitoring.
 
-        The next :meth:`ping` waits for it first (within its own bound), so the service
-        always sees ``/start`` before the outcome.
+        The thread sends it itself (a daemon thread can delay neither the job nor its
+        exit, so it needs no second thread to bound it). The next :meth:`ping` waits for
+        it first (within its own bound), so the service always sees ``/start`` before the
+        outcome.
         """
         self._start = threading.Thread(
-            target=self.ping, args=("start", "", run_id), name="ibkr-healthcheck-start", daemon=True
+            target=self._send,
+            args=("start", "", run_id, self.timeout, False),
+            name="ibkr-healthcheck-start",
+            daemon=True,
         )
         self._start.start()
 
@@ -120,12 +126,19 @@ class Healthcheck:
             began = time.monotonic()
             start.join(bound)
             bound = max(MIN_PING_WINDOW, bound - (time.monotonic() - began))
+        return self._send(kind, body, run_id, bound, True)
+
+    def _send(
+        self, kind: PingKind, body: str, run_id: str | None, bound: float, in_thread: bool
+    ) -> PingOutcome:
+        """One ping within ``bound`` seconds, in a thread of its own (``in_thread``) or in
+        this one (the background ``/start``, whose lateness is judged when it ends)."""
         parts = urlsplit(self._url)
         url = urlunsplit(parts._replace(path=parts.path.rstrip("/") + _suffix(kind)))
         params = {"rid": run_id} if run_id else None
         data = body[:MAX_BODY_CHARS].encode("utf-8", "replace")
-        # requests' own timeouts end a silent server just inside the hard bound (a clean
-        # "failed"); the bound itself still catches what they do not cover (DNS).
+        # The client's own timeouts end a silent server just inside the hard bound (a
+        # clean "failed"); the bound itself still catches what they do not cover (DNS).
         timeout = bound * REQUESTS_TIMEOUT_SHARE
 
         def post() -> int:
@@ -138,30 +151,39 @@ class Healthcheck:
             )
             return response.status
 
-        result = run_bounded(post, bound, "ibkr-healthcheck")
-        if kind != "start" and self._pooled is not None:
-            self._pooled.close()  # the outcome is the last ping: free the kept connection
-        fields: dict[str, object] = {
-            "ping": kind,
-            "target": self.target(kind),
-            "rid": run_id,
-            "elapsed_ms": result.elapsed_ms,
-        }
-        if result.timed_out:
-            log.warning("ibkr.healthcheck.timed_out", timeout_s=bound, **fields)
-            return "timed_out"
-        if result.error is not None:
-            error = result.error
-            log.warning(
-                "ibkr.healthcheck.failed",
-                error_type=type(error).__name__,
-                error=scrub(str(error)),
-                **fields,
-            )
-            return "failed"
-        status = result.value
-        if isinstance(status, int) and 200 <= status < 300:
-            log.info("ibkr.healthcheck.sent", status=status, **fields)
-            return "sent"
-        log.warning("ibkr.healthcheck.failed", status=status, **fields)
+        result = (
+            run_bounded(post, bound, "ibkr-healthcheck") if in_thread else run_here(post, bound)
+        )
+        if kind != "start" and self._kept is not None:
+            self._kept.close()  # the outcome is the last ping: free the kept connection
+        return _report(kind, self.target(kind), run_id, bound, result)
+
+
+def _report(
+    kind: PingKind, target: str, run_id: str | None, bound: float, result: Bounded
+) -> PingOutcome:
+    """Log how one ping went (one line) and say it."""
+    fields: dict[str, object] = {
+        "ping": kind,
+        "target": target,
+        "rid": run_id,
+        "elapsed_ms": result.elapsed_ms,
+    }
+    if result.timed_out:
+        log.warning("ibkr.healthcheck.timed_out", timeout_s=bound, **fields)
+        return "timed_out"
+    if result.error is not None:
+        error = result.error
+        log.warning(
+            "ibkr.healthcheck.failed",
+            error_type=type(error).__name__,
+            error=scrub(str(error)),
+            **fields,
+        )
         return "failed"
+    status = result.value
+    if isinstance(status, int) and 200 <= status < 300:
+        log.info("ibkr.healthcheck.sent", status=status, **fields)
+        return "sent"
+    log.warning("ibkr.healthcheck.failed", status=status, **fields)
+    return "failed"

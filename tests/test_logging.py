@@ -280,3 +280,23 @@ def test_writing_goes_on_after_copytruncate(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert b"\0" not in data
     assert [json.loads(x)["event"] for x in data.decode().splitlines()] == ["ibkr.after"]
+
+
+def test_capture_logs_after_configure_logging_still_sees_the_package_lines() -> None:
+    """structlog.testing.capture_logs() swaps the items of the configured processors
+    list in place: the package's lines must follow it, not the JSON sinks."""
+    from structlog.testing import capture_logs
+
+    from ibkr_resilience._core.log import get_logger
+
+    sink = io.StringIO()
+    configure_logging(format="json", level="INFO", stream=sink, env={})
+    log = get_logger("ibkr_resilience.test").bind(client_id=7)
+    with capture_logs() as captured:
+        log.info("ibkr.test.captured", attempt=1)
+    log.info("ibkr.test.after", attempt=2)
+    assert captured == [
+        {"event": "ibkr.test.captured", "client_id": 7, "attempt": 1, "log_level": "info"}
+    ]
+    [line] = [json.loads(x) for x in sink.getvalue().splitlines()]
+    assert (line["event"], line["client_id"], line["attempt"]) == ("ibkr.test.after", 7, 2)

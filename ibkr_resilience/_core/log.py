@@ -29,15 +29,26 @@ from .redact import scrub
 FIELDS = "ibkr_fields"
 """The LogRecord attribute that carries a line's fields on the ``configure_logging`` path."""
 
-# The processors list configure_logging() handed to structlog.configure: while it is
-# the one configured, that function's formatter reads FIELDS off the records.
-_routed: list[object] = []
+# The processors list configure_logging() handed to structlog.configure, and a copy of
+# its items: while that list is the configured one and still holds them, the formatter
+# configure_logging installed reads FIELDS off the records. The copy matters:
+# structlog.testing.capture_logs() swaps the items of the same list object.
+_routed: list[tuple[list[Any], list[Any]]] = []
 
 
 def route_through_stdlib(processors: list[Any]) -> None:
     """Send the package's lines as stdlib records while ``processors`` is structlog's
-    configured chain (called by ``configure_logging``, which installs the formatter)."""
-    _routed[:] = [processors]
+    configured chain, unchanged (called by ``configure_logging``, which installs the
+    formatter that reads them)."""
+    _routed[:] = [(processors, list(processors))]
+
+
+def _routed_to_stdlib() -> bool:
+    if not _routed:
+        return False
+    configured = structlog.get_config()["processors"]
+    processors, items = _routed[0]
+    return configured is processors and configured == items
 
 
 _LEVELS = {
@@ -79,7 +90,7 @@ class LibraryLogger:
 
     def _log(self, method: str, event: str, fields: dict[str, Any]) -> None:
         if structlog.is_configured():
-            if _routed and structlog.get_config()["processors"] is _routed[0]:
+            if _routed_to_stdlib():
                 self._to_stdlib(_LEVELS[method], event, fields)
                 return
             logger = structlog.get_logger(self._name)

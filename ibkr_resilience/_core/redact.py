@@ -34,6 +34,8 @@ def register_secret(value: str | None) -> None:
     """Add a literal value that must never be logged (ignored when empty or tiny)."""
     global _ordered
     if value and len(value) >= 4:
+        if value in _secrets:  # every session registers the same few values again
+            return
         spellings = {value, json.dumps(value)[1:-1], repr(value)[1:-1]}
         with _lock:
             _secrets.update(spellings)

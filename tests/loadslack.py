@@ -44,16 +44,18 @@ class Load:
     """The machine's slowdown around one job: create before starting it, ask after.
 
     ``slack(idle_s)`` is ``idle_s`` (the slack the bound had on an idle machine, seconds)
-    times the largest slowdown sampled: once at creation and twice when asked (so a job
-    that ran while the load came or went is covered by either side).
+    times the largest slowdown sampled: once at creation and twice at the first question
+    after the job (so a job that ran while the load came or went is covered by either
+    side); later questions reuse those samples.
     """
 
     def __init__(self) -> None:
         self.samples = [cpu_slowdown()]
 
     def factor(self) -> float:
-        """The largest slowdown seen so far, after taking two fresh samples."""
-        self.samples += [cpu_slowdown(), cpu_slowdown()]
+        """The largest slowdown sampled before and after the job."""
+        if len(self.samples) == 1:
+            self.samples += [cpu_slowdown(), cpu_slowdown()]
         return max(self.samples)
 
     def slack(self, idle_s: float) -> float:

@@ -53,7 +53,10 @@ CHAT_ID = "-100200"
 # The short timings every row runs with (seconds); rows override some.
 CONNECT_TIMEOUT = 0.5
 MAX_TIME = 2.0
-ALERT_TIMEOUT = 1.0
+ALERT_TIMEOUT = 1.0  # the rows about the alert's deadline (a hanging, unresolvable Bot API)
+# Every other row: a delivered alert never waits on its deadline, and a short one would
+# cut the alert path itself on a loaded machine (~70 ms idle, over 1 s with 4 busy loops).
+DELIVERY_ALERT_TIMEOUT = 10.0
 SLACK = 0.5  # slack on an idle machine: a bound adds ``Load().slack(SLACK)`` (loadslack.py)
 AT_ONCE_TIMEOUT = 5.0  # attempt timeout of the rows detected at once: far from any slowdown
 
@@ -120,7 +123,7 @@ def job_env(tmp_path: Path, bot_url: str, **extra: str) -> dict[str, str]:
         "IBKR_CONNECT_TIMEOUT": str(CONNECT_TIMEOUT),
         "IBKR_CONNECT_MAX_TIME": str(MAX_TIME),
         "IBKR_CONNECT_RETRY_DELAY": "0.2",
-        "IBKR_ALERT_TIMEOUT": str(ALERT_TIMEOUT),
+        "IBKR_ALERT_TIMEOUT": str(DELIVERY_ALERT_TIMEOUT),
         "IBKR_ACK_TIMEOUT": "3",
         "IBKR_LOG_FORMAT": "json",
         "IBKR_LOG_FILE": str(tmp_path / "job.jsonl"),
@@ -705,8 +708,9 @@ def _added_by_alert(run: Run) -> float:
 def test_bot_hanging(fake_gateway: FakeGateway, black_hole: BlackHole, tmp_path: Path) -> None:
     """The Bot API accepts and never answers: the job stops waiting at IBKR_ALERT_TIMEOUT."""
     fake_gateway.down()
+    env = job_env(tmp_path, black_hole.url, IBKR_ALERT_TIMEOUT=str(ALERT_TIMEOUT))
     load = Load()
-    run = run_job(submit_cmd(fake_gateway), job_env(tmp_path, black_hole.url), tmp_path)
+    run = run_job(submit_cmd(fake_gateway), env, tmp_path)
     assert run.code == EXPECTED["bot_hanging"][0]
     assert len(black_hole.accepted) == 1 and b"POST /bot" in black_hole.received
     timed_out = run.one("ibkr.alert.timed_out")
@@ -746,10 +750,9 @@ def test_bot_unresolvable(fake_gateway: FakeGateway, tmp_path: Path) -> None:
     """``nonexistent.invalid`` cannot resolve: bounded by IBKR_ALERT_TIMEOUT whether DNS
     fails at once (here, usually) or hangs (the bound is asserted, not the path)."""
     fake_gateway.down()
+    env = job_env(tmp_path, "http://nonexistent.invalid", IBKR_ALERT_TIMEOUT=str(ALERT_TIMEOUT))
     load = Load()
-    run = run_job(
-        submit_cmd(fake_gateway), job_env(tmp_path, "http://nonexistent.invalid"), tmp_path
-    )
+    run = run_job(submit_cmd(fake_gateway), env, tmp_path)
     assert run.code == EXPECTED["bot_unresolvable"][0]
     outcome = run.events("ibkr.alert.failed") + run.events("ibkr.alert.timed_out")
     assert len(outcome) == 1

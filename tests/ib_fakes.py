@@ -78,14 +78,14 @@ class FakeIB:
         if self.on_connect is not None:
             self.on_connect(self)
         try:
-            return await self._behave(clientId)
+            return await self._behave(clientId, timeout or 0.0)
         except BaseException:
             # ib_insync disconnects (and resets the client) on any failure.
             self.cancelled = True
             self.client.disconnect()
             raise
 
-    async def _behave(self, client_id: int) -> FakeIB:
+    async def _behave(self, client_id: int, timeout: float) -> FakeIB:
         b = self.behaviour
         c = self.client
         if b == "ok":
@@ -133,7 +133,7 @@ class FakeIB:
         elif b == "phases":
             # ib_insync's per-phase timeouts: four phases, each just under ``timeout``.
             for _ in range(4):
-                await asyncio.sleep(0.09)
+                await asyncio.sleep(0.9 * timeout)
             return self
         elif b != "hang":
             raise AssertionError(f"unknown behaviour {b}")

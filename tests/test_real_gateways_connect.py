@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from client_helpers import wait_until
+from loadslack import Load
 from test_simulator_faults import (
     ClientIdBusyFor,
     Outage,
@@ -99,11 +100,12 @@ def test_a_relay_that_never_comes_back_gives_up_at_the_budget_with_one_alert(
 ) -> None:
     alerts = RecordingAlert()
     fake_gateway.add_fault(RelayFront(3600))
+    load = Load()
     started = time.monotonic()
     with pytest.raises(ConnectionFailed) as info, session(fake_gateway, alerts, max_time=2.0):
         pass
     assert info.value.failure_class == "closed" and info.value.attempts >= 3
-    assert time.monotonic() - started < 2.0 + 1.0
+    assert time.monotonic() - started < 2.0 + load.slack(1.0), load
     [text] = alerts.texts
     assert "relay" in text and "Trusted IPs" in text  # the hint names both causes
 
@@ -153,8 +155,8 @@ def test_read_only_api_fails_at_once_with_its_own_class_and_hint(
     alerts = RecordingAlert()
     fake_gateway.add_fault(ReadOnlyApi())
     started = time.monotonic()
-    logs, error = connect_fails(lambda: session(fake_gateway, alerts))
-    assert time.monotonic() - started < 1.0  # not the 1 s bound, not the 10 s budget
+    logs, error = connect_fails(lambda: session(fake_gateway, alerts, timeout=5.0))
+    assert time.monotonic() - started < 5.0 / 2  # at once: not the 5 s bound, not the budget
     assert error.failure_class == "read_only" and error.attempts == 1
     assert logs.events("ibkr.connect.gave_up")[0]["failure_class"] == "read_only"
     [text] = alerts.texts
@@ -174,12 +176,13 @@ def test_ib_offline_at_connect_is_waited_on_then_its_own_class_with_an_alert(
 ) -> None:
     alerts = RecordingAlert()
     fake_gateway.add_fault(OfflineAtConnect())
+    load = Load()
     logs, error = connect_fails(lambda: session(fake_gateway, alerts, timeout=0.5, max_time=2.0))
     assert error.failure_class == "ib_offline"
     # One connection, held for the rest of the budget while waiting for 1101/1102: a
     # reconnect cannot help (the gateway is fine, IB is not).
     [failed] = logs.events("ibkr.connect.failed")
-    assert 2000 * 0.9 <= failed["attempt_ms"] <= 2000 + 300
+    assert 2000 * 0.9 <= failed["attempt_ms"] <= (2.0 + load.slack(0.3)) * 1000, (failed, load)
     assert "within 2 s" in failed["error"] or "within 1.9" in failed["error"]
     [waiting] = logs.events("ibkr.connect.ib_offline")
     assert waiting["wait_s"] <= 2.0
@@ -194,6 +197,7 @@ def test_ib_offline_wait_is_configured_apart_from_the_budget(fake_gateway: FakeG
     """``ib_offline_wait`` (the scripts: IBKR_OUTAGE_WAIT) bounds the wait, not the budget."""
     alerts = RecordingAlert()
     fake_gateway.add_fault(OfflineAtConnect())
+    load = Load()
     started = time.monotonic()
     logs, error = connect_fails(
         lambda: ibkr_session(
@@ -204,7 +208,7 @@ def test_ib_offline_wait_is_configured_apart_from_the_budget(fake_gateway: FakeG
             config=SessionConfig(timeout=0.5, max_time=30.0, ib_offline_wait=0.5),
         )
     )
-    assert time.monotonic() - started < 0.5 + 1.5  # not the 30 s budget
+    assert time.monotonic() - started < 0.5 + load.slack(1.5)  # not the 30 s budget
     assert error.failure_class == "ib_offline" and error.attempts == 1
     assert logs.events("ibkr.connect.gave_up")[0]["reason"] == "fail_fast"
     assert "within 0.5 s" in str(error.last_error)
@@ -222,10 +226,11 @@ def test_ib_offline_at_connect_async_form_waits_the_same(fake_gateway: FakeGatew
         async with ibkr_session(10, "127.0.0.1", fake_gateway.port, alert=alerts, config=config):
             pass
 
+    load = Load()
     started = time.monotonic()
     with pytest.raises(ConnectionFailed) as info:
         asyncio.run(enter())
-    assert time.monotonic() - started < 0.5 + 1.5
+    assert time.monotonic() - started < 0.5 + load.slack(1.5), load
     assert info.value.failure_class == "ib_offline" and info.value.attempts == 1
     assert len(fake_gateway.events("sim.connection.open")) == 1
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from client_helpers import SYNC_REQUESTS, wait_until
+from loadslack import Load
 
 from ibkr_resilience._connect import compat
 from ibkr_resilience._connect.compat import IB
@@ -51,13 +52,14 @@ def ib_conn(fake_gateway: FakeGateway) -> Iterator[IB]:
 
 # --------------------------------------------------------------------------- happy path
 def test_handshake_and_initial_sync(fake_gateway: FakeGateway) -> None:
+    load = Load()
     exc, took, ib = timed_connect(fake_gateway.port, timeout=2)
     try:
         assert exc is None
         assert ib.isConnected()
         assert ib.client.serverVersion() == SERVER_VERSION
         assert ib.managedAccounts() == ["DU1234567"]
-        assert took < 0.5
+        assert took < load.slack(0.5), load
         names = [r.name for r in fake_gateway.messages()]
         assert names[: len(SYNC_REQUESTS)] == SYNC_REQUESTS
         start_api = fake_gateway.messages("startApi")[0]
@@ -193,7 +195,7 @@ def test_down_is_refused_at_once(fake_gateway: FakeGateway) -> None:
     fake_gateway.down()
     exc, took, _ = timed_connect(fake_gateway.port, timeout=2)
     assert isinstance(exc, ConnectionRefusedError)
-    assert took < 0.5
+    assert took < 2 / 4  # at once: not the 2 s bound
     fake_gateway.up()
     exc, _, ib = timed_connect(fake_gateway.port, timeout=2)
     assert exc is None
@@ -282,6 +284,7 @@ def test_slow_replies_delay_but_connect(fake_gateway: FakeGateway) -> None:
 
 def test_drop_after_cuts_the_session(fake_gateway: FakeGateway) -> None:
     fake_gateway.drop_after(0.3)
+    load = Load()
     exc, _, ib = timed_connect(fake_gateway.port, timeout=2)
     assert exc is None
     dropped: list[float] = []
@@ -290,7 +293,7 @@ def test_drop_after_cuts_the_session(fake_gateway: FakeGateway) -> None:
     # The drop interrupts whatever the client is waiting on with ConnectionError.
     with pytest.raises(ConnectionError, match="Socket disconnect"):
         ib.sleep(10)  # a hard stop: the drop ends it
-    assert dropped and dropped[0] - start < 0.5
+    assert dropped and dropped[0] - start < 0.3 + load.slack(0.2), load
     assert not ib.isConnected()
     with pytest.raises(ConnectionError):
         ib.reqCurrentTime()

@@ -2,18 +2,25 @@
 
 Usage:
     python scripts/benchmarks/throughput.py [--runs 7] [--rows 120] [--delay 0.05]
-        [--windows 1,8] [--json results.json]
+        [--windows 1,8] [--baseline REF] [--json results.json]
 
 The simulated gateway runs in its own process with every reply delayed ``--delay`` s
-(scenario ``slow:S``), so its work stays out of the timings. Each contender is a whole
-process, as cron runs it, placing a ``--rows``-row plan of limit orders (no fills):
+(scenario ``slow:S``), so its work stays out of the timings; a fresh one for every run
+(started before the clock starts), so every run meets an account with no open orders:
+with one gateway for all runs, each run's ``reqAllOpenOrders`` (the idempotency check)
+returned every order the runs before it had left, and the later runs of ``submit_orders``
+paid for them (hundreds of ``openOrder`` messages to decode and log). Each contender is a
+whole process, as cron runs it, placing a ``--rows``-row plan of limit orders (no fills):
 
 - **raw**: a minimal ib_insync script (this file, ``--raw PORT ROWS TAG``): connect, hand
   every order to ``placeOrder``, then wait until the gateway acknowledged them all; no
   qualification, no idempotency check, no journal;
 - **submit_orders, window W**: ``scripts/paper_trading/submit_orders.py`` with
   ``IBKR_ORDER_WINDOW=W`` (1 = one row at a time, the behaviour before issue 13 item 4),
-  JSON logs to ``/dev/null``, the journal in a temporary directory.
+  JSON logs to ``/dev/null``, the journal in a temporary directory;
+- **submit_orders @REF** (``--baseline REF``): the same, from the git revision ``REF`` of
+  this repository (exported to a temporary directory, put first on ``PYTHONPATH``), with
+  the largest window given: before/after figures from the same run.
 
 Runs are interleaved (one of each contender per round, the order rotated each round),
 each with its own plan id so that every run places fresh orders. Reported: median, min
@@ -73,19 +80,23 @@ def run_timed(cmd: Sequence[str], env: dict[str, str], name: str = "") -> float:
     return elapsed
 
 
+Contender = Callable[[int, str], float]
+"""``contender(port, tag)``: wall seconds of one run against the gateway on ``port``."""
+
+
 def _contenders(
-    port: int, rows: int, windows: Sequence[int], tmp: Path
-) -> dict[str, Callable[[str], float]]:
+    rows: int, windows: Sequence[int], tmp: Path, baseline: str | None = None
+) -> dict[str, Contender]:
     plan = tmp / "plan.csv"
     write_plan(plan, rows)
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp)}
 
-    def raw(tag: str) -> float:
+    def raw(port: int, tag: str) -> float:
         cmd = [sys.executable, __file__, "--raw", str(port), str(rows), tag]
         return run_timed(cmd, base, "raw")
 
-    def submit(window: int) -> Callable[[str], float]:
-        def run(tag: str) -> float:
+    def submit(window: int, name: str, root: Path = ROOT) -> Contender:
+        def run(port: int, tag: str) -> float:
             env = {
                 **base,
                 "XDG_STATE_HOME": str(tmp / "state"),
@@ -94,14 +105,27 @@ def _contenders(
                 "IBKR_LOG_FILE": "/dev/null",
                 "IBKR_ORDER_WINDOW": str(window),
             }
-            cmd = [sys.executable, str(SUBMIT), "--plan", str(plan), "--port", str(port)]
-            return run_timed([*cmd, "--plan-id", tag], env, f"submit_orders, window {window}")
+            if root != ROOT:
+                env["PYTHONPATH"] = str(root)
+            script = root / SUBMIT.relative_to(ROOT)
+            cmd = [sys.executable, str(script), "--plan", str(plan), "--port", str(port)]
+            return run_timed([*cmd, "--plan-id", tag], env, name)
 
         return run
 
-    found: dict[str, Callable[[str], float]] = {"raw": raw}
+    found: dict[str, Contender] = {"raw": raw}
     for window in windows:
-        found[f"submit_orders, window {window}"] = submit(window)
+        name = f"submit_orders, window {window}"
+        found[name] = submit(window, name)
+    if baseline:
+        old = tmp / "baseline"
+        old.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", baseline], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+        name = f"submit_orders @{baseline}, window {max(windows)}"
+        found[name] = submit(max(windows), name, old)
     return found
 
 
@@ -111,27 +135,27 @@ def section(
     delay: float = 0.05,
     windows: Sequence[int] = (1, 8),
     out: Callable[[str], None] = print,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Measure and print the throughput section; return ``{contender: {median_s, min_s,
     max_s, ratio, runs_s}}`` plus the parameters."""
     times: dict[str, list[float]] = {}
     CPU.clear()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        gateway_process("--scenario", f"slow:{delay:g}") as port,
-    ):
-        contenders = _contenders(port, rows, windows, Path(tmp))
+    with tempfile.TemporaryDirectory() as tmp:
+        contenders = _contenders(rows, windows, Path(tmp), baseline)
         names = list(contenders)
         for i in range(runs):
             turn = names[i % len(names) :] + names[: i % len(names)]  # rotate each round
             for name in turn:
                 tag = f"b{i}{names.index(name)}"
-                times.setdefault(name, []).append(contenders[name](tag))
+                with gateway_process("--scenario", f"slow:{delay:g}") as port:
+                    times.setdefault(name, []).append(contenders[name](port, tag))
     raw_median = statistics.median(times["raw"])
     results: dict[str, Any] = {"rows": rows, "delay_s": delay, "runs": runs}
     out(f"## Order throughput: {rows} rows, {delay * 1000:g} ms per reply, {runs} runs each")
     raw_cpu = statistics.median(CPU["raw"])
-    head = f"{'contender':<28} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7}"
+    width = max(28, *map(len, times))
+    head = f"{'contender':<{width}} {'median':>8} {'min':>8} {'max':>8} {'ratio':>7}"
     out(f"{head} {'CPU':>7} {'ratio':>7}")
     for name, values in times.items():
         median = statistics.median(values)
@@ -146,7 +170,7 @@ def section(
             "cpu_ratio": cpu / raw_cpu,
         }
         out(
-            f"{name:<28} {median:>7.2f}s {min(values):>7.2f}s {max(values):>7.2f}s "
+            f"{name:<{width}} {median:>7.2f}s {min(values):>7.2f}s {max(values):>7.2f}s "
             f"{median / raw_median:>6.2f}x {cpu:>6.2f}s {cpu / raw_cpu:>6.2f}x"
         )
     return results
@@ -178,13 +202,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=120)
     ap.add_argument("--delay", type=float, default=0.05, help="seconds per gateway reply")
     ap.add_argument("--windows", default="1,8", help="IBKR_ORDER_WINDOW values to compare")
+    ap.add_argument(
+        "--baseline",
+        metavar="REF",
+        help="also run submit_orders from this git revision (e.g. main), largest window",
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     ap.add_argument("--raw", nargs=3, metavar=("PORT", "ROWS", "TAG"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.raw:
         return raw_client(int(args.raw[0]), int(args.raw[1]), args.raw[2])
     windows = [int(w) for w in args.windows.split(",")]
-    results = section(args.runs, args.rows, args.delay, windows)
+    results = section(args.runs, args.rows, args.delay, windows, baseline=args.baseline)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -148,7 +148,9 @@ class Journal:
         The caller hands the orders to the client only after the block ended without an
         exception: then every record is on disk. If the block raises, or the write
         fails (:class:`JournalError`), nothing of the block counts as written and none of
-        its orders may be sent. Outcome records are not held here (see :meth:`batch`).
+        its orders may be sent. Outcome records held by an enclosing :meth:`batch` go
+        first in the same write (the batch stays open, with nothing left to write); if
+        that write fails they stay held, and still count as unrecorded.
         """
         if self._announced is not None:  # nested: the outer block writes
             yield
@@ -159,10 +161,16 @@ class Journal:
             held = self._announced
         finally:
             self._announced = None
-        if held:
-            self._write(b"".join(line for line, _ in held))
-            for _, fields in held:
-                self._register(fields)
+        if not held:
+            return
+        outcomes = self._batched or []
+        self._write(b"".join([*(line for line, _ in outcomes), *(line for line, _ in held)]))
+        if self._batched is not None:
+            self._batched = []
+        for _, done in outcomes:
+            self._in_flight.pop(done, None)
+        for _, fields in held:
+            self._register(fields)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:

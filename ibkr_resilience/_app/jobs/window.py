@@ -11,6 +11,8 @@ one order, or a bracket's legs) are in flight at once, and the rest of the old r
   units that go out back to back (the window's free room, filled) are announced together,
   in one journal write and one fsync (``announcing``), and only then sent: a failed
   write sends none of them, and :meth:`OrderWindow.place` only queues a unit until then;
+  the outcomes recorded while making that room go in the same write (they are held
+  only while the burst is gathered, never while the window waits for the gateway);
 * outcomes are recorded oldest first (the head of the window), so the journal and the
   summary stay in plan order; rows that send nothing are queued behind the units in
   flight (:meth:`OrderWindow.then`) for the same reason; the outcomes found answered
@@ -133,6 +135,8 @@ class OrderWindow(Generic[K]):
         self._queue: deque[Unit[K] | Callable[[], None]] = deque()
         self._in_flight = 0
         self._pending: list[_Pending[K]] = []
+        self._held: AbstractContextManager[None] | None = None
+        """An open ``batch()`` holding the outcomes recorded since the last burst."""
         self._dropped = 0
 
     @property
@@ -145,9 +149,12 @@ class OrderWindow(Generic[K]):
 
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         if exc is None:
+            self._release()
             return
         # The journal must hold an outcome for every unit sent; a journal that cannot be
         # written now must not hide why the run stopped (exit 7 lists what is missing).
+        with contextlib.suppress(JournalError):
+            self._release()
         with contextlib.suppress(JournalError):
             self._close_out(stop_cause(exc))
 
@@ -158,9 +165,14 @@ class OrderWindow(Generic[K]):
         return self._dropped
 
     def make_room(self) -> None:
-        """Record every unit already answered; block on the oldest while the window is full."""
+        """Record every unit already answered; block on the oldest while the window is full.
+
+        The records of the last settling are held for the next burst's write."""
+        self._hold()
         self._settle_ready()
         while self._in_flight >= self.size:
+            self._release()  # nothing is held while waiting for the gateway
+            self._hold()
             self._settle_next()
 
     def place(self, key: K, contract: Any, orders: list[Any], announce: Callable[[], None]) -> bool:
@@ -189,19 +201,24 @@ class OrderWindow(Generic[K]):
         connection is gone and they were dropped."""
         pending, self._pending = self._pending, []
         if not pending:
+            self._release()
             return True
         pump()
+        if self.watch.in_outage:
+            self._release()  # waiting: write what is held first
         self.watch.wait_out_outage()  # nothing is sent while error 1100 is in force
         if not self.ib.isConnected():
             self._dropped += len(pending)
+            self._release()
             return False
         deadline = self._clock() + self.timeout
         sent = [Unit(p.key, p.orders, deadline) for p in pending]
-        with self._announcing():
+        with self._announcing():  # the held outcomes go in the same write
             for p in pending:
                 p.announce()
         self._queue.extend(sent)  # all announced: each needs an outcome record now
         self._in_flight += len(sent)
+        self._release()  # nothing left to write: the batch just closes
         for unit, p in zip(sent, pending, strict=True):
             for order in p.orders:
                 unit.trades.append(self.ib.placeOrder(p.contract, order))
@@ -237,6 +254,18 @@ class OrderWindow(Generic[K]):
                 if isinstance(head, Unit) and not head.settled():
                     return
                 self._settle_head()
+
+    def _hold(self) -> None:
+        if self._held is None:
+            held = self._batch()
+            held.__enter__()
+            self._held = held
+
+    def _release(self) -> None:
+        """Write the held outcome records now (one fsync, if there are any)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
 
     def _settle_next(self) -> None:
         """Wait for the head, then record it with every unit answered meanwhile, in one

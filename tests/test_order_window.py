@@ -100,6 +100,7 @@ def test_a_stop_records_every_unit_in_flight(fake_gateway: FakeGateway, ib: Any)
     with pytest.raises(KeyboardInterrupt), w:
         place(w, ib, "a", rec)
         place(w, ib, "b", rec)
+        assert w.send()  # two of four: the burst goes out only when asked (or full)
         assert fake_gateway.wait_for(lambda: len(fake_gateway.events("sim.order_held")) == 1, 5)
         trades = ib.trades()
         assert wait_for_update(ib, lambda: trade_outcome(trades[0]) == "accepted", 5)

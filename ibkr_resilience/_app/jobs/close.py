@@ -246,9 +246,9 @@ class Closer:
                 elif symbol in failures:
                     window.then(partial(record.close, pos, REJECTED, message=failures[symbol]))
                 elif not closing_orders.place(ib, window, pos):
-                    self.state.check_connected(ib)  # the gateway went away: stop here
                     break
-            window.drain()
+            if not window.drain():
+                self.state.check_connected(ib)  # the gateway went away: closes left unsent
 
     def _preview(
         self,

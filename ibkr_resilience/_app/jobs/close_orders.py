@@ -61,8 +61,9 @@ class ClosingOrders:
 
     def window(self, ib: Any, *, size: int) -> OrderWindow[Any]:
         """The window the closing orders go through (:mod:`.window`): up to ``size`` in
-        flight, outcomes recorded in position order, each in one journal batch, and
-        every order still in flight journaled when the run stops early."""
+        flight, announced in bursts (one fsync each), outcomes recorded in position
+        order in journal batches, and every order still in flight journaled when the
+        run stops early."""
         return OrderWindow(
             ib,
             self.watch,
@@ -72,12 +73,13 @@ class ClosingOrders:
             cut_short=self._record_cut_short,
             stop_after=lambda trades, event: stop_after(ib, trades, event, self.timeout),
             batch=self.record.journal.batch,
+            announcing=self.record.journal.announcing,
         )
 
     def place(self, ib: Any, window: OrderWindow[Any], pos: Any) -> bool:
-        """Send the closing order for ``pos`` (qualified first) through ``window``; its
-        outcome is recorded when the window settles it. ``False``: the connection is
-        gone and nothing was sent.
+        """Send the closing order for ``pos`` (qualified first) through ``window`` (in
+        its next burst); its outcome is recorded when the window settles it. ``False``:
+        the connection is gone and nothing more is sent.
 
         As in ``submit_orders``: the fsynced ``order.sending`` goes first (a failure
         there raises and nothing is sent), nothing is sent while error 1100 is in force,

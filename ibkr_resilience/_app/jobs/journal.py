@@ -94,7 +94,8 @@ class Journal:
         self.script = script or script_name()
         self.run_id = run_id or uuid.uuid4().hex
         self._in_flight: dict[str, list[tuple[str, int | None]]] = {}
-        self._batched: list[tuple[bytes, str | None]] | None = None
+        self._batched: list[tuple[bytes, str]] | None = None
+        self._announced: list[tuple[bytes, dict[str, Any]]] | None = None
         self._fd: int | None = self._open()
 
     @staticmethod
@@ -124,24 +125,63 @@ class Journal:
         }
         record.update(fields)
         line = json.dumps(record, ensure_ascii=False, default=str).encode("utf-8") + b"\n"
-        done = None if event == SENDING else str(fields.get("order_ref"))
-        if self._batched is not None and event != SENDING:
+        if event == SENDING:
+            if self._announced is not None:
+                self._announced.append((line, fields))
+            else:
+                self._write(line)
+                self._register(fields)
+            return record
+        done = str(fields.get("order_ref"))
+        if self._batched is not None:
             self._batched.append((line, done))
             return record
         self._write(line)
-        if done is not None:
-            self._in_flight.pop(done, None)
+        self._in_flight.pop(done, None)
         return record
+
+    @contextlib.contextmanager
+    def announcing(self) -> Iterator[None]:
+        """Within it, ``order.sending`` records are held and written together when the
+        block ends: one write, one fsync for a burst of orders sent back to back.
+
+        The caller hands the orders to the client only after the block ended without an
+        exception: then every record is on disk. If the block raises, or the write
+        fails (:class:`JournalError`), nothing of the block counts as written and none of
+        its orders may be sent. Outcome records held by an enclosing :meth:`batch` go
+        first in the same write (the batch stays open, with nothing left to write); if
+        that write fails they stay held, and still count as unrecorded.
+        """
+        if self._announced is not None:  # nested: the outer block writes
+            yield
+            return
+        self._announced = []
+        try:
+            yield
+            held = self._announced
+        finally:
+            self._announced = None
+        if not held:
+            return
+        outcomes = self._batched or []
+        self._write(b"".join([*(line for line, _ in outcomes), *(line for line, _ in held)]))
+        if self._batched is not None:
+            self._batched = []
+        for _, done in outcomes:
+            self._in_flight.pop(done, None)
+        for _, fields in held:
+            self._register(fields)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         """Within it, outcome records are written together on the way out: one write, one
         fsync (a burst of acknowledgements costs one disk flush, not one each).
 
-        ``order.sending`` is never held back: it must be on disk before its order is
-        sent. The batch is written also when an exception ends the block (then a
-        :class:`JournalError` from it is dropped, so it does not hide the exception);
-        :meth:`unrecorded` counts a batched outcome as written only once it is.
+        ``order.sending`` is not held back here: it must be on disk before its order is
+        sent (:meth:`announcing` holds those until the orders may go). The batch is
+        written also when an exception ends the block (then a :class:`JournalError` from
+        it is dropped, so it does not hide the exception); :meth:`unrecorded` counts a
+        batched outcome as written only once it is.
         """
         if self._batched is not None:  # nested: the outer batch writes
             yield
@@ -161,8 +201,7 @@ class Journal:
             return
         self._write(b"".join(line for line, _ in batched))
         for _, done in batched:
-            if done is not None:
-                self._in_flight.pop(done, None)
+            self._in_flight.pop(done, None)
 
     def start_run(self, **fields: Any) -> dict[str, Any]:
         """Write and fsync the run's ``run.start`` record (``fields``: where it connects).
@@ -174,19 +213,22 @@ class Journal:
         return self.append(RUN_START, pid=os.getpid(), **fields)
 
     def sending(self, **fields: Any) -> dict[str, Any]:
-        """Write and fsync ``order.sending`` right before an order is handed to the client.
+        """Write and fsync ``order.sending`` right before an order is handed to the client
+        (within :meth:`announcing`: when that block ends).
 
         ``fields`` must hold ``order_ref`` and ``order_id`` (the ids are assigned before
-        sending), and ``legs`` (``[{"order_ref", "order_id"}, ...]``) for a bracket. Until
-        a later record with the same ``order_ref`` is written, the order is listed by
-        :meth:`unrecorded`. Raises :class:`JournalError`: then nothing may be sent.
+        sending), and ``legs`` (``[{"order_ref", "order_id"}, ...]``) for a bracket. Once
+        written, and until a later record with the same ``order_ref`` is, the order is
+        listed by :meth:`unrecorded`. Raises :class:`JournalError`: then nothing may be sent.
         """
-        record = self.append(SENDING, **fields)
+        return self.append(SENDING, **fields)
+
+    def _register(self, fields: Mapping[str, Any]) -> None:
+        """An ``order.sending`` record is on disk: its orders now lack an outcome."""
         legs = fields.get("legs") or [fields]
         self._in_flight[str(fields["order_ref"])] = [
             (str(leg["order_ref"]), leg.get("order_id")) for leg in legs
         ]
-        return record
 
     def unrecorded(self) -> list[tuple[str, int | None]]:
         """``(orderRef, order id)`` of every order announced by :meth:`sending` whose

@@ -186,6 +186,7 @@ class Submitter(ReviewedRows):
             cut_short=self._record_cut_short,
             stop_after=lambda trades, event: stop_after(ib, trades, event, self.timeout),
             batch=self.journal.batch,
+            announcing=self.journal.announcing,
         )
         with window:
             for row in self.plan:
@@ -218,9 +219,9 @@ class Submitter(ReviewedRows):
                     continue
                 sending = partial(self._record_sending, row, orders)
                 if not window.place(row, contracts[row.contract_key], orders, sending):
-                    self.state.check_connected(ib)  # the gateway went away: stop here
                     break
-            window.drain()
+            if not window.drain():
+                self.state.check_connected(ib)  # the gateway went away: rows left unsent
         if self.state.lost:
             return
         for ref, earlier in removed_refs(

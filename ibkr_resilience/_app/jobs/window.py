@@ -8,6 +8,11 @@ one order, or a bracket's legs) are in flight at once, and the rest of the old r
 * every unit is announced by the job's fsynced ``order.sending`` record before its first
   ``placeOrder`` (the ``announce`` argument of :meth:`OrderWindow.place`), so a kill at
   any point leaves the journal naming every order that may have reached the gateway;
+  units that go out back to back (the window's free room, filled) are announced together,
+  in one journal write and one fsync (``announcing``), and only then sent: a failed
+  write sends none of them, and :meth:`OrderWindow.place` only queues a unit until then;
+  the outcomes recorded while making that room go in the same write (they are held
+  only while the burst is gathered, never while the window waits for the gateway);
 * outcomes are recorded oldest first (the head of the window), so the journal and the
   summary stay in plan order; rows that send nothing are queued behind the units in
   flight (:meth:`OrderWindow.then`) for the same reason; the outcomes found answered
@@ -15,7 +20,8 @@ one order, or a bracket's legs) are in flight at once, and the rest of the old r
 * a bracket's legs go out back to back in the order given (parent and first child with
   ``transmit=False``, the last child with ``transmit=True``), and count as one unit;
 * nothing is sent while error 1100 is in force (:class:`.gateway_watch.GatewayWatch`):
-  the client's loop is run once before each send so that a 1100 already received is seen;
+  the client's loop is run once before each burst so that a 1100 already received is
+  seen (the orders of a burst then go out within a millisecond, as a bracket's legs do);
 * anything that ends the run early (a signal, a lost or silent gateway, a Read-Only 321,
   an outage past ``IBKR_OUTAGE_WAIT``, a journal failure) stops sending at once, and every
   unit still in the window gets its outcome record: ``order.submitted`` if the gateway
@@ -29,7 +35,10 @@ IB's message-rate limit (50 messages per second, TWS API docs "Requests limitati
 left to the client library: ib_insync 0.9.86 and ib_async 2.x both queue requests past
 ``Client.MaxRequests = 45`` per ``Client.RequestsInterval = 1`` s and send them as the
 loop runs; the window never writes to the socket itself, so it cannot bypass that.
-Window size 1 is the old one-at-a-time behaviour.
+Window size 1 is the old one-at-a-time behaviour. The window counts units handed to the
+client, including those its throttle still holds: counting only those on the wire would let
+the rest of the plan pile up in the throttle, unbounded, for no gain in time (the throttle
+sends them no sooner).
 """
 
 from __future__ import annotations
@@ -108,6 +117,7 @@ class OrderWindow(Generic[K]):
         cut_short: CutShort[K],
         stop_after: StopAfter,
         batch: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        announcing: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if size < 1:
@@ -120,9 +130,14 @@ class OrderWindow(Generic[K]):
         self._cut_short = cut_short
         self._stop_after = stop_after
         self._batch = batch
+        self._announcing = announcing
         self._clock = clock
         self._queue: deque[Unit[K] | Callable[[], None]] = deque()
         self._in_flight = 0
+        self._pending: list[_Pending[K]] = []
+        self._held: AbstractContextManager[None] | None = None
+        """An open ``batch()`` holding the outcomes recorded since the last burst."""
+        self._dropped = 0
 
     @property
     def in_flight(self) -> int:
@@ -134,50 +149,98 @@ class OrderWindow(Generic[K]):
 
     def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
         if exc is None:
+            self._release()
             return
         # The journal must hold an outcome for every unit sent; a journal that cannot be
         # written now must not hide why the run stopped (exit 7 lists what is missing).
         with contextlib.suppress(JournalError):
+            self._release()
+        with contextlib.suppress(JournalError):
             self._close_out(stop_cause(exc))
 
+    @property
+    def dropped(self) -> int:
+        """Units handed to :meth:`place` and never sent (nor announced) because the
+        connection was gone by the time their burst was due."""
+        return self._dropped
+
     def make_room(self) -> None:
-        """Record every unit already answered; block on the oldest while the window is full."""
+        """Record every unit already answered; block on the oldest while the window is full.
+
+        The records of the last settling are held for the next burst's write."""
+        self._hold()
         self._settle_ready()
         while self._in_flight >= self.size:
-            self._settle_head()
-            self._settle_ready()
+            self._release()  # nothing is held while waiting for the gateway
+            self._hold()
+            self._settle_next()
 
     def place(self, key: K, contract: Any, orders: list[Any], announce: Callable[[], None]) -> bool:
-        """Send one unit: make room, wait out an IB outage, ``announce()`` (the fsynced
-        ``order.sending``; if it raises, nothing is sent), then ``placeOrder`` each order
-        in the order given. Returns without waiting for the acknowledgement; ``False``
-        (nothing announced or sent) if the connection is gone."""
-        self.make_room()
+        """Queue one unit for the next burst; the burst goes out (:meth:`send`) as soon as
+        it fills the window's free room, and before anything is waited for or recorded
+        (:meth:`then`, :meth:`drain`). Blocks first, while the window is full.
+
+        A burst: wait out an IB outage, ``announce()`` each unit (the job's
+        ``order.sending``) inside one ``announcing()`` block (one fsync; if it raises,
+        nothing of the burst is sent), then ``placeOrder`` each order in the order given.
+        Returns without waiting for any acknowledgement; ``False`` if the connection is
+        gone (the unit, and the rest of its burst, are then never announced nor sent).
+        """
+        if not self._pending:
+            self.make_room()
+        if not self.ib.isConnected():
+            self._dropped += 1
+            return False
+        self._pending.append(_Pending(key, contract, orders, announce))
+        if self._in_flight + len(self._pending) >= self.size:
+            return self.send()
+        return True
+
+    def send(self) -> bool:
+        """Announce and send the queued units now (see :meth:`place`); ``False`` if the
+        connection is gone and they were dropped."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            self._release()
+            return True
         pump()
+        if self.watch.in_outage:
+            self._release()  # waiting: write what is held first
         self.watch.wait_out_outage()  # nothing is sent while error 1100 is in force
         if not self.ib.isConnected():
+            self._dropped += len(pending)
+            self._release()
             return False
-        announce()
-        unit = Unit(key, orders, self._clock() + self.timeout)
-        self._queue.append(unit)
-        self._in_flight += 1
-        for order in orders:
-            unit.trades.append(self.ib.placeOrder(contract, order))
+        deadline = self._clock() + self.timeout
+        sent = [Unit(p.key, p.orders, deadline) for p in pending]
+        with self._announcing():  # the held outcomes go in the same write
+            for p in pending:
+                p.announce()
+        self._queue.extend(sent)  # all announced: each needs an outcome record now
+        self._in_flight += len(sent)
+        self._release()  # nothing left to write: the batch just closes
+        for unit, p in zip(sent, pending, strict=True):
+            for order in p.orders:
+                unit.trades.append(self.ib.placeOrder(p.contract, order))
         return True
 
     def then(self, record: Callable[[], None]) -> None:
         """Run ``record()`` once every unit placed before has its outcome recorded: at
         once if none is in flight (a row that sends nothing keeps its place in the plan)."""
+        self.send()
         if not self._queue:
             record()
         else:
             self._queue.append(record)
 
-    def drain(self) -> None:
-        """Wait for and record every unit still in flight, oldest first."""
+    def drain(self) -> bool:
+        """Send what is queued, then wait for and record every unit in flight, oldest
+        first; ``False`` if any unit handed to :meth:`place` was never sent because the
+        connection was gone."""
+        self.send()
         while self._queue:
-            self._settle_head()
-            self._settle_ready()
+            self._settle_next()
+        return not self._dropped
 
     # ----------------------------------------------------------------- internals
     def _settle_ready(self) -> None:
@@ -191,6 +254,25 @@ class OrderWindow(Generic[K]):
                 if isinstance(head, Unit) and not head.settled():
                     return
                 self._settle_head()
+
+    def _hold(self) -> None:
+        if self._held is None:
+            held = self._batch()
+            held.__enter__()
+            self._held = held
+
+    def _release(self) -> None:
+        """Write the held outcome records now (one fsync, if there are any)."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
+
+    def _settle_next(self) -> None:
+        """Wait for the head, then record it with every unit answered meanwhile, in one
+        journal batch (nothing is held during the wait: the head's record comes first)."""
+        with self._batch():
+            self._settle_head()
+            self._settle_ready()
 
     def _settle_head(self) -> None:
         head = self._queue[0]
@@ -241,6 +323,16 @@ class OrderWindow(Generic[K]):
                 self._cut_short(head, cause)
             else:
                 self._record(head, *outcome)
+
+
+@dataclass
+class _Pending(Generic[K]):
+    """A unit queued for the next burst: nothing announced or sent yet."""
+
+    key: K
+    contract: Any
+    orders: list[Any]
+    announce: Callable[[], None]
 
 
 def _as_it_stands(unit: Unit[Any]) -> tuple[str, str] | None:

@@ -23,12 +23,10 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._core.config import SessionConfig
 from .._core.log import get_logger
-from .alert_state import FailureKey, default_state_path
-from .dedup import AlertDeduplicator
 from .delivery import Alert, AlertOutcome, deliver_alert
 from .events import (
     BlockFailed,
@@ -40,17 +38,16 @@ from .events import (
     SessionEvent,
     SessionStarted,
 )
-from .healthcheck import Healthcheck, PingKind
 from .http import HttpPost, requests_post
 from .telegram import DisabledAlert, TelegramAlert
-from .texts import (
-    block_failed_text,
-    gave_up_text,
-    live_account_text,
-    lost_text,
-    occurrence_text,
-    recovered_text,
-)
+
+if TYPE_CHECKING:
+    from .dedup import AlertDeduplicator
+    from .healthcheck import Healthcheck, PingKind
+
+# The de-dup state, the healthcheck and the alert texts are imported where they are
+# used: a run with neither configured, that connects and ends well, never needs them
+# (docs/performance.md, section 5).
 
 log = get_logger("ibkr_resilience.session")
 
@@ -98,6 +95,9 @@ def dedup_from_config(
     telegram = bool(config.telegram_token and config.telegram_chat_id)
     if dedup is None and config.alert_state_file is None and (alert_injected or not telegram):
         return None
+    from .alert_state import default_state_path
+    from .dedup import AlertDeduplicator
+
     path = config.alert_state_file or default_state_path()
     return AlertDeduplicator(
         path,
@@ -127,11 +127,11 @@ class Notifier:
         self.timeout = config.alert_timeout
         self.alert: Alert = alert if alert is not None else alert_from_config(config, post)
         self.dedup = dedup_from_config(config, alert_injected=alert is not None, dedup=dedup)
-        self.healthcheck = (
-            Healthcheck(config.healthcheck_url, config.alert_timeout, post=post)
-            if config.healthcheck_url and healthcheck is not False
-            else None
-        )
+        self.healthcheck: Healthcheck | None = None
+        if config.healthcheck_url and healthcheck is not False:
+            from .healthcheck import Healthcheck
+
+            self.healthcheck = Healthcheck(config.healthcheck_url, config.alert_timeout, post=post)
         self._healthcheck_forced = healthcheck is True
         self._pinging = False
         self._started = False
@@ -144,9 +144,9 @@ class Notifier:
             SessionStarted: self._session_started,
             Connected: self._connected,
             ConnectGaveUp: self._gave_up,
-            LiveAccountFound: lambda e: self._send_failure(live_account_text(e)),
-            ConnectionLost: lambda e: self._send_failure(lost_text(e)),
-            BlockFailed: lambda e: self._send_failure(block_failed_text(e)),
+            LiveAccountFound: self._live_account,
+            ConnectionLost: self._lost,
+            BlockFailed: self._block_failed,
             SessionEnded: self._session_ended,
         }
 
@@ -165,10 +165,27 @@ class Notifier:
         self.failure_reported = True
         return self._send(text)
 
+    def _live_account(self, event: LiveAccountFound) -> None:
+        from .texts import live_account_text
+
+        self._send_failure(live_account_text(event))
+
+    def _lost(self, event: ConnectionLost) -> None:
+        from .texts import lost_text
+
+        self._send_failure(lost_text(event))
+
+    def _block_failed(self, event: BlockFailed) -> None:
+        from .texts import block_failed_text
+
+        self._send_failure(block_failed_text(event))
+
     def _connected(self, event: Connected) -> None:
         """If earlier runs alerted a failure of this session, say it recovered."""
         if self.dedup is None:
             return
+        from .texts import recovered_text
+
         gw = event.gateway
         try:
             self.dedup.success(gw.host, gw.port, gw.client_id, recovered_text, self._send)
@@ -176,6 +193,9 @@ class Notifier:
             self._dedup_failed(exc)
 
     def _gave_up(self, event: ConnectGaveUp) -> None:
+        from .alert_state import FailureKey
+        from .texts import gave_up_text, occurrence_text
+
         self.failure_reported = True
         if self.dedup is None:
             self._send(gave_up_text(event))

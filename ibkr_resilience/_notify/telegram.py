@@ -8,7 +8,6 @@ part of the URL, so it is registered with the log redactor and never logged.
 
 from __future__ import annotations
 
-import html
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +31,8 @@ def telegram_html(text: str, limit: int = TELEGRAM_MAX_CHARS) -> str:
     The raw text is cut *before* escaping, at the longest prefix whose escaped form
     (plus a truncation mark) fits, so no entity such as ``&amp;`` is ever cut in half.
     """
+    import html  # with html.entities, a cost every run would pay for a rare message
+
     escaped = html.escape(text, quote=False)
     if len(escaped) <= limit:
         return escaped

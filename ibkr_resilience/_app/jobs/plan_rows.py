@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import io
 import itertools
 import math
@@ -148,6 +147,8 @@ def _check_header(header: list[str], line: int, problems: list[tuple[int, str]])
         if col and col in header[:i]:
             problems.append((line, f"column {col!r} appears twice"))
         elif col and col not in COLUMNS:
+            import difflib  # only for a bad header: not worth its import on every run
+
             close = difflib.get_close_matches(col, COLUMNS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append((line, f"unknown column {col!r}{hint}"))

@@ -31,17 +31,21 @@ import contextlib
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._core.config import SessionConfig, env_value
 from ..._core.log import get_logger
-from ..._notify.dedup import AlertDeduplicator, run_key
 from ..._notify.delivery import Alert, AlertOutcome, deliver_alert
-from ..._notify.healthcheck import Healthcheck
 from ..._notify.notifier import alert_from_config, dedup_from_config
-from ..._notify.texts import run_failed_text, run_recovered_text
 from ...errors import ConfigError
 from .exits import EXIT_CODES_HELP, ExitCode
+
+if TYPE_CHECKING:
+    from ..._notify.dedup import AlertDeduplicator
+    from ..._notify.healthcheck import Healthcheck
+
+# The de-dup layer, the healthcheck and the alert texts are imported where a run uses
+# them: a quiet run with neither configured never does (docs/performance.md, section 5).
 
 log = get_logger("ibkr_resilience.script")
 
@@ -114,11 +118,11 @@ class RunAlerts:
         self.dedup: AlertDeduplicator | None = dedup_from_config(
             config, alert_injected=False, dedup=None if repeat_ok else False
         )
-        self.healthcheck = (
-            Healthcheck(config.healthcheck_url, config.alert_timeout)
-            if config.healthcheck_url
-            else None
-        )
+        self.healthcheck: Healthcheck | None = None
+        if config.healthcheck_url:
+            from ..._notify.healthcheck import Healthcheck
+
+            self.healthcheck = Healthcheck(config.healthcheck_url, config.alert_timeout)
         self._rid = str(uuid.uuid4())
         self._started = False
 
@@ -164,6 +168,9 @@ class RunAlerts:
     def _alert(
         self, code: int, reason: str, summary: str, gateway: tuple[str, int, int] | None
     ) -> None:
+        from ..._notify.dedup import run_key
+        from ..._notify.texts import run_failed_text
+
         meaning = exit_meaning(code)
         if self.dedup is None:
             self._send(run_failed_text(self.script, code, meaning, reason, None, summary))
@@ -192,6 +199,8 @@ class RunAlerts:
     def _recovered(self, gateway: tuple[str, int, int] | None) -> None:
         if self.dedup is None:
             return
+        from ..._notify.texts import run_recovered_text
+
         self.dedup.run_succeeded(
             self.script,
             gateway,

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..._core.config import env_value
-from ..._notify.metrics import RunMetrics, write_textfile
 from ...errors import ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +39,8 @@ def write_run_metrics(state: RunState, code: int, env: Mapping[str, str]) -> Non
         return
     if not directory:
         return
+    from ..._notify.metrics import RunMetrics, write_textfile  # only with IBKR_METRICS_DIR
+
     orders: dict[str, int] = {}
     for outcome in state.outcomes:
         key = outcome.event.removeprefix("order.")

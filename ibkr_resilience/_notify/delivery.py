@@ -12,7 +12,6 @@ from typing import Literal, Protocol
 
 from .._core.log import get_logger
 from .._core.redact import scrub
-from .bounded import run_bounded
 
 log = get_logger("ibkr_resilience.alerts")
 
@@ -43,6 +42,8 @@ def deliver_alert(alert: Alert, text: str, timeout: float) -> AlertOutcome:
         with contextlib.suppress(Exception):  # a disabled alert only logs
             alert(text)
         return "disabled"
+    from .bounded import run_bounded  # a thread and a record: only when something is sent
+
     result = run_bounded(lambda: alert(text), timeout, "ibkr-alert")
     elapsed_ms = result.elapsed_ms
     if result.timed_out:

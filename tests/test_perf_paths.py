@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -22,7 +24,17 @@ from ibkr_resilience.simulator import FakeGateway
 from ibkr_resilience.testing import HttpServer
 
 ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("requests", "urllib3", "ibkr_resilience.simulator", "ibkr_resilience._app")
+SUBMIT = ROOT / "scripts" / "paper_trading" / "submit_orders.py"
+NEVER_QUIET = (
+    *("requests", "urllib3", "html", "difflib"),
+    *("ibkr_resilience.simulator", "ibkr_resilience._app.cli", "ibkr_resilience._app.demo"),
+    "ibkr_resilience._legacy",
+    *(f"ibkr_resilience._notify.{m}" for m in ("dedup", "alert_state", "texts", "healthcheck")),
+    *(f"ibkr_resilience._notify.{m}" for m in ("metrics", "bounded")),
+)
+"""Modules a quiet run (no alert, no ping, no metrics, a good plan) never needs: the HTTP
+client, the de-dup state, the alert texts, the healthcheck, the legacy API, the simulator,
+the CLI; ``html`` only escapes a Telegram message, ``difflib`` only words a bad header."""
 
 
 @pytest.fixture(autouse=True)
@@ -39,15 +51,22 @@ def _restore_logging() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- imports
-def loaded_after(code: str) -> set[str]:
-    """The top-level names of ``HEAVY`` modules in ``sys.modules`` after running ``code``."""
+def loaded_after(
+    code: str, prefixes: tuple[str, ...] = NEVER_QUIET, env: dict[str, str] | None = None
+) -> set[str]:
+    """The modules named by ``prefixes`` (or below them) in ``sys.modules`` once ``code``
+    has run in a fresh interpreter; ``code`` must succeed (``sys.exit(0)`` included)."""
     probe = (
-        f"{code}\nimport sys, json\n"
-        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({HEAVY!r}))))"
+        "import json, sys\n"
+        f"try:\n{textwrap.indent(code, '    ')}\nexcept SystemExit as exc:\n"
+        "    if exc.code:\n        raise\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if "
+        f"any(m == p or m.startswith(p + '.') for p in {prefixes!r}))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -56,11 +75,31 @@ def loaded_after(code: str) -> set[str]:
     return set(json.loads(out.splitlines()[-1]))
 
 
-def test_importing_the_package_loads_no_http_client_simulator_or_cli() -> None:
-    assert loaded_after("import ibkr_resilience") == set()
+def test_importing_the_package_loads_only_its_core() -> None:
+    # Settings, errors and the client library (IBKR_CLIENT_LIBRARY fails at the import
+    # line); the session, the side channels and the legacy API wait for first use.
+    layers = tuple(f"ibkr_resilience.{m}" for m in ("_session", "_notify", "_legacy", "_app"))
+    assert loaded_after("import ibkr_resilience", NEVER_QUIET + layers) == set()
 
 
-def test_a_whole_session_without_alerts_loads_no_http_client_simulator_or_cli(
+def test_the_lazy_package_still_offers_every_public_name() -> None:
+    code = (
+        "import ibkr_resilience as pkg\n"
+        "names = {}\n"
+        "exec('from ibkr_resilience import *', names)\n"
+        "assert set(pkg.__all__) <= set(names) and set(pkg.__all__) <= set(dir(pkg))\n"
+        "from ibkr_resilience._session.session import ibkr_session\n"
+        "assert pkg.ibkr_session is ibkr_session\n"
+        "try:\n    pkg.no_such_name\nexcept AttributeError as exc:\n    print(exc)\n"
+    )
+    # Every name resolved: now the legacy API is loaded, on demand.
+    assert loaded_after(code, ("ibkr_resilience._legacy",)) == {
+        "ibkr_resilience._legacy",
+        "ibkr_resilience._legacy.connection",
+    }
+
+
+def test_a_whole_session_without_alerts_loads_none_of_the_quiet_run_extras(
     fake_gateway: FakeGateway,
 ) -> None:
     # The session's whole path in its own process, against the gateway in this one:
@@ -72,12 +111,41 @@ def test_a_whole_session_without_alerts_loads_no_http_client_simulator_or_cli(
         f"with ibkr_session(10, '127.0.0.1', {fake_gateway.port}, timeout=5, env={{}}) as ib:\n"
         "    assert ib.isConnected()\n"
     )
-    assert loaded_after(code) == set()
+    assert loaded_after(code, (*NEVER_QUIET, "ibkr_resilience._app")) == set()
 
 
-def test_the_submit_job_loads_no_http_client_or_simulator_before_it_sends() -> None:
-    loaded = loaded_after("import ibkr_resilience._app.jobs.submit")
-    assert not {m for m in loaded if not m.startswith("ibkr_resilience._app")}
+def test_the_submit_job_loads_none_of_the_quiet_run_extras_before_it_runs() -> None:
+    assert loaded_after("import ibkr_resilience._app.jobs.submit") == set()
+
+
+def test_a_one_row_submit_run_loads_none_of_the_quiet_run_extras(
+    fake_gateway: FakeGateway, tmp_path: Path
+) -> None:
+    # The whole cron run, as the wrapper runs it: settings, logging to a file, plan,
+    # journal, run lock, session, one order acknowledged, summary; exit 0.
+    plan = tmp_path / "plan.csv"
+    plan.write_text(
+        "id,symbol,side,quantity,order_type,limit_price,stop_price,tif,take_profit,stop_loss\n"
+        "perf-1,AAPL,BUY,10,MKT,,,DAY,,\n"
+    )
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "IBKR_LOG_FORMAT": "json",
+        "IBKR_LOG_FILE": str(tmp_path / "job.jsonl"),
+        "IBKR_JOURNAL": str(tmp_path / "journal.jsonl"),
+    }
+    argv = [str(SUBMIT), "--plan", str(plan), "--port", str(fake_gateway.port)]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        f"sys.path.insert(0, {str(SUBMIT.parent)!r})\n"
+        f"runpy.run_path({str(SUBMIT)!r}, run_name='__main__')"
+    )
+    assert loaded_after(code, env=env) == set()
+    journal = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in journal][-1] == "order.submitted"
 
 
 # --------------------------------------------------------------------------- log lines

@@ -25,8 +25,9 @@ it matters, so the ratios compare like with like):
    (accepts TCP, never answers) or refuses, vs no alert; goal <= the alert deadline.
 5. Whole process (item 1): ``submit_orders.py`` with a 1-row plan vs a minimal raw
    ib_insync script placing one order (``raw_one_order.py``), each a fresh process
-   against a fresh gateway process, in pairs of alternating order; instructions of one
-   run each from callgrind.
+   against a fresh gateway process, in rounds of rotating order; instructions: the
+   median of ``--instr-runs`` callgrind runs each. ``--baseline DIR`` adds the same
+   script from an earlier checkout ("before"), measured in the same rounds.
 6. Simulator records (item 5): query time, ``wait_for`` wake-up and memory after 1k,
    10k and 100k recorded messages, next to an unbounded list scanned per query.
 
@@ -259,7 +260,15 @@ def main() -> int:
         help="happy path: cycles per callgrind run (0: no instruction counts)",
     )
     ap.add_argument("--old-runs", type=int, default=3, help="happy-path runs of the old policy")
-    ap.add_argument("--pairs", type=int, default=20, help="whole process: raw/job pairs")
+    ap.add_argument("--pairs", type=int, default=20, help="whole process: raw/job rounds")
+    ap.add_argument(
+        "--baseline",
+        help="whole process: a checkout of earlier code (git worktree add DIR COMMIT) "
+        "whose submit_orders.py runs as a third contender, 'before'",
+    )
+    ap.add_argument(
+        "--instr-runs", type=int, default=3, help="whole process: callgrind runs per contender"
+    )
     ap.add_argument("--restarts", default="1,3,10,60", help="restart lengths, seconds")
     ap.add_argument("--timeout", type=float, default=5.0, help="per-attempt timeout T")
     ap.add_argument("--budget", type=float, default=20.0, help="session budget B")
@@ -326,18 +335,21 @@ def report_happy_path(args: argparse.Namespace, results: dict[str, Any]) -> None
 
 
 def report_whole_process(args: argparse.Namespace, results: dict[str, Any]) -> None:
-    p = whole_process(args.pairs)
+    baseline = Path(args.baseline).resolve() if args.baseline else None
+    p = whole_process(args.pairs, baseline, args.instr_runs)
     results["whole_process"] = p
     w = p["wall"]
-    print(f"\n5. whole process, 1-row plan ({args.pairs} pairs, fresh gateway process each)")
+    print(f"\n5. whole process, 1-row plan ({args.pairs} rounds, fresh gateway process each)")
     print(ratio_line("raw one-order script", w["raw"], w["raw"], ""))
     print(ratio_line("submit_orders.py", w["job"], w["raw"], " (goal <= 1.15)"))
+    if "before" in w:
+        print(ratio_line(f"before ({args.baseline})", w["before"], w["raw"], ""))
     if "instructions" in p:
         i = p["instructions"]
-        print(
-            f"   instructions (callgrind, one run each): raw {i['raw'] / 1e6:.0f} M, "
-            f"submit_orders {i['job'] / 1e6:.0f} M, ratio {i['job'] / i['raw']:.2f} (goal <= 1.15)"
-        )
+        print(f"   instructions (callgrind, median of {args.instr_runs} runs each):")
+        for name, goal in (("raw", ""), ("job", " (goal <= 1.15)"), ("before", "")):
+            if name in i:
+                print(f"   {name:<24} {i[name] / 1e6:8.0f} M  ratio {i[name] / i['raw']:.2f}{goal}")
 
 
 def report_simulator(args: argparse.Namespace, results: dict[str, Any]) -> None:

@@ -85,17 +85,23 @@ def happy_path(blocks: int, instr_cycles: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- whole process
-def whole_process(pairs: int) -> dict[str, Any]:
+def whole_process(pairs: int, baseline: Path | None = None, instr_runs: int = 3) -> dict[str, Any]:
     """``submit_orders.py`` with a 1-row plan vs ``raw_one_order.py``, each a fresh
     process against a fresh gateway process (an order placed once stays in the gateway's
-    executions), in pairs whose order alternates. Instructions: one callgrind run each."""
-    raw: list[float] = []
-    job: list[float] = []
-    counts: dict[str, int] = {}
+    executions), in rounds whose order rotates. Instructions: the median of
+    ``instr_runs`` callgrind runs of each (one run varies by about +-20 M).
+
+    ``baseline``: another checkout of this repository (``git worktree add DIR COMMIT``,
+    bytecode compiled), whose ``submit_orders.py`` runs as a third contender ("before")
+    with its own package first on ``PYTHONPATH``: before and after in the same run."""
+    contenders: dict[str, tuple[list[str], dict[str, str]]] = {}
+    samples: dict[str, list[float]] = {}
+    counts: dict[str, list[int]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         plan = Path(tmp, "plan.csv")
         plan.write_text(ONE_ROW)
-        for i in range(pairs + (1 if have_valgrind() else 0)):
+        rounds = pairs + (instr_runs if have_valgrind() else 0)
+        for i in range(rounds):
             run_dir = tempfile.mkdtemp(dir=tmp)
             env = {
                 **base_env(run_dir),
@@ -106,18 +112,25 @@ def whole_process(pairs: int) -> dict[str, Any]:
                 "IBKR_ACK_TIMEOUT": "60",
             }
             with gateway_process() as port:
-                raw_cmd = [sys.executable, str(RAW_ONE_ORDER), str(port)]
-                job_cmd = [sys.executable, str(SUBMIT), "--plan", str(plan), "--port", str(port)]
-                if i == pairs:  # the last pair: instruction counts instead of wall time
-                    counts = {"raw": instructions(raw_cmd, env), "job": instructions(job_cmd, env)}
-                    continue
-                if i % 2:
-                    job.append(run_timed(job_cmd, env))
-                    raw.append(run_timed(raw_cmd, env))
-                else:
-                    raw.append(run_timed(raw_cmd, env))
-                    job.append(run_timed(job_cmd, env))
-    result: dict[str, Any] = {"wall": {"raw": stats(raw), "job": stats(job)}}
+                job_args = ["--plan", str(plan), "--port", str(port)]
+                contenders = {
+                    "raw": ([sys.executable, str(RAW_ONE_ORDER), str(port)], env),
+                    "job": ([sys.executable, str(SUBMIT), *job_args], env),
+                }
+                if baseline is not None:
+                    before = baseline / "scripts" / "paper_trading" / "submit_orders.py"
+                    before_env = {**env, "PYTHONPATH": str(baseline)}
+                    contenders["before"] = ([sys.executable, str(before), *job_args], before_env)
+                names = list(contenders)
+                shift = i % len(names)
+                for name in names[shift:] + names[:shift]:
+                    cmd, cmd_env = contenders[name]
+                    if i >= pairs:  # the last rounds: instruction counts instead of wall time
+                        counts.setdefault(name, []).append(instructions(cmd, cmd_env))
+                    else:
+                        samples.setdefault(name, []).append(run_timed(cmd, cmd_env))
+    result: dict[str, Any] = {"wall": {name: stats(s) for name, s in samples.items()}}
     if counts:
-        result["instructions"] = counts
+        result["instructions"] = {name: statistics.median(c) for name, c in counts.items()}
+        result["instruction_runs"] = counts
     return result

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from ..errors import ConfigError
 from .redact import scrub
@@ -194,8 +194,7 @@ class JobSettings:
         return _load(JobSettings, _JOB_SPECS, os.environ if env is None else env, overrides)
 
 
-@dataclass(frozen=True)
-class _Spec:
+class _Spec(NamedTuple):  # not a frozen dataclass: ~2 M instructions less at import
     field: str
     env: str | None
     kind: _Kind

@@ -4,17 +4,21 @@ The session does not word alerts, decide about de-duplication or ping anything: 
 one of these records to :class:`.notifier.Notifier`, which does all three. The records
 carry facts only (where, which client id, how long), so a new channel reads the same
 facts the Telegram text is built from.
+
+They are named tuples, not frozen dataclasses: every session imports this module, and
+creating a frozen dataclass costs about 3.3 M instructions against 1.2 M for a named
+tuple (docs/performance.md, section 5). Nothing compares or hashes them; the notifier
+routes on ``type(event)``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..errors import ConnectionFailed
 
 
-@dataclass(frozen=True)
-class Gateway:
+class Gateway(NamedTuple):
     """Which session: ``host``, ``port`` and the API ``client_id``."""
 
     host: str
@@ -26,22 +30,19 @@ class Gateway:
         return f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True)
-class SessionStarted:
+class SessionStarted(NamedTuple):
     """A session began (before its first connect attempt)."""
 
     gateway: Gateway
 
 
-@dataclass(frozen=True)
-class Connected:
+class Connected(NamedTuple):
     """A connect succeeded: an alerted outage of this gateway and client id has ended."""
 
     gateway: Gateway
 
 
-@dataclass(frozen=True)
-class ConnectGaveUp:
+class ConnectGaveUp(NamedTuple):
     """Every connect attempt failed; ``max_attempts`` is the configured attempt count."""
 
     gateway: Gateway
@@ -49,24 +50,21 @@ class ConnectGaveUp:
     max_attempts: int
 
 
-@dataclass(frozen=True)
-class LiveAccountFound:
+class LiveAccountFound(NamedTuple):
     """The gateway offers no paper account and live trading is not allowed."""
 
     gateway: Gateway
     accounts: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ConnectionLost:
+class ConnectionLost(NamedTuple):
     """The gateway dropped the connection inside the block (not reconnected)."""
 
     gateway: Gateway
     connected_s: float | None
 
 
-@dataclass(frozen=True)
-class BlockFailed:
+class BlockFailed(NamedTuple):
     """An exception escaped the session (``phase``: ``connect`` or ``block``)."""
 
     gateway: Gateway
@@ -76,8 +74,7 @@ class BlockFailed:
     connected_s: float | None
 
 
-@dataclass(frozen=True)
-class SessionEnded:
+class SessionEnded(NamedTuple):
     """The session is over; ``outcome`` as in ``ibkr.session.end`` (``ok``, ``lost``...)."""
 
     gateway: Gateway

@@ -263,7 +263,7 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=20, help="whole process: raw/job rounds")
     ap.add_argument(
         "--baseline",
-        help="whole process: a checkout of earlier code (git worktree add DIR COMMIT) "
+        help="whole process: a copy of earlier code (git worktree add DIR COMMIT, compiled) "
         "whose submit_orders.py runs as a third contender, 'before'",
     )
     ap.add_argument(

@@ -46,6 +46,32 @@ def test_sending_is_unrecorded_until_its_outcome_is_written(tmp_path: Path) -> N
         assert journal.unrecorded() == [("p:b", 8), ("p:b:tp", 9)]
 
 
+def test_a_batch_left_open_by_a_signal_is_written_when_the_journal_closes(
+    tmp_path: Path,
+) -> None:
+    """A signal turned into an exception can land between a batch's start and its
+    owner's bookkeeping: the batch is then never ended, and every later outcome record
+    (the interrupted run's ``order.unconfirmed``) would stay held in it. Closing the
+    journal writes them, and a failure of that write does not replace the exception
+    that is ending the run."""
+    path = tmp_path / "j.jsonl"
+    with Journal(path) as journal:
+        journal.sending(order_ref="p:a", order_id=7)
+        # Started, and its owner lost it (a traceback's frame still holds it).
+        orphan = journal.batch()
+        orphan.__enter__()
+        journal.append("order.unconfirmed", order_ref="p:a", order_id=7)
+        assert [r["event"] for r in records(path)] == [SENDING]
+    assert [r["event"] for r in records(path)] == [SENDING, "order.unconfirmed"]
+    del orphan
+
+    with pytest.raises(SystemExit), Journal("/dev/full") as full:
+        orphan = full.batch()
+        orphan.__enter__()
+        full.append("order.unconfirmed", order_ref="p:a", order_id=7)
+        raise SystemExit(143)
+
+
 class _Sent:
     def __init__(self, orders: list[tuple[str, int | None]]) -> None:
         self.orders = orders

@@ -236,15 +236,34 @@ class Journal:
         return [order for orders in self._in_flight.values() for order in orders]
 
     def close(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
+        """Write the outcome records a :meth:`batch` still holds, then close.
+
+        A batch normally writes when its block ends; but a signal turned into an
+        exception (SIGTERM, SIGHUP, Ctrl-C) can land between a batch's start and its
+        owner's bookkeeping, leaving it open with no one to end it, and every later
+        outcome record (the ``order.unconfirmed`` of the interrupted run) held in it.
+        Raises :class:`JournalError` if that last write fails (the file is closed anyway).
+        """
+        if self._fd is None:
+            return
+        try:
+            if self._batched:
+                self._flush()
+        finally:
+            fd, self._fd, self._batched = self._fd, None, None
             os.close(fd)
 
     def __enter__(self) -> Journal:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        if exc is None:
+            self.close()
+            return
+        # The run is already ending with an exception (its exit code and report): a last
+        # write that fails must not replace it.
+        with contextlib.suppress(JournalError):
+            self.close()
 
     def _open(self) -> int:
         try:

@@ -15,11 +15,6 @@ from __future__ import annotations
 import importlib
 import typing
 
-# Not lazy: IBKR_CLIENT_LIBRARY is read, and the client library loaded, when the package
-# is imported (docs/scripts.md), so a bad value fails at the import line; every use of
-# the package needs the library anyway.
-from ._connect import compat as _compat  # noqa: F401
-
 if typing.TYPE_CHECKING:
     from ._core.config import (
         DEFAULT_CLIENT_ID,

@@ -86,6 +86,18 @@ def test_check_bad_configuration_is_one_line_exit_2(name: str, value: str) -> No
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("command", [["check", "--once"], ["demo"]])
+def test_a_bad_client_library_is_one_line_exit_2(command: list[str]) -> None:
+    """IBKR_CLIENT_LIBRARY is read where the client library loads: inside the command,
+    so it is one line like any other setting (it was a traceback at the import)."""
+    r = run(*command, IBKR_CLIENT_LIBRARY="ib_nonesuch")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == (
+        f"ibkr-resilience {command[0]}: error: IBKR_CLIENT_LIBRARY='ib_nonesuch': "
+        "expected ib_insync or ib_async\n"
+    )
+
+
 def test_package_imports_with_a_bad_environment() -> None:
     r = subprocess.run(
         [sys.executable, "-W", "error::DeprecationWarning", "-c", "import ibkr_resilience"],

@@ -85,13 +85,15 @@ def run_python(code: str, *args: str, env: dict[str, str] | None = None) -> Any:
 
 
 def test_importing_with_a_missing_forced_library_fails_in_one_line() -> None:
-    """``import ibkr_resilience`` with the other library forced, where it is not installed:
-    the error's text is the one line naming the variable."""
+    """Importing the session with the other library forced, where it is not installed:
+    the error's text is the one line naming the variable (a bare ``import
+    ibkr_resilience`` loads no client library: its names load on first use)."""
     missing = [n for n in CLIENT_LIBRARIES if importlib.util.find_spec(n) is None]
     if not missing:
         pytest.skip("both client libraries are installed here")
     proc = run_python(
-        "import ibkr_resilience", env={"IBKR_CLIENT_LIBRARY": missing[0], "PATH": "/usr/bin"}
+        "from ibkr_resilience import ibkr_session",
+        env={"IBKR_CLIENT_LIBRARY": missing[0], "PATH": "/usr/bin"},
     )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]

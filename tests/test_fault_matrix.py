@@ -1042,13 +1042,11 @@ BAD_VALUES: dict[str, str] = {
 }
 FAIL_OPEN = {"IBKR_ALERT_STATE_FILE", "IBKR_METRICS_DIR"}  # a warning, the run goes on
 SECRET = {"IFDS_TELEGRAM_BOT_TOKEN", "IBKR_HEALTHCHECK_URL"}
-# A bad value here makes the Telegram channel itself unusable; IBKR_CLIENT_LIBRARY is read
-# when the package is imported, so the run cannot load the code that alerts.
+# A bad value here makes the Telegram channel itself unusable.
 NO_ALERT = {
     "IFDS_TELEGRAM_BOT_TOKEN",
     "IFDS_TELEGRAM_CHAT_ID",
     "IFDS_TELEGRAM_API_URL",
-    "IBKR_CLIENT_LIBRARY",
 }
 
 

@@ -229,6 +229,11 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     commands: dict[str, Any] = {"check": check, "demo": demo}
     try:
         return int(commands[args.command](args, environ))
+    except ConfigError as exc:
+        # A setting read where the client library loads (IBKR_CLIENT_LIBRARY): the
+        # commands import it only when they run, so this is one line too.
+        print(f"ibkr-resilience {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -240,7 +240,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("metrics_dir", "IBKR_METRICS_DIR", "path", optional=True, owner="job"),
     _Spec("lock_wait", "IBKR_LOCK_WAIT", "non_negative", owner="job"),
     _Spec("order_window", "IBKR_ORDER_WINDOW", "window", owner="job"),
-    # Read once, when the package is imported (_connect/compat.py): the client library.
+    # Read once, when the client library is loaded (_connect/compat.py, on first use).
     _Spec("client_library", "IBKR_CLIENT_LIBRARY", "client_library", True, "process"),
 )
 _SESSION_SPECS = tuple(spec for spec in _SPECS if spec.owner == "session")

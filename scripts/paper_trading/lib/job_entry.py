@@ -9,6 +9,7 @@ standard library, so the wrappers can load it before the package is on the path.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +21,10 @@ CHECKOUT = Path(__file__).resolve().parents[3]
 def job_main(job: str) -> Callable[[], int]:
     """``ibkr_resilience._app.jobs.<job>.main``; the checkout's copy if none is installed.
 
-    A setting read when the package is imported (``IBKR_CLIENT_LIBRARY``) can already
-    fail there: then the returned ``main`` reports it the way the job reports every bad
-    setting, one line on stderr and exit 2.
+    A setting read when the job's modules load the client library
+    (``IBKR_CLIENT_LIBRARY``) can already fail there: then the returned ``main`` reports
+    it the way the job reports every bad setting, one line on stderr, the run alert and
+    the failure ping, exit 2.
     """
     module = f"ibkr_resilience._app.jobs.{job}"
     try:
@@ -46,6 +48,20 @@ def _refuse(error: Exception) -> Callable[[], int]:
     def main() -> int:
         script = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
         print(f"{script}: error: {error}", file=sys.stderr)
+        _report(script, str(error))
         return 2
 
     return main
+
+
+def _report(script: str, reason: str) -> None:
+    """The failing run is loud all the same: the run alert and the failure ping, whose
+    code needs no client library (best effort: this run is already failing)."""
+    try:
+        from ibkr_resilience._app.jobs.run_alerts import RunAlerts
+
+        alerts = RunAlerts(script, os.environ)
+        alerts.start()
+        alerts.finish(2, reason, reason, gateway=None, alerted=False, logging_ready=False)
+    except Exception:  # nothing else is left to report with
+        pass

@@ -4,7 +4,10 @@ requests, waiting on the client's own loop, connecting while a client id is busy
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
 
 from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway
@@ -45,3 +48,16 @@ def connect_once_the_id_is_free(gw: FakeGateway, client_id: int = 10) -> tuple[I
         except TimeoutError:
             refused += 1
             assert time.monotonic() < deadline
+
+
+@pytest.fixture(name="ib")
+def connected_ib(fake_gateway: FakeGateway) -> Iterator[Any]:
+    """A real client connected to the test's gateway (client id 10), disconnected after.
+
+    A test module uses it as ``ib`` by importing ``connected_ib``."""
+    client = IB()
+    client.connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=5)
+    try:
+        yield client
+    finally:
+        client.disconnect()

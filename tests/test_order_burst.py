@@ -4,11 +4,11 @@ client against the simulated gateway; the journal is a real file (or ``/dev/full
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from client_helpers import connected_ib  # noqa: F401  (the ``ib`` fixture)
 from test_fault_matrix_window import placed
 
 from ibkr_resilience._app.jobs.gateway_watch import GatewayWatch
@@ -16,18 +16,7 @@ from ibkr_resilience._app.jobs.journal import SENDING, SUBMITTED, Journal, Journ
 from ibkr_resilience._app.jobs.journal import read_journal as read
 from ibkr_resilience._app.jobs.window import OrderWindow, Unit
 from ibkr_resilience._connect import compat
-from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway
-
-
-@pytest.fixture
-def ib(fake_gateway: FakeGateway) -> Iterator[Any]:
-    client = IB()
-    client.connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=5)
-    try:
-        yield client
-    finally:
-        client.disconnect()
 
 
 def window(ib: Any, size: int, journal: Journal, recorded: list[str]) -> OrderWindow[str]:

@@ -3,18 +3,17 @@ simulated gateway; which orders are answered is chosen with ``hold_orders``."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from client_helpers import connected_ib  # noqa: F401  (the ``ib`` fixture)
 
 from ibkr_resilience._app.jobs.gateway_watch import GatewayWatch
 from ibkr_resilience._app.jobs.journal import SENDING, SUBMITTED, Journal, read_journal
 from ibkr_resilience._app.jobs.orders import trade_outcome, wait_for_update
 from ibkr_resilience._app.jobs.window import OrderWindow, Unit
 from ibkr_resilience._connect import compat
-from ibkr_resilience._connect.compat import IB
 from ibkr_resilience.simulator import FakeGateway
 
 
@@ -29,16 +28,6 @@ class Recorder:
 
     def cut_short(self, unit: Unit[str], cause: str) -> None:
         self.lines.append(f"{unit.key} cut short: {cause} ({len(unit.trades)} sent)")
-
-
-@pytest.fixture
-def ib(fake_gateway: FakeGateway) -> Iterator[Any]:
-    client = IB()
-    client.connect("127.0.0.1", fake_gateway.port, clientId=10, timeout=5)
-    try:
-        yield client
-    finally:
-        client.disconnect()
 
 
 def window(ib: Any, size: int, rec: Recorder, timeout: float = 10) -> OrderWindow[str]:

@@ -23,6 +23,7 @@ bound is an idle-machine slack scaled by the slowdown measured around the job
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -228,12 +229,26 @@ class Running:
             assert time.monotonic() < deadline, "the job never got there"
             time.sleep(0.01)
 
-    def signal_and_wait(self, signum: int, timeout: float = 30) -> tuple[Run, float]:
-        """Send ``signum``; return the run and when it was sent, on the clock of the job's
-        log timestamps (``time.time()``), so reaction times are measured up to the job's
-        own log line, not up to the end of its interpreter's teardown."""
+    def signal_and_wait(
+        self, signum: int, timeout: float = 30, *, repeat_every: float | None = None
+    ) -> tuple[Run, float]:
+        """Send ``signum`` (again every ``repeat_every`` seconds until the job logged its
+        ``script.end``, as a supervisor that repeats itself does: signals sent back to
+        back would merge into one; after ``script.end`` the job has put the default
+        handlers back and a signal ends its teardown); return the run and when it was
+        first sent, on the clock of the job's log timestamps (``time.time()``), so reaction
+        times are measured up to the job's own log line, not up to the end of its
+        interpreter's teardown."""
         sent = time.time()
         self.proc.send_signal(signum)
+        if repeat_every is not None:
+            deadline = time.monotonic() + timeout
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                if '"script.end"' in self.log_file.read_text(errors="replace"):
+                    break
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signum)
+                time.sleep(repeat_every)  # the stimulus's rhythm, not a wait for an event
         return self.wait(timeout), sent
 
     def wait(self, timeout: float = 60) -> Run:

@@ -52,6 +52,7 @@ EXPECTED: dict[str, int] = {
     "window_full": -signal.SIGKILL,
     "bracket_in_flight": -signal.SIGKILL,
     "window_sigterm": 143,
+    "window_sigterm_repeated": 143,
     "window_drop": 1,
     "window_read_only": 5,
     "window_outage_restored": 0,
@@ -161,11 +162,14 @@ def terminated_with_three_in_flight(
     code: int,
     records_of: Callable[[Path], list[dict[str, Any]]],
     tmp_path: Path,
+    *,
+    repeat_every: float | None = None,
 ) -> list[dict[str, Any]]:
-    """SIGTERM to ``job`` with three orders held in its window: exit ``code`` at once, each
-    of the three journaled unconfirmed with the gateway's order id and the cause, the
-    journal complete, the gateway left; the held orders released. Returns the records."""
-    run, sent = job.signal_and_wait(signal.SIGTERM)
+    """SIGTERM (again every ``repeat_every`` s until the job ends) to ``job`` with three
+    orders held in its window: exit ``code`` at once, each of the three journaled
+    unconfirmed with the gateway's order id and the cause, the journal complete, the
+    gateway left; the held orders released. Returns the records."""
+    run, sent = job.signal_and_wait(signal.SIGTERM, repeat_every=repeat_every)
     assert run.code == code, run.stderr
     assert run.at("ibkr.session.end") - sent < 2.0
     assert f"{script}: error: terminated (SIGTERM)" in run.human_stderr()
@@ -205,6 +209,30 @@ def test_window_sigterm(
     assert rerun.code == 0, rerun.stderr
     assert "result: 3 skipped, 2 submitted; exit 0" in rerun.stdout, rerun.stdout
     assert_placed_once(gw)
+
+
+def test_window_sigterm_repeated(
+    fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> None:
+    """SIGTERM repeated every millisecond until the job ends (a supervisor that repeats
+    itself, ``kill`` run twice): only the first ends the run, the others cannot cut its
+    records short: the same three ``order.unconfirmed`` records as for one (a newcomer
+    lost 4-5 of 8 this way, with two signals 10 ms apart)."""
+    gw = fake_gateway
+    gw.hold_orders(after=0)
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="3")
+    job = running(submit_cmd(gw), env, tmp_path)
+    held(gw, 3)
+    records = terminated_with_three_in_flight(
+        gw,
+        job,
+        "submit_orders.py",
+        EXPECTED["window_sigterm_repeated"],
+        outcomes,
+        tmp_path,
+        repeat_every=0.001,
+    )
+    assert [r["order_ref"] for r in records] == [row.order_ref for row in ROWS[:3]]
 
 
 def test_window_drop(

@@ -219,6 +219,37 @@ def test_sighup_during_cleanup_is_remembered() -> None:
         guard.restore()
 
 
+def test_only_the_first_signal_raises_until_the_last_guard_is_restored() -> None:
+    """The run is ending from the first signal on: a later one (SIGTERM, SIGHUP or SIGINT,
+    through any of the nested guards) is only remembered, so it cannot cut the cleanup
+    short; once every guard is restored, a new guard raises again."""
+    run_wide, session = SignalGuard(), SignalGuard()
+    run_wide.install(interrupts=True)
+    try:
+        session.install()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)  # inside the session: remembered
+            os.kill(os.getpid(), signal.SIGINT)
+            assert session.deferred and session.received == "SIGTERM"
+        finally:
+            session.restore()
+        os.kill(os.getpid(), signal.SIGHUP)  # outside it, still the same ending run
+        assert run_wide.deferred and run_wide.received == "SIGHUP"
+    finally:
+        run_wide.restore()
+    fresh = SignalGuard()
+    fresh.install()
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        fresh.restore()
+    assert stopped.value.code == 143 and fresh.deferred
+
+
 def test_sighup_in_the_async_form_ends_the_session_with_129() -> None:
     ft = FakeTime()
 

@@ -5,10 +5,15 @@ into an exception; without one, a stopped job would leave its client id held on 
 gateway (the next run gets error 326). cron and systemd stop jobs with SIGTERM; a job
 started from a terminal that closes (an ssh session that drops) gets SIGHUP, whose
 default action kills it just as abruptly. :class:`SignalGuard` installs a handler for
-both for the life of a session (main thread only: Python delivers signals there), and
-while the session cleans up it only remembers a signal, so a second one cannot cut the
-disconnect short. The exit status is the shell's convention, 128 + the signal number:
-143 for SIGTERM, 129 for SIGHUP.
+both for the life of a session (main thread only: Python delivers signals there). Only
+the first signal raises: the run is ending from then on, and a second one (``kill``
+twice, a supervisor that repeats itself, Ctrl-C pressed twice) is only remembered, so it
+cannot cut the cleanup short (the order window's ``order.unconfirmed`` records, the
+disconnect); the same holds while the session cleans up after a normal end. The exit
+status is the shell's convention, 128 + the signal number: 143 for SIGTERM, 129 for
+SIGHUP. A script's run-wide guard also takes SIGINT (``install(interrupts=True)``): the
+first raises ``KeyboardInterrupt`` as Python's own handler does, later ones are
+remembered.
 
 The async form (``async with``) must not raise from a signal handler: the exception
 would surface wherever the loop happens to be, possibly inside another task. There the
@@ -33,6 +38,20 @@ SIGHUP_EXIT_CODE = 129
 
 GUARDED: dict[str, int] = {"SIGTERM": SIGTERM_EXIT_CODE, "SIGHUP": SIGHUP_EXIT_CODE}
 """The signals a session turns into a clean end, and the exit status of each."""
+
+
+class _Run:
+    """What every guard of this process shares: the guards nest (a script's run-wide
+    guard around its session's), and a signal one of them raised ends the run for all."""
+
+    installed = 0
+    """Guards installed now."""
+    ending = False
+    """A guard raised for a signal: until the last guard is restored, later signals are
+    only remembered."""
+
+
+GUARDED_SIGNALS = frozenset(getattr(signal, name) for name in GUARDED if hasattr(signal, name))
 
 
 def _signals() -> list[signal.Signals]:
@@ -64,14 +83,19 @@ class SignalGuard:
         """128 + the signal received (143 for SIGTERM, 129 for SIGHUP)."""
         return GUARDED.get(self.received or "SIGTERM", SIGTERM_EXIT_CODE)
 
-    def install(self) -> None:
-        """Raise ``SystemExit(128 + signal)`` from now on (no-op outside the main thread)."""
+    def install(self, *, interrupts: bool = False) -> None:
+        """Raise ``SystemExit(128 + signal)`` from now on (no-op outside the main thread);
+        with ``interrupts``, SIGINT too, as ``KeyboardInterrupt`` (the first one only)."""
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in _signals():
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._raise)
+        if interrupts:
+            self._previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._interrupt)
         self._installed = True
+        _Run.installed += 1
 
     def install_in_loop(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
         """Cancel ``task`` on SIGTERM/SIGHUP from now on, through ``loop``'s signal handling.
@@ -96,19 +120,24 @@ class SignalGuard:
             return
         self._loop = loop
         self._installed = True
+        _Run.installed += 1
 
     def defer(self) -> None:
         """From now on a signal is only remembered (the cleanup must run to its end)."""
         self._deferring = True
         if self._installed and self._loop is None:
             for signum in self._previous:
-                signal.signal(signum, self._remember)
+                handler = self._remember if signum in GUARDED_SIGNALS else self._absorb
+                signal.signal(signum, handler)
 
     def restore(self) -> None:
         """Put back the handlers that were there before the install."""
         if not self._installed:
             return
         self._installed = False
+        _Run.installed -= 1
+        if _Run.installed <= 0:
+            _Run.installed, _Run.ending = 0, False
         loop, self._loop = self._loop, None
         for signum, previous in self._previous.items():
             if loop is not None:
@@ -128,7 +157,19 @@ class SignalGuard:
 
     def _raise(self, signum: int, frame: FrameType | None) -> None:
         self._note(signum)
+        if _Run.ending:
+            self.deferred = True
+            return
+        _Run.ending = True
         raise SystemExit(self.exit_code)
+
+    def _interrupt(self, signum: int, frame: FrameType | None) -> None:
+        if not _Run.ending:
+            _Run.ending = True
+            raise KeyboardInterrupt
+
+    def _absorb(self, signum: int, frame: FrameType | None) -> None:
+        """SIGINT once the run has its exit code: its report must still go out."""
 
     def _remember(self, signum: int, frame: FrameType | None) -> None:
         self._note(signum)
@@ -136,9 +177,10 @@ class SignalGuard:
 
     def _cancel(self, task: asyncio.Task[Any], signum: int) -> None:
         self._note(signum)
-        if self._deferring:
+        if self._deferring or _Run.ending:
             self.deferred = True
         else:
+            _Run.ending = True
             task.cancel()
 
 

@@ -175,7 +175,7 @@ def script_main(
     # SIGTERM/SIGHUP outside the session (reading the plan, after the disconnect) end the
     # run as inside it: SystemExit(143/129), mapped by run_script, alerted and pinged.
     guard = SignalGuard()
-    guard.install()
+    guard.install(interrupts=True)  # a second Ctrl-C must not cut the window's records short
     loud = RunAlerts(script, environ)
     loud.start()  # before the settings and the plan: a missing plan is start + failure
     try:

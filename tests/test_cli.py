@@ -40,6 +40,33 @@ def test_check_ok_prints_one_line(fake_gateway: FakeGateway) -> None:
     assert fake_gateway.messages("startApi")[0].client_id == 99
 
 
+@pytest.mark.parametrize("stdout", ["closed pipe", "full disk"])
+def test_check_answers_with_its_code_when_stdout_cannot_be_written(
+    fake_gateway: FakeGateway, stdout: str
+) -> None:
+    """``check | true`` (the reader gone) or ``check > /dev/full``: exit 0 all the same,
+    no traceback (a monitoring script reads the code; found by a newcomer: exit 1)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    target = write_end if stdout == "closed pipe" else os.open("/dev/full", os.O_WRONLY)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "ibkr_resilience", "check", "--port", str(fake_gateway.port)],
+            cwd=REPO,
+            stdout=target,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
+    finally:
+        os.close(write_end)
+        if target != write_end:
+            os.close(target)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""
+
+
 def test_check_failure_names_the_class(fake_gateway: FakeGateway) -> None:
     fake_gateway.client_id_in_use()
     r = run("check", "--port", str(fake_gateway.port), "--once", "--timeout", "1")

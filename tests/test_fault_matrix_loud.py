@@ -55,6 +55,8 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "lost_on_last_row": (1, "IBKR CONNECTION LOST"),
     "sigterm_while_reporting": (3, None),
     "closed_stdout_and_stderr": (2, "IBKR JOB FAILED"),
+    "stdout_on_full_disk": (0, None),
+    "stderr_on_full_disk": (2, "IBKR JOB FAILED"),
 }
 
 
@@ -264,6 +266,60 @@ def test_closed_stdout_and_stderr(
     result = run_into_closed_pipe(cmd, env, tmp_path, stderr_too=True)
     AUDIT.process("", "")  # its outputs went nowhere; its files are audited all the same
     code, title = EXPECTED["closed_stdout_and_stderr"]
+    assert result.returncode == code
+    log, _ = read_log(tmp_path / "job.jsonl")
+    end = [r for r in log if r.get("event") == "script.end"]
+    assert len(end) == 1 and end[0]["exit_code"] == code
+    wire_alert(bot_api, f"{title}: submit_orders.py exit 2")
+    assert_pinged(healthchecks, "/2", "cannot read order plan")
+
+
+def test_stdout_on_full_disk(
+    fake_gateway: FakeGateway, bot_api: BotApi, healthchecks: Healthchecks, tmp_path: Path
+) -> None:
+    """``>> /var/log/ibkr/submit.out`` on a full disk (``>/dev/full``): the summary's write
+    gets ENOSPC. The run still exits 0 with no traceback, logs its ``script.end`` and
+    pings success (before: exit 1, an OSError traceback, ping ``/1``, found by a newcomer)."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            submit_cmd(fake_gateway),
+            cwd=tmp_path,
+            env=loud_env(tmp_path, bot_api, healthchecks),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    AUDIT.process("", result.stderr)
+    code, title = EXPECTED["stdout_on_full_disk"]
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    log, _ = read_log(tmp_path / "job.jsonl")
+    end = [r for r in log if r.get("event") == "script.end"]
+    assert len(end) == 1 and end[0]["exit_code"] == 0
+    wire_alert(bot_api, title)
+    assert_pinged(healthchecks, "", "5 submitted; exit 0")
+
+
+def test_stderr_on_full_disk(
+    fake_gateway: FakeGateway, bot_api: BotApi, healthchecks: Healthchecks, tmp_path: Path
+) -> None:
+    """A missing plan with stderr on a full disk (``2>/dev/full``): the error line cannot
+    be written, yet the run exits 2, alerts and pings ``/2`` (before: exit 1)."""
+    cmd = submit_cmd(fake_gateway)
+    cmd[cmd.index("--plan") + 1] = str(tmp_path / "no-such-plan.csv")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            cmd,
+            cwd=tmp_path,
+            env=loud_env(tmp_path, bot_api, healthchecks),
+            stdout=subprocess.PIPE,
+            stderr=full,
+            text=True,
+            timeout=60,
+        )
+    AUDIT.process(result.stdout, "")
+    code, title = EXPECTED["stderr_on_full_disk"]
     assert result.returncode == code
     log, _ = read_log(tmp_path / "job.jsonl")
     end = [r for r in log if r.get("event") == "script.end"]

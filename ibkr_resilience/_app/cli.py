@@ -22,6 +22,7 @@ from typing import Any
 from .._connect.accounts import is_paper_account
 from .._core.config import GATEWAY_PAPER_PORT, SessionConfig, check_setting
 from ..errors import ConfigError, ConnectionFailed, LiveAccountRefused
+from .jobs.summary import write_line
 from .usage import OneLineErrorParser
 
 EXIT_OK = 0
@@ -86,26 +87,31 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             info = describe_ib(ib)
             host, port = ib.client.host, ib.client.port
     except ConfigError as exc:
-        print(f"ibkr-resilience check: error: {exc}", file=sys.stderr)
+        write_line(sys.stderr, f"ibkr-resilience check: error: {exc}")
         return EXIT_BAD_INPUT
     except ConnectionFailed as exc:
-        print(
+        write_line(
+            sys.stdout,
             f"FAIL {exc.failure_class}: {type(exc.last_error).__name__}: {exc.last_error} "
-            f"({exc.attempts} attempt(s), {exc.elapsed:.1f} s)"
+            f"({exc.attempts} attempt(s), {exc.elapsed:.1f} s)",
         )
         return EXIT_FAILED
     except LiveAccountRefused as exc:
         accounts = ",".join(exc.accounts) or "-"
-        print(
+        write_line(
+            sys.stdout,
             f"FAIL live_account: accounts={accounts}, no paper account (IBKR_ALLOW_LIVE=1 "
-            "allows it)"
+            "allows it)",
         )
         return EXIT_LIVE_ACCOUNT
     accounts = ",".join(info["accounts"]) or "-"
     paper = bool(info["accounts"]) and all(is_paper_account(a) for a in info["accounts"])
-    print(
+    # A closed pipe (`check | true`) or a full disk changes neither the code nor adds a
+    # traceback: the code is the answer a monitoring script reads.
+    write_line(
+        sys.stdout,
         f"ok {host}:{port} server_version={info['server_version']} accounts={accounts} "
-        f"{'paper' if paper else 'LIVE'} connect_ms={connect_ms:.1f}"
+        f"{'paper' if paper else 'LIVE'} connect_ms={connect_ms:.1f}",
     )
     return EXIT_OK
 
@@ -121,10 +127,10 @@ def demo(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             with tempfile.TemporaryFile(dir=args.dir):
                 pass
         except OSError as exc:
-            print(
+            write_line(
+                sys.stderr,
                 f"ibkr-resilience demo: error: --dir {str(args.dir)!r}: cannot write there "
                 f"({exc.strerror or exc})",
-                file=sys.stderr,
             )
             return EXIT_BAD_INPUT
     return int(run_demo(restart_s=args.restart, workdir=args.dir, env=env))
@@ -232,10 +238,10 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     except ConfigError as exc:
         # A setting read where the client library loads (IBKR_CLIENT_LIBRARY): the
         # commands import it only when they run, so this is one line too.
-        print(f"ibkr-resilience {args.command}: error: {exc}", file=sys.stderr)
+        write_line(sys.stderr, f"ibkr-resilience {args.command}: error: {exc}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        write_line(sys.stderr, "interrupted")
         return 130
 
 

@@ -205,13 +205,22 @@ class _ScrubbedErrors(logging.Handler):
     Bot API path with the token); and a traceback per line would bury cron mail.
     """
 
+    _lost = 0
+
     def handleError(self, record: logging.LogRecord) -> None:
         if not logging.raiseExceptions:
             return
+        self._lost += 1
+        if self._lost > 1:
+            return  # one line per sink: a full disk must not fill cron mail line by line
         error = sys.exc_info()[1]
         with contextlib.suppress(Exception):  # stderr itself gone: nothing left to tell
             sys.stderr.write(
-                scrub(f"ibkr_resilience: log line lost: {type(error).__name__}: {error}") + "\n"
+                scrub(
+                    f"ibkr_resilience: log line lost: {type(error).__name__}: {error} "
+                    "(further lines this sink loses are not reported)"
+                )
+                + "\n"
             )
 
 

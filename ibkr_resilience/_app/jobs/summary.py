@@ -53,16 +53,17 @@ def print_summary(state: RunState, code: int, out: IO[str] | None = None) -> Non
 
 
 def write_line(stream: IO[str], text: str) -> None:
-    """Print ``text`` to ``stream``; a closed pipe or terminal is ignored.
+    """Print ``text`` to ``stream``; a closed pipe, a full disk or a closed file is ignored.
 
-    `| head -1`, a dead terminal, a log collector gone: the run's outcome is in the
-    journal, the log and the exit code, and none of them may change because a courtesy
-    line could not be shown. A closed ``sys.stdout``/``sys.stderr`` is pointed at
-    /dev/null, so that Python's flush at exit does not fail again (a traceback, exit 120).
+    `| head -1`, a dead terminal, a log collector gone, ``>> /var/log/ibkr/job.out`` on a
+    full ``/var/log``: the run's outcome is in the journal, the log and the exit code,
+    and none of them may change because a courtesy line could not be shown. Such a
+    ``sys.stdout``/``sys.stderr`` is pointed at /dev/null, so that Python's flush at exit
+    does not fail again (a traceback, exit 120).
     """
     try:
         print(text, file=stream, flush=True)
-    except BrokenPipeError:
+    except (OSError, ValueError):
         if stream is sys.stdout or stream is sys.stderr:
             _to_devnull(stream)
 

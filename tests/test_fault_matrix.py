@@ -991,12 +991,17 @@ def test_silent_gateway(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Pa
 
 def test_order_notices(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path) -> None:
     """Every order gets 10349 first (ib_insync marks it Cancelled), then is accepted: all
-    rows journaled submitted, exit 0, no alert, within the normal time."""
+    rows journaled submitted, exit 0, no alert, within the normal time; and nothing on
+    stderr (what cron mails): the client library's ERROR line for each notice is
+    re-levelled to INFO in the log (a good run mailed 12 errors before)."""
     gw = fake_gateway
     gw.order_notices(10349)
     run = run_job(submit_cmd(gw), job_env(tmp_path, bot_api.url), tmp_path)
     code, title = EXPECTED["order_notices"]
     assert run.code == code, run.stderr
+    assert run.stderr == ""
+    notices = [r for r in run.log if "10349" in str(r.get("event"))]
+    assert notices and {r["level"] for r in notices} == {"info"}
     assert run.one("ibkr.session.end")["duration_s"] < 3  # no ack deadline (3 s) waited
     wire_alert(bot_api, title)
     assert run.one("script.end")["outcomes"] == {"order.submitted": 5}

@@ -5,9 +5,12 @@ ib_insync/ib_async log every gateway message through their ``*.wrapper`` logger,
 (2100-2199 and a few more) and ``Error <code>, ...`` at ERROR for the rest. That puts
 the nightly "IB unreachable" (1100) and "restored" (1102) at ERROR, and a broken data-farm
 link (2103, 2105, 2157) at INFO next to the routine "data farm connection is OK" notices
-(2104, 2106, 2158). Alerting on ``level=error`` then fires every night and misses the
-broken links. :class:`TwsLevels` re-levels those records by code (TWS API "Message
-Codes" page): broken links WARNING, restorations and OK notices INFO.
+(2104, 2106, 2158); and the order notices of newer gateways (10349 "Order TIF was set to
+DAY based on order preset", ...) at ERROR, although the order goes on and is
+acknowledged: every good run would mail cron an error. Alerting on ``level=error`` then
+fires every night and misses the broken links. :class:`TwsLevels` re-levels those
+records by code (TWS API "Message Codes" page): broken links WARNING, restorations, OK
+notices and order notices INFO (the job reports each order's outcome itself).
 """
 
 from __future__ import annotations
@@ -29,16 +32,40 @@ LEVEL_BY_CODE: dict[int, int] = {
     2108: logging.INFO,  # market data farm inactive but available on demand
     2158: logging.INFO,  # sec-def data farm connection is OK
 }
+INFORMATIONAL_ORDER_CODES = frozenset({399, 404, 2109, 10167, 10349})
+"""Order-scoped "errors" that are notices: the order goes on and is acknowledged later.
+
+From IB's message codes (https://interactivebrokers.github.io/tws-api/message_codes.html):
+399 order warnings ("will not be placed at the exchange until ..."), 404 "shares held
+while securities are located", 2109 "Outside Regular Trading Hours is ignored ...
+PlaceOrder is now being processed", 10167 delayed market data, 10349 "Order TIF was set
+to DAY based on order preset" (newer gateways)."""
+LEVEL_BY_CODE.update(dict.fromkeys(INFORMATIONAL_ORDER_CODES, logging.INFO))
 _CODE = re.compile(r"^(?:Warning|Error) (\d+), reqId")
+_CLIENT_CANCEL = "Canceled order: "
 WRAPPER_LOGGERS = ("ib_insync.wrapper", "ib_async.wrapper")
 
 
 class TwsLevels(logging.Filter):
-    """A logger filter that sets the level of a gateway message record from its code."""
+    """A logger filter that sets the level of a gateway message record from its code.
+
+    ib_insync 0.9.86 follows an order message it does not know as a warning (10349) with
+    its own ``Canceled order: Trade(...)`` WARNING: that record, right after such a code
+    on the same logger, is re-levelled with it (the order was not cancelled: the job
+    reads its real status)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._after_notice = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        match = _CODE.match(str(record.msg))
-        level = LEVEL_BY_CODE.get(int(match.group(1))) if match else None
+        text = str(record.msg)
+        match = _CODE.match(text)
+        code = int(match.group(1)) if match else None
+        level = LEVEL_BY_CODE.get(code) if code is not None else None
+        if level is None and self._after_notice and text.startswith(_CLIENT_CANCEL):
+            level = logging.INFO
+        self._after_notice = code in INFORMATIONAL_ORDER_CODES
         if level is not None:
             record.levelno, record.levelname = level, logging.getLevelName(level)
         return True

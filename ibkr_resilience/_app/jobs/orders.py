@@ -18,6 +18,7 @@ from ..._connect import compat
 from ..._connect.accounts import is_paper_account, managed_accounts
 from ..._connect.compat import ensure_event_loop, order_status
 from ..._connect.failures import is_read_only_error
+from ..._core.twslevels import INFORMATIONAL_ORDER_CODES
 from ...errors import LiveAccountRefused
 from .journal import REJECTED, SUBMITTED, UNCONFIRMED
 
@@ -27,17 +28,12 @@ REJECTED_STATUSES = frozenset({"Cancelled", "ApiCancelled", "Inactive"})
 """The gateway refused or dropped the order (the client library marks an order error
 Cancelled; statuses are read through :func:`compat.order_status`)."""
 
-INFORMATIONAL_CODES = frozenset({399, 404, 2109, 10167, 10349})
-"""Order-scoped "errors" that are notices: the order goes on and is acknowledged later.
-
-From IB's message codes (https://interactivebrokers.github.io/tws-api/message_codes.html):
-399 order warnings ("will not be placed at the exchange until ..."), 404 "shares held
-while securities are located", 2109 "Outside Regular Trading Hours is ignored ...
-PlaceOrder is now being processed", 10167 delayed market data, 10349 "Order TIF was set
-to DAY based on order preset" (newer gateways). 2100-2199 are notices too
-(:func:`is_informational`). ib_insync 0.9.86 marks an order Cancelled on 10349 (its
-warning list predates it; ib_async #191, #217), so a Cancelled status caused by one of
-these is not a rejection: the order's own status messages decide.
+INFORMATIONAL_CODES = INFORMATIONAL_ORDER_CODES
+"""Order-scoped "errors" that are notices (:data:`.twslevels.INFORMATIONAL_ORDER_CODES`,
+which also logs them at INFO). 2100-2199 are notices too (:func:`is_informational`).
+ib_insync 0.9.86 marks an order Cancelled on 10349 (its warning list predates it;
+ib_async #191, #217), so a Cancelled status caused by one of these is not a rejection:
+the order's own status messages decide.
 """
 
 _Key = TypeVar("_Key", bound=tuple[str, ...])

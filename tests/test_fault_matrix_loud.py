@@ -209,6 +209,13 @@ def test_sighup_in_block(
     assert gw.wait_for(lambda: gw.connection_count() == 0, timeout=5)
 
 
+def assert_one_script_end(tmp_path: Path, code: int) -> None:
+    """The job's log has exactly one ``script.end``, with exit code ``code``."""
+    log, _ = read_log(tmp_path / "job.jsonl")
+    end = [r for r in log if r.get("event") == "script.end"]
+    assert len(end) == 1 and end[0]["exit_code"] == code, end
+
+
 def run_into_closed_pipe(
     cmd: list[str], env: dict[str, str], cwd: Path, *, stderr_too: bool = False
 ) -> subprocess.CompletedProcess[str]:
@@ -244,9 +251,7 @@ def test_closed_stdout(
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
     assert "Exception ignored" not in result.stderr
-    log, _ = read_log(tmp_path / "job.jsonl")
-    end = [r for r in log if r.get("event") == "script.end"]
-    assert len(end) == 1 and end[0]["exit_code"] == 0
+    assert_one_script_end(tmp_path, 0)
     outcomes = {r["event"] for r in journal_records(tmp_path)} - {"run.start", "order.sending"}
     assert outcomes == {"order.submitted"}
     wire_alert(bot_api, title)
@@ -267,9 +272,7 @@ def test_closed_stdout_and_stderr(
     AUDIT.process("", "")  # its outputs went nowhere; its files are audited all the same
     code, title = EXPECTED["closed_stdout_and_stderr"]
     assert result.returncode == code
-    log, _ = read_log(tmp_path / "job.jsonl")
-    end = [r for r in log if r.get("event") == "script.end"]
-    assert len(end) == 1 and end[0]["exit_code"] == code
+    assert_one_script_end(tmp_path, code)
     wire_alert(bot_api, f"{title}: submit_orders.py exit 2")
     assert_pinged(healthchecks, "/2", "cannot read order plan")
 
@@ -294,9 +297,7 @@ def test_stdout_on_full_disk(
     code, title = EXPECTED["stdout_on_full_disk"]
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
-    log, _ = read_log(tmp_path / "job.jsonl")
-    end = [r for r in log if r.get("event") == "script.end"]
-    assert len(end) == 1 and end[0]["exit_code"] == 0
+    assert_one_script_end(tmp_path, 0)
     wire_alert(bot_api, title)
     assert_pinged(healthchecks, "", "5 submitted; exit 0")
 
@@ -321,9 +322,7 @@ def test_stderr_on_full_disk(
     AUDIT.process(result.stdout, "")
     code, title = EXPECTED["stderr_on_full_disk"]
     assert result.returncode == code
-    log, _ = read_log(tmp_path / "job.jsonl")
-    end = [r for r in log if r.get("event") == "script.end"]
-    assert len(end) == 1 and end[0]["exit_code"] == code
+    assert_one_script_end(tmp_path, code)
     wire_alert(bot_api, f"{title}: submit_orders.py exit 2")
     assert_pinged(healthchecks, "/2", "cannot read order plan")
 

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from gateway_process import ROOT, gateway_process, have_valgrind, instructions
-from process_sections import ONE_ROW, PING_PATH, base_env
+from process_sections import ONE_ROW, PING_PATH, job_env
 
 from ibkr_resilience.testing import HttpServer
 
@@ -29,12 +29,7 @@ from ibkr_resilience.testing import HttpServer
 def one_run(tree: Path, plan: str, tmp: str, url: str | None) -> int:
     run_dir = tempfile.mkdtemp(dir=tmp)
     env = {
-        **base_env(run_dir),
-        "IBKR_LOG_FORMAT": "json",
-        "IBKR_LOG_FILE": os.path.join(run_dir, "job.jsonl"),
-        "IBKR_JOURNAL": os.path.join(run_dir, "journal.jsonl"),
-        "IBKR_CONNECT_TIMEOUT": "60",
-        "IBKR_ACK_TIMEOUT": "60",
+        **job_env(run_dir),
         # Under valgrind a run is ~50x slower: the pings must not time out and be cut
         # (the default 5 s bound would end them before their instructions are counted).
         "IBKR_ALERT_TIMEOUT": "120",

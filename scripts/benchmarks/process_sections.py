@@ -48,6 +48,19 @@ def base_env(tmp: str) -> dict[str, str]:
     }
 
 
+def job_env(run_dir: str) -> dict[str, str]:
+    """A cron job's environment for one whole-process run: JSON log and journal in
+    ``run_dir``, bounds long enough for callgrind's slowdown."""
+    return {
+        **base_env(run_dir),
+        "IBKR_LOG_FORMAT": "json",
+        "IBKR_LOG_FILE": os.path.join(run_dir, "job.jsonl"),
+        "IBKR_JOURNAL": os.path.join(run_dir, "journal.jsonl"),
+        "IBKR_CONNECT_TIMEOUT": "60",
+        "IBKR_ACK_TIMEOUT": "60",
+    }
+
+
 # --------------------------------------------------------------------------- happy path
 def happy_cmd(port: int, tmp: str, url: str, contenders: str, *opts: str) -> list[str]:
     log = os.path.join(tmp, "happy.jsonl")
@@ -103,14 +116,7 @@ def whole_process(pairs: int, baseline: Path | None = None, instr_runs: int = 3)
         rounds = pairs + (instr_runs if have_valgrind() else 0)
         for i in range(rounds):
             run_dir = tempfile.mkdtemp(dir=tmp)
-            env = {
-                **base_env(run_dir),
-                "IBKR_LOG_FORMAT": "json",
-                "IBKR_LOG_FILE": os.path.join(run_dir, "job.jsonl"),
-                "IBKR_JOURNAL": os.path.join(run_dir, "journal.jsonl"),
-                "IBKR_CONNECT_TIMEOUT": "60",
-                "IBKR_ACK_TIMEOUT": "60",
-            }
+            env = job_env(run_dir)
             with gateway_process() as port:
                 job_args = ["--plan", str(plan), "--port", str(port)]
                 contenders = {

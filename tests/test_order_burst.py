@@ -4,6 +4,8 @@ client against the simulated gateway; the journal is a real file (or ``/dev/full
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from ibkr_resilience._app.jobs.journal import SENDING, SUBMITTED, Journal, Journ
 from ibkr_resilience._app.jobs.journal import read_journal as read
 from ibkr_resilience._app.jobs.window import OrderWindow, Unit
 from ibkr_resilience._connect import compat
+from ibkr_resilience._session.signals import SignalGuard
 from ibkr_resilience.simulator import FakeGateway
 
 
@@ -151,3 +154,36 @@ def test_announcing_holds_the_records_until_the_block_ends(tmp_path: Path) -> No
             "b",
             "b:tp",
         ]
+
+
+def test_a_signal_during_the_burst_write_leaves_no_announced_row_without_an_outcome(
+    fake_gateway: FakeGateway, ib: Any, tmp_path: Path
+) -> None:
+    """SIGTERM arrives while the burst's records are being written (the fsync is the slow
+    step, so that is where a signal lands): it raises once the records are on disk *and*
+    the units are in the window, before any order is sent, so the window's exit journals
+    each announced unit (cut short, 0 sent) and no outcome is written twice. A newcomer
+    found announced rows with no outcome, and the held outcomes written twice."""
+    recorded: list[str] = []
+    guard = SignalGuard()
+    with Journal(tmp_path / "j.jsonl") as journal:
+        w = window(ib, 2, journal, recorded)
+        real_write = journal._write
+
+        def write_then_signal(data: bytes) -> None:
+            real_write(data)  # on disk, as when the signal comes during the fsync
+            if b'"order.sending"' in data:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        journal._write = write_then_signal  # type: ignore[method-assign]
+        guard.install()
+        try:
+            with pytest.raises(SystemExit) as stopped, w:
+                place(w, ib, journal, "a", [])
+                place(w, ib, journal, "b", [])
+        finally:
+            guard.restore()
+        assert stopped.value.code == 143
+        assert received(fake_gateway, ib) == []  # stopped before placeOrder
+    assert recorded == ["a cut short (0 sent)", "b cut short (0 sent)"]
+    assert [r["event"] for r in read(tmp_path / "j.jsonl")] == [SENDING, SENDING]

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
@@ -49,6 +50,37 @@ class _Run:
     ending = False
     """A guard raised for a signal: until the last guard is restored, later signals are
     only remembered."""
+    critical = 0
+    """Depth of :func:`whole_step` blocks being run."""
+    pending: BaseException | None = None
+    """What a signal raised during a :func:`whole_step` block raises when it ends."""
+
+
+@contextlib.contextmanager
+def whole_step() -> Iterator[None]:
+    """Run the block as one step that a guarded signal cannot cut in the middle.
+
+    A SIGTERM, SIGHUP or (the scripts') SIGINT arriving meanwhile raises when the block
+    ends instead, so a journal write and the bookkeeping that says it was written (the
+    records a burst announced, the window's units in flight) are both done or both not
+    started. The block must be short and never wait for the gateway. Python runs signal
+    handlers in the main thread whichever thread the kernel picked, so this holds with
+    the alert and ping threads running (blocking the signals with ``pthread_sigmask``
+    would not: a thread that does not block them takes them).
+    """
+    _Run.critical += 1
+    try:
+        yield
+    except BaseException:
+        if _Run.critical == 1:
+            _Run.pending = None  # the block's own exception ends the run (a journal failure)
+        raise
+    finally:
+        _Run.critical -= 1
+    pending = _Run.pending
+    if _Run.critical == 0 and pending is not None:
+        _Run.pending = None
+        raise pending
 
 
 GUARDED_SIGNALS = frozenset(getattr(signal, name) for name in GUARDED if hasattr(signal, name))
@@ -137,7 +169,7 @@ class SignalGuard:
         self._installed = False
         _Run.installed -= 1
         if _Run.installed <= 0:
-            _Run.installed, _Run.ending = 0, False
+            _Run.installed, _Run.ending, _Run.pending = 0, False, None
         loop, self._loop = self._loop, None
         for signum, previous in self._previous.items():
             if loop is not None:
@@ -161,11 +193,17 @@ class SignalGuard:
             self.deferred = True
             return
         _Run.ending = True
+        if _Run.critical:
+            _Run.pending = SystemExit(self.exit_code)  # raised when the whole step ends
+            return
         raise SystemExit(self.exit_code)
 
     def _interrupt(self, signum: int, frame: FrameType | None) -> None:
         if not _Run.ending:
             _Run.ending = True
+            if _Run.critical:
+                _Run.pending = KeyboardInterrupt()
+                return
             raise KeyboardInterrupt
 
     def _absorb(self, signum: int, frame: FrameType | None) -> None:

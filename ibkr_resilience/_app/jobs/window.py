@@ -55,6 +55,7 @@ from typing import Any, Generic, TypeVar
 from ..._connect.compat import ensure_event_loop
 from ..._connect.failures import is_read_only_error
 from ..._core.log import get_logger
+from ..._session.signals import whole_step
 from .exits import RunStopped, stop_cause
 from .gateway_watch import GatewayNotAnsweringError, GatewayWatch
 from .journal import REJECTED, SUBMITTED, JournalError
@@ -213,12 +214,15 @@ class OrderWindow(Generic[K]):
             return False
         deadline = self._clock() + self.timeout
         sent = [Unit(p.key, p.orders, deadline) for p in pending]
-        with self._announcing():  # the held outcomes go in the same write
-            for p in pending:
-                p.announce()
-        self._queue.extend(sent)  # all announced: each needs an outcome record now
-        self._in_flight += len(sent)
-        self._release()  # nothing left to write: the batch just closes
+        # One step: records on disk and units in flight, or neither (a signal during the
+        # fsync would otherwise leave announced units the window does not know of).
+        with whole_step():
+            with self._announcing():  # the held outcomes go in the same write
+                for p in pending:
+                    p.announce()
+            self._queue.extend(sent)  # all announced: each needs an outcome record now
+            self._in_flight += len(sent)
+            self._release()  # nothing left to write: the batch just closes
         for unit, p in zip(sent, pending, strict=True):
             for order in p.orders:
                 unit.trades.append(self.ib.placeOrder(p.contract, order))
@@ -257,15 +261,17 @@ class OrderWindow(Generic[K]):
 
     def _hold(self) -> None:
         if self._held is None:
-            held = self._batch()
-            held.__enter__()
-            self._held = held
+            with whole_step():  # the batch opened and known to the window, or neither
+                held = self._batch()
+                held.__enter__()
+                self._held = held
 
     def _release(self) -> None:
         """Write the held outcome records now (one fsync, if there are any)."""
-        held, self._held = self._held, None
-        if held is not None:
-            held.__exit__(None, None, None)
+        with whole_step():
+            held, self._held = self._held, None
+            if held is not None:
+                held.__exit__(None, None, None)
 
     def _settle_next(self) -> None:
         """Wait for the head, then record it with every unit answered meanwhile, in one
@@ -284,9 +290,10 @@ class OrderWindow(Generic[K]):
         stop = self._stop_after(head.trades, event)
         if isinstance(stop, GatewayNotAnsweringError):
             message = str(stop)
-        self._record(head, event, message)
-        self._queue.popleft()  # only now: a failed record leaves it for _close_out
-        self._in_flight -= 1
+        with whole_step():  # recorded and out of the window, or neither (no second record)
+            self._record(head, event, message)
+            self._queue.popleft()  # only now: a failed record leaves it for _close_out
+            self._in_flight -= 1
         if stop is not None:
             raise stop
 

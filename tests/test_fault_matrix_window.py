@@ -214,10 +214,11 @@ def test_window_sigterm(
 def test_window_sigterm_repeated(
     fake_gateway: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
 ) -> None:
-    """SIGTERM repeated every millisecond until the job ends (a supervisor that repeats
-    itself, ``kill`` run twice): only the first ends the run, the others cannot cut its
-    records short: the same three ``order.unconfirmed`` records as for one (a newcomer
-    lost 4-5 of 8 this way, with two signals 10 ms apart)."""
+    """SIGTERM repeated every millisecond until the process is gone (a supervisor that
+    repeats itself, ``kill`` run twice): only the first ends the run, the others cannot
+    cut its records short (the same three ``order.unconfirmed`` records as for one; a
+    newcomer lost 4-5 of 8 this way, with two signals 10 ms apart), nor turn exit 143
+    into "killed by SIGTERM" once the run has reported."""
     gw = fake_gateway
     gw.hold_orders(after=0)
     env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="3")

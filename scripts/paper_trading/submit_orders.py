@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 
 if __package__:  # python -m scripts.paper_trading.submit_orders
-    from .lib.job_entry import job_main
+    from .lib.job_entry import ended, job_main
 else:  # python scripts/paper_trading/submit_orders.py: this folder is sys.path[0]
-    from lib.job_entry import job_main  # type: ignore[no-redef]
+    from lib.job_entry import ended, job_main  # type: ignore[no-redef]
 
 main = job_main("submit")
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(ended(main()))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,13 +56,37 @@ def _refuse(error: Exception) -> Callable[[], int]:
 
 
 def _report(script: str, reason: str) -> None:
-    """The failing run is loud all the same: the run alert and the failure ping, whose
-    code needs no client library (best effort: this run is already failing)."""
+    """The failing run is loud all the same: its ``script.end`` log line, the run alert
+    and the failure ping, whose code needs no client library (best effort: this run is
+    already failing)."""
+    logging_ready = False
+    try:
+        from ibkr_resilience._core.log import get_logger
+        from ibkr_resilience._core.logconfig import configure_logging
+
+        configure_logging(script=script)
+        logging_ready = True
+        get_logger("ibkr_resilience.script").error(
+            "script.end", exit_code=2, outcomes={}, reason=reason
+        )
+    except Exception:  # a bad log setting too: the stderr line is already out
+        pass
     try:
         from ibkr_resilience._app.jobs.run_alerts import RunAlerts
 
         alerts = RunAlerts(script, os.environ)
         alerts.start()
-        alerts.finish(2, reason, reason, gateway=None, alerted=False, logging_ready=False)
+        alerts.finish(2, reason, reason, gateway=None, alerted=False, logging_ready=logging_ready)
     except Exception:  # nothing else is left to report with
         pass
+
+
+def ended(code: int) -> int:
+    """Return ``code`` once the run has reported it; from here to the process's end a
+    late SIGTERM, SIGHUP or SIGINT is ignored, so the process exits with the documented
+    code rather than "killed by signal" (a supervisor repeating its SIGTERM)."""
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
+    return code

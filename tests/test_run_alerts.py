@@ -110,6 +110,22 @@ def test_an_unrelated_bad_setting_does_not_silence_the_run(
     assert "Reason: IBKR_PORT='seventy'" in bot_api.texts[0]
 
 
+def test_a_bad_repeat_interval_still_alerts_and_says_so(
+    bot_api: BotApi, pings: HttpServer, tmp_path: Path
+) -> None:
+    """Not a channel: the alert goes out without de-duplication, and the warning says
+    that (it said "that channel is not used", found by a newcomer)."""
+    from structlog.testing import capture_logs
+
+    loud = RunAlerts(SCRIPT, channel_env(bot_api, pings, tmp_path, IBKR_ALERT_REPEAT_INTERVAL="0"))
+    with capture_logs() as logs:
+        loud.finish(2, "bad", "", gateway=None, alerted=False, logging_ready=True)
+    [note] = [e for e in logs if e["event"] == "script.alert_setting_unusable"]
+    assert note["variable"] == "IBKR_ALERT_REPEAT_INTERVAL"
+    assert note["action"] == "alerts are sent without de-duplication for this run"
+    assert len(bot_api.texts) == 1
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -77,6 +77,11 @@ SIGNAL_CODES = frozenset({ExitCode.HANGUP, ExitCode.INTERRUPTED, ExitCode.TERMIN
 """Exit codes of a run stopped by a signal: pinged as ``/fail``, not ``/<code>``."""
 
 _TELEGRAM = ("IFDS_TELEGRAM_BOT_TOKEN", "IFDS_TELEGRAM_CHAT_ID", "IFDS_TELEGRAM_API_URL")
+_FALLBACK = {
+    "IBKR_ALERT_TIMEOUT": "the default bound is used for this run",
+    "IBKR_ALERT_REPEAT_INTERVAL": "alerts are sent without de-duplication for this run",
+}
+"""What a run does instead when a setting that is not a channel cannot be used."""
 _FIELDS = {
     "IFDS_TELEGRAM_BOT_TOKEN": "telegram_token",
     "IFDS_TELEGRAM_CHAT_ID": "telegram_chat_id",
@@ -156,7 +161,7 @@ class RunAlerts:
                         "script.alert_setting_unusable",
                         variable=var,
                         error=error,
-                        action="that channel is not used for this run",
+                        action=_FALLBACK.get(var, "that channel is not used for this run"),
                     )
             if code == 0:
                 self._recovered(gateway)

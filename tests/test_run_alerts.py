@@ -9,6 +9,8 @@ import asyncio
 import io
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,6 +266,38 @@ def test_only_the_first_signal_raises_until_the_last_guard_is_restored() -> None
     finally:
         fresh.restore()
     assert stopped.value.code == 143 and fresh.deferred
+
+
+def test_a_signal_the_parent_ignores_stays_ignored() -> None:
+    """``nohup`` ignores SIGHUP, a non-interactive shell's ``cmd &`` ignores SIGINT: the
+    guards leave such a signal ignored (a job under nohup must survive the hang-up)."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    guard = SignalGuard()
+    try:
+        guard.install(interrupts=True)
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)  # nothing raised, nothing remembered
+            assert guard.received is None and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        finally:
+            guard.restore()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_while_the_wrapper_starts_ends_it_with_its_code(signum: int, code: int) -> None:
+    """Between the wrapper's first line and the run's own guard (the package import,
+    ~0.2 s) a signal ends the process with 128 + the signal, not "killed by signal"."""
+    wrapper_lib = Path(__file__).resolve().parents[1] / "scripts" / "paper_trading" / "lib"
+    program = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]); import job_entry; "
+        f"job_entry.early_signals(); os.kill(os.getpid(), {int(signum)}); sys.exit(0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program, str(wrapper_lib)], capture_output=True, timeout=60
+    )
+    assert done.returncode == code and done.stderr == b""
 
 
 def test_sighup_in_the_async_form_ends_the_session_with_129() -> None:

@@ -13,7 +13,8 @@ disconnect); the same holds while the session cleans up after a normal end. The 
 status is the shell's convention, 128 + the signal number: 143 for SIGTERM, 129 for
 SIGHUP. A script's run-wide guard also takes SIGINT (``install(interrupts=True)``): the
 first raises ``KeyboardInterrupt`` as Python's own handler does, later ones are
-remembered.
+remembered. A signal the parent process ignores (``nohup`` ignores SIGHUP; a
+non-interactive shell's ``cmd &`` ignores SIGINT) is left ignored.
 
 The async form (``async with``) must not raise from a signal handler: the exception
 would surface wherever the loop happens to be, possibly inside another task. There the
@@ -121,9 +122,12 @@ class SignalGuard:
         if threading.current_thread() is not threading.main_thread():
             return
         for signum in _signals():
-            self._previous[signum] = signal.getsignal(signum)
-            signal.signal(signum, self._raise)
-        if interrupts:
+            previous = signal.getsignal(signum)
+            if previous != signal.SIG_IGN:  # ignored by the parent (nohup): stays ignored
+                self._previous[signum] = previous
+                signal.signal(signum, self._raise)
+        if interrupts and signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+            # Ignored for a job a non-interactive shell started in the background: kept.
             self._previous[signal.SIGINT] = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, self._interrupt)
         self._installed = True
@@ -140,6 +144,8 @@ class SignalGuard:
         added: list[signal.Signals] = []
         for signum in _signals():
             previous, in_loop = signal.getsignal(signum), _loop_handler(loop, signum)
+            if previous == signal.SIG_IGN and in_loop is None:
+                continue  # ignored by the parent (nohup): stays ignored
             try:
                 loop.add_signal_handler(signum, self._cancel, task, signum)
             except (NotImplementedError, RuntimeError, ValueError):

@@ -12,9 +12,12 @@ from __future__ import annotations
 import sys
 
 if __package__:  # python -m scripts.paper_trading.submit_orders
-    from .lib.job_entry import ended, job_main
+    from .lib.job_entry import early_signals, ended, job_main
 else:  # python scripts/paper_trading/submit_orders.py: this folder is sys.path[0]
-    from lib.job_entry import ended, job_main  # type: ignore[no-redef]
+    from lib.job_entry import early_signals, ended, job_main  # type: ignore[no-redef]
+
+if __name__ == "__main__":  # a process of its own: a signal during start-up ends it as 143
+    early_signals()
 
 main = job_main("submit")
 

@@ -64,7 +64,7 @@ def _report(script: str, reason: str) -> None:
         from ibkr_resilience._core.log import get_logger
         from ibkr_resilience._core.logconfig import configure_logging
 
-        configure_logging(script=script)
+        configure_logging(file=_log_file_option(sys.argv[1:]), script=script)
         logging_ready = True
         get_logger("ibkr_resilience.script").error(
             "script.end", exit_code=2, outcomes={}, reason=reason
@@ -81,10 +81,41 @@ def _report(script: str, reason: str) -> None:
         pass
 
 
+def _log_file_option(argv: list[str]) -> str | None:
+    """``--log-file PATH`` (or ``--log-file=PATH``) from a command line the job could not
+    parse itself (its module did not load)."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-file" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--log-file="):
+            return arg.partition("=")[2]
+    return None
+
+
+_ended = [False]
+
+
+def early_signals() -> None:
+    """From the wrapper's first line (before the package is imported, ~0.2 s): SIGTERM
+    and SIGHUP end the process with 128 + the signal, as the run's own guard does later,
+    instead of killing it; signals the parent ignores (``nohup``) stay ignored. The run's
+    guard takes over from here, and puts this handler back when it is done."""
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None and signal.getsignal(signum) == signal.SIG_DFL:
+            signal.signal(signum, _early)
+
+
+def _early(signum: int, frame: object) -> None:
+    if not _ended[0]:
+        raise SystemExit(128 + signum)
+
+
 def ended(code: int) -> int:
     """Return ``code`` once the run has reported it; from here to the process's end a
     late SIGTERM, SIGHUP or SIGINT is ignored, so the process exits with the documented
     code rather than "killed by signal" (a supervisor repeating its SIGTERM)."""
+    _ended[0] = True
     for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         signum = getattr(signal, name, None)
         if signum is not None:

@@ -242,6 +242,9 @@ def test_only_the_first_signal_raises_until_the_last_guard_is_restored() -> None
     through any of the nested guards) is only remembered, so it cannot cut the cleanup
     short; once every guard is restored, a new guard raises again."""
     run_wide, session = SignalGuard(), SignalGuard()
+    # A suite started in the background by a non-interactive shell inherits SIGINT
+    # ignored, which the guard keeps: give this test Python's own SIGINT handler.
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
     run_wide.install(interrupts=True)
     try:
         session.install()
@@ -257,6 +260,7 @@ def test_only_the_first_signal_raises_until_the_last_guard_is_restored() -> None
         assert run_wide.deferred and run_wide.received == "SIGHUP"
     finally:
         run_wide.restore()
+        signal.signal(signal.SIGINT, before)
     fresh = SignalGuard()
     fresh.install()
     try:

@@ -108,7 +108,18 @@ def early_signals() -> None:
 
 def _early(signum: int, frame: object) -> None:
     if not _ended[0]:
+        # Ignored from now on: the process is ending, and Python's shutdown puts the
+        # default action back for a signal with a Python handler (a repeated SIGTERM
+        # would then kill it, -15, after all).
+        _ignore_signals()
         raise SystemExit(128 + signum)
+
+
+def _ignore_signals() -> None:
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
 
 
 def ended(code: int) -> int:
@@ -116,8 +127,5 @@ def ended(code: int) -> int:
     late SIGTERM, SIGHUP or SIGINT is ignored, so the process exits with the documented
     code rather than "killed by signal" (a supervisor repeating its SIGTERM)."""
     _ended[0] = True
-    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
-        signum = getattr(signal, name, None)
-        if signum is not None:
-            signal.signal(signum, signal.SIG_IGN)
+    _ignore_signals()
     return code

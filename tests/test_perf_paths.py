@@ -148,6 +148,39 @@ def test_a_one_row_submit_run_loads_none_of_the_quiet_run_extras(
     assert [r["event"] for r in journal][-1] == "order.submitted"
 
 
+def gc_after_job_main(before: str) -> dict[str, object]:
+    """The collector's state once the wrapper's ``job_main`` has imported the job, in a
+    fresh interpreter that ran ``before`` first."""
+    probe = (
+        f"import gc, json, sys\n{before}\n"
+        f"sys.path.insert(0, {str(SUBMIT.parent)!r})\n"
+        "from lib.job_entry import job_main\n"
+        "frozen_before = gc.get_freeze_count()\n"
+        "job_main('submit')\n"
+        "print(json.dumps({'enabled': gc.isenabled(), "
+        "'frozen': gc.get_freeze_count() - frozen_before, "
+        "'job': 'ibkr_resilience._app.jobs.submit' in sys.modules}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+def test_the_wrapper_imports_the_job_then_freezes_it_and_collects_again() -> None:
+    # The import's objects are out of the collector's reach, and the collector is on
+    # again for what the run creates: a run must not grow without bound.
+    state = gc_after_job_main("")
+    assert state == {"enabled": True, "frozen": state["frozen"], "job": True}
+    assert isinstance(state["frozen"], int) and state["frozen"] > 10_000
+
+
+def test_the_wrapper_leaves_a_collector_the_caller_disabled_disabled() -> None:
+    assert gc_after_job_main("gc.disable()")["enabled"] is False
+
+
 # --------------------------------------------------------------------------- log lines
 def two_sinks(tmp_path: Path, stream_level: str) -> tuple[io.StringIO, Path]:
     out, path = io.StringIO(), tmp_path / "run.log"

@@ -289,13 +289,19 @@ def test_a_signal_the_parent_ignores_stays_ignored() -> None:
         signal.signal(signal.SIGHUP, before)
 
 
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)]
+)
 def test_a_signal_while_the_wrapper_starts_ends_it_with_its_code(signum: int, code: int) -> None:
     """Between the wrapper's first line and the run's own guard (the package import,
-    ~0.2 s) a signal ends the process with 128 + the signal, not "killed by signal"."""
+    ~0.2 s) a signal ends the process with 128 + the signal, not "killed by signal",
+    and Ctrl-C without a ``KeyboardInterrupt`` traceback."""
     wrapper_lib = Path(__file__).resolve().parents[1] / "scripts" / "paper_trading" / "lib"
     program = (
-        "import os, sys; sys.path.insert(0, sys.argv[1]); import job_entry; "
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import job_entry; "
+        # Python's own SIGINT handler, even when this suite was started in the background
+        # (SIGINT inherited ignored, which early_signals rightly keeps).
+        "signal.signal(signal.SIGINT, signal.default_int_handler); "
         f"job_entry.early_signals(); os.kill(os.getpid(), {int(signum)}); sys.exit(0)"
     )
     done = subprocess.run(

@@ -41,8 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .._core.log import get_logger
 from ..errors import RunningEventLoopError
@@ -139,8 +138,7 @@ async def _bounded(
     return task
 
 
-@dataclass(frozen=True)
-class AttemptSpec:
+class AttemptSpec(NamedTuple):
     """One connect attempt: where, its bound and its mode."""
 
     host: str

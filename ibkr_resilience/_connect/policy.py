@@ -36,8 +36,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import backoff
 
@@ -72,8 +71,7 @@ MIN_ATTEMPT_WINDOW = 0.1
 """An attempt gets at least this long; the budget is not spent on shorter ones."""
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """How many attempts, how long in total, and how long between them."""
 
     max_attempts: int
@@ -88,8 +86,7 @@ class RetryPolicy:
     jitter: Callable[[float], float] = backoff.full_jitter
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """Where to connect, and the per-attempt bound; carried into every log line."""
 
     host: str

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 from ..._connect.failures import FailureClass
 from ..._core.config import (
@@ -212,8 +212,7 @@ def _gateway(state: RunState, args: argparse.Namespace, env: Mapping[str, str]) 
     return (config.host, config.port, config.client_id)
 
 
-@dataclass(frozen=True)
-class ScriptRun:
+class ScriptRun(NamedTuple):
     """What every script body gets: its arguments, environment, run state and settings."""
 
     args: argparse.Namespace

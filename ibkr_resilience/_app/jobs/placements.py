@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..._connect import compat
 from ..._connect.compat import order_status
@@ -69,8 +68,7 @@ _UNSETTLED = frozenset({UNCONFIRMED, SENDING})
 _TOLERANCE = 1e-9
 
 
-@dataclass(frozen=True)
-class Found:
+class Found(NamedTuple):
     """An orderRef the account already has, and where it was seen."""
 
     source: str  # "open order" or "execution"
@@ -121,8 +119,7 @@ def placed_refs(
     return found
 
 
-@dataclass(frozen=True)
-class Placement:
+class Placement(NamedTuple):
     """What the journal says this plan placed for one row (its entry ``orderRef``)."""
 
     order_ref: str
@@ -198,8 +195,7 @@ def _apply(placements: dict[str, Placement], record: Mapping[str, Any]) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Review:
+class Review(NamedTuple):
     """What to do with one row: ``place`` it, ``skip`` it (placed as it stands) or
     report it ``changed`` (placed, edited since: never placed again)."""
 

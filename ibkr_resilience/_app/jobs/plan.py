@@ -13,7 +13,6 @@ built into orders by :mod:`.planned_order`; the format is documented in
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import re
@@ -148,7 +147,7 @@ def parse_plan(
     src = source or name
     orders = parse_rows(text, src, limits)
     pid = plan_id or _plan_id(name, name)
-    return Plan(src, pid, tuple(dataclasses.replace(o, plan_id=pid) for o in orders))
+    return Plan(src, pid, tuple(o._replace(plan_id=pid) for o in orders))
 
 
 def derived_plan_id(path: str | os.PathLike[str]) -> str:

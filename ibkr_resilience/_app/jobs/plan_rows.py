@@ -9,14 +9,12 @@ columns and rules are documented in ``docs/order-plan.md``.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import itertools
 import math
 import re
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 from .planned_order import NEEDS_LIMIT, NEEDS_STOP, ROW_ID_LEN, PlannedOrder
 
@@ -39,8 +37,7 @@ OPTIONAL_COLUMNS = (
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     """The fat-finger guard: the most one row may order (shares) and be worth (quantity x
     limit or stop price, in the contract's currency); over it is a validation error."""
 
@@ -119,7 +116,7 @@ def _parse_rows(rows: Any, src: str, limits: Limits) -> list[PlannedOrder]:
         if order is not None and _within(row, order, limits):
             # Ids are case-insensitive (``Abc-1`` is ``abc-1``): the orderRef carries one
             # spelling, so that a re-typed id can never look like a new row.
-            orders.append(dataclasses.replace(order, row_id=row_id.lower(), positional=not given))
+            orders.append(order._replace(row_id=row_id.lower(), positional=not given))
     if not data_rows:
         problems.append((header_line, "the plan has a header but no orders"))
     if problems:

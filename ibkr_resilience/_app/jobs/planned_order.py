@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..._connect import compat
 
@@ -52,8 +51,7 @@ ContractKey = tuple[str, str, str, str]
 """(symbol, sec_type, exchange, currency): rows with the same key share one contract."""
 
 
-@dataclass(frozen=True)
-class PlannedOrder:
+class PlannedOrder(NamedTuple):
     """One validated row. Prices are ``None`` when the row leaves them empty."""
 
     plan_id: str

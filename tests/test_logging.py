@@ -16,7 +16,7 @@ import requests
 import structlog
 from freezegun import freeze_time
 
-from ibkr_resilience import ConfigError, configure_logging
+from ibkr_resilience import ConfigError, TelegramAlert, configure_logging
 from ibkr_resilience._connect.compat import LOGGER_PREFIX
 from ibkr_resilience.testing import BotApi, restored_logging
 
@@ -300,3 +300,23 @@ def test_capture_logs_after_configure_logging_still_sees_the_package_lines() -> 
     ]
     [line] = [json.loads(x) for x in sink.getvalue().splitlines()]
     assert (line["event"], line["client_id"], line["attempt"]) == ("ibkr.test.after", 7, 2)
+
+
+def test_urllib3_lines_reach_an_applications_own_handler_scrubbed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An application that set up logging itself (logging.basicConfig at DEBUG) and
+    # never called configure_logging: urllib3's line for the Bot API request reaches
+    # its handler, which this package does not format, so the record itself is scrubbed.
+    root = logging.getLogger()
+    own = logging.StreamHandler(sys.stderr)
+    own.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    root.addHandler(own)
+    root.setLevel(logging.DEBUG)
+    with BotApi([(200, {"ok": True, "result": {}})]) as server:
+        alert = TelegramAlert(TOKEN, "42", api_url=server.url, timeout=5)
+        alert("the gateway is down")
+        assert server.wait_for_requests(1)
+    err = capsys.readouterr().err
+    assert "urllib3.connectionpool" in err and "/bot[REDACTED]/sendMessage" in err
+    assert TOKEN not in err

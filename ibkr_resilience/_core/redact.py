@@ -10,11 +10,16 @@ generic ``bot<digits>:<secret>`` pattern, which also catches tokens we were neve
 The scrub runs on the *rendered* line (one string per line, whatever its fields), so a
 secret is registered with the spellings a renderer gives it: as is, JSON-escaped (the
 JSON lines) and ``repr``-escaped (the console renderer's values).
+
+That scrub only guards the handlers :func:`configure_logging` installs. urllib3 puts the
+Bot API URL in its own DEBUG lines, which also reach an application's handlers
+(``logging.basicConfig``); :func:`scrub_records_of` scrubs those records themselves.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 
@@ -51,3 +56,34 @@ def scrub(text: str) -> str:
         return text  # both token patterns need the colon between bot id and secret
     text = _TOKEN_PATTERN.sub("bot" + REDACTED, text)
     return _BARE_TOKEN_PATTERN.sub(REDACTED, text)
+
+
+URLLIB3_LOGGERS = ("urllib3", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry")
+"""The loggers whose lines quote the URL of a request (``"POST /bot<token>/sendMessage"``)."""
+
+
+class _ScrubRecords(logging.Filter):
+    """Replace a record's message by its scrubbed text when it carries a secret.
+
+    A logger's filters run once per record, before any handler sees it, so every
+    handler (ours, the application's, pytest's) gets the scrubbed record. They run only
+    for records the logger's level lets through: nothing is paid at INFO.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = scrub(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+_record_scrubber = _ScrubRecords()
+
+
+def scrub_records_of(names: tuple[str, ...] = URLLIB3_LOGGERS) -> None:
+    """Scrub the records of the loggers ``names`` (once each; idempotent)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if _record_scrubber not in logger.filters:
+            logger.addFilter(_record_scrubber)

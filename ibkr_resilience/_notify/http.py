@@ -20,15 +20,15 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, NamedTuple, Protocol, TypedDict, Unpack
+
+from .._core.redact import scrub_records_of
 
 MAX_RESPONSE_BYTES = 64 * 1024
 """The most of any response body that is read; the Bot API's answers are under 2 kB."""
 
 
-@dataclass(frozen=True)
-class HttpResponse:
+class HttpResponse(NamedTuple):
     """``status`` code, ``reason`` phrase and the first ``MAX_RESPONSE_BYTES`` of the body."""
 
     status: int
@@ -76,6 +76,7 @@ class RequestsPost:
     def __call__(self, url: str, *, timeout: float, **options: Unpack[PostOptions]) -> HttpResponse:
         import requests  # deferred: only a run that sends something pays for the import
 
+        scrub_records_of()  # urllib3's DEBUG lines quote the Bot API URL with the token
         post: Any = requests.post
         if self.pooled:
             with self._lock:

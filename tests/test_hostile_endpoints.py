@@ -10,6 +10,7 @@ alert never lost to the de-dup layer.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pwd
 import socket
@@ -26,6 +27,7 @@ from ibkr_resilience import ConfigError, SessionConfig, TelegramAlert
 from ibkr_resilience._core.statedir import state_dir
 from ibkr_resilience._notify.alert_state import FailureKey
 from ibkr_resilience._notify.dedup import AlertDeduplicator
+from ibkr_resilience.simulator import FakeGateway
 from ibkr_resilience.testing import BotApi, HttpServer, JsonLogCapture
 
 TOKEN = "777000111:AAHostileEndpointToken_abcdefghijkl"
@@ -249,3 +251,60 @@ def test_a_relative_xdg_state_home_is_ignored_with_one_warning(tmp_path: Path) -
     (warning,) = logs.events("ibkr.state_dir.relative_xdg_ignored")
     assert warning["level"] == "warning" and warning["xdg_state_home"] == "relative/state-dir"
     assert warning["used"] == str(first)
+
+
+def test_the_relative_xdg_warning_of_a_script_run_is_a_json_line_in_its_log_file(
+    fake_gateway: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # With Telegram set, the run's alert de-dup state lives under the state directory:
+    # finding it must wait until the run's logging is set up, or its warning is the one
+    # line that is not JSON and not in the log file.
+    from ibkr_resilience._app.jobs import submit as submit_job
+
+    plan = tmp_path / "plan.csv"
+    plan.write_text(
+        "id,symbol,side,quantity,order_type,limit_price,stop_price,tif,take_profit,stop_loss\n"
+        "xdg-1,AAPL,BUY,10,MKT,,,DAY,,\n"
+    )
+    log_file = tmp_path / "run.jsonl"
+    env = {
+        "HOME": str(tmp_path),
+        "XDG_STATE_HOME": f"relative/{tmp_path.name}",  # one warning per process and value
+        "IFDS_TELEGRAM_BOT_TOKEN": TOKEN,
+        "IFDS_TELEGRAM_CHAT_ID": "42",
+        "IFDS_TELEGRAM_API_URL": "http://127.0.0.1:9",  # never used: the run succeeds
+        "IBKR_LOG_FORMAT": "json",
+        "IBKR_LOG_FILE": str(log_file),
+        "IBKR_CONNECT_TIMEOUT": "5",
+    }
+    args = ["--plan", str(plan), "--port", str(fake_gateway.port), "--dry-run"]
+    try:
+        assert submit_job.main(args, env=env) == 0
+    finally:
+        for handler in [
+            h for h in logging.getLogger().handlers if hasattr(h, "_ibkr_resilience_handler")
+        ]:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+    err = capsys.readouterr().err
+    assert all(line.startswith("{") for line in err.splitlines()), err
+    events = [json.loads(line)["event"] for line in log_file.read_text().splitlines()]
+    assert "ibkr.state_dir.relative_xdg_ignored" in events
+
+
+def test_a_session_given_an_environment_keeps_its_alert_state_where_that_environment_says(
+    tmp_path: Path,
+) -> None:
+    # ibkr_session(env=...) reads its settings from that mapping; the de-dup state's
+    # default place (XDG_STATE_HOME) must come from it too, not from os.environ.
+    from ibkr_resilience import ibkr_session
+
+    env = {
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "IFDS_TELEGRAM_BOT_TOKEN": TOKEN,
+        "IFDS_TELEGRAM_CHAT_ID": "42",
+    }
+    session = ibkr_session(env=env)
+    assert session.notifier.dedup is not None
+    expected = tmp_path / "state" / "ibkr_resilience" / "alert_state.json"
+    assert Path(session.notifier.dedup.store.path) == expected

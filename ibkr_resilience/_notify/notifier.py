@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._core.config import SessionConfig
@@ -81,7 +81,11 @@ def alert_from_config(config: SessionConfig, post: HttpPost = requests_post) -> 
 
 
 def dedup_from_config(
-    config: SessionConfig, *, alert_injected: bool, dedup: bool | None
+    config: SessionConfig,
+    *,
+    alert_injected: bool,
+    dedup: bool | None,
+    env: Mapping[str, str] | None = None,
 ) -> AlertDeduplicator | None:
     """Whether (and where) connection-failure alerts are de-duplicated.
 
@@ -89,6 +93,8 @@ def dedup_from_config(
     path. ``None`` (the default): when ``IBKR_ALERT_STATE_FILE`` is set, or when the
     default alert is Telegram. An injected ``alert`` without a state file sees every
     event: tests and custom hooks must not share state in the user's home directory.
+    ``env``: where the default path's ``XDG_STATE_HOME``/``HOME`` come from (``None``:
+    ``os.environ``), the same mapping the settings came from.
     """
     if dedup is False:
         return None
@@ -98,7 +104,7 @@ def dedup_from_config(
     from .alert_state import default_state_path
     from .dedup import AlertDeduplicator
 
-    path = config.alert_state_file or default_state_path()
+    path = config.alert_state_file or default_state_path(env)
     return AlertDeduplicator(
         path,
         config.alert_repeat_interval,
@@ -123,10 +129,13 @@ class Notifier:
         dedup: bool | None = None,
         healthcheck: bool | None = None,
         post: HttpPost = requests_post,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.timeout = config.alert_timeout
         self.alert: Alert = alert if alert is not None else alert_from_config(config, post)
-        self.dedup = dedup_from_config(config, alert_injected=alert is not None, dedup=dedup)
+        self.dedup = dedup_from_config(
+            config, alert_injected=alert is not None, dedup=dedup, env=env
+        )
         self.healthcheck: Healthcheck | None = None
         if config.healthcheck_url and healthcheck is not False:
             from .healthcheck import Healthcheck

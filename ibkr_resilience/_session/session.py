@@ -75,9 +75,10 @@ class IBKRSession(AsyncSessionForm):
         clock: Callable[[], float] | None,
         dedup: bool | None = None,
         healthcheck: bool | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
-        self.notifier = Notifier(config, alert=alert, dedup=dedup, healthcheck=healthcheck)
+        self.notifier = Notifier(config, alert=alert, dedup=dedup, healthcheck=healthcheck, env=env)
         self.ib_factory: Callable[[], Any] = ib_factory if ib_factory is not None else IB
         self.sleep = sleep
         self.clock: Callable[[], float] = clock if clock is not None else time.monotonic
@@ -392,4 +393,5 @@ def ibkr_session(
         clock=clock,
         dedup=dedup,
         healthcheck=healthcheck,
+        env=env,
     )

@@ -28,6 +28,7 @@ bounded (``IBKR_ALERT_TIMEOUT`` per message) and never raises.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import uuid
 from collections.abc import Mapping
@@ -119,10 +120,8 @@ class RunAlerts:
         config = SessionConfig(**values)
         self.timeout = config.alert_timeout
         self.alert: Alert = alert_from_config(config)
-        repeat_ok = "IBKR_ALERT_REPEAT_INTERVAL" not in self.problems
-        self.dedup: AlertDeduplicator | None = dedup_from_config(
-            config, alert_injected=False, dedup=None if repeat_ok else False
-        )
+        self._config = config
+        self._env = env
         self.healthcheck: Healthcheck | None = None
         if config.healthcheck_url:
             from ..._notify.healthcheck import Healthcheck
@@ -130,6 +129,16 @@ class RunAlerts:
             self.healthcheck = Healthcheck(config.healthcheck_url, config.alert_timeout)
         self._rid = str(uuid.uuid4())
         self._started = False
+
+    @functools.cached_property
+    def dedup(self) -> AlertDeduplicator | None:
+        """The alert de-dup state, found when the run ends: finding its default path can
+        log a warning (a relative ``XDG_STATE_HOME``), which must come once the run's
+        logging is set up, as a JSON line in its log file like every other line."""
+        repeat_ok = "IBKR_ALERT_REPEAT_INTERVAL" not in self.problems
+        return dedup_from_config(
+            self._config, alert_injected=False, dedup=None if repeat_ok else False, env=self._env
+        )
 
     def start(self) -> None:
         """``<url>/start`` in the background (the run never waits for monitoring)."""

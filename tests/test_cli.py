@@ -245,3 +245,10 @@ def test_check_bad_arguments_are_one_line_exit_2(args: list[str]) -> None:
     r = run("check", *args)
     assert r.returncode == 2 and r.stdout == ""
     assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("ibkr-resilience check: error:")
+
+
+def test_check_of_a_login_with_paper_and_live_accounts_says_both() -> None:
+    with FakeGateway(accounts=["DU1234567", "U7654321"]) as gw:
+        r = run("check", "--port", str(gw.port))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert " accounts=DU1234567,U7654321 paper+LIVE connect_ms=" in r.stdout

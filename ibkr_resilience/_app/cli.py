@@ -105,13 +105,17 @@ def check(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         )
         return EXIT_LIVE_ACCOUNT
     accounts = ",".join(info["accounts"]) or "-"
-    paper = bool(info["accounts"]) and all(is_paper_account(a) for a in info["accounts"])
+    kinds = {is_paper_account(a) for a in info["accounts"]}
+    # A login with both kinds is not "LIVE": the jobs trade its paper account.
+    label = {frozenset({True}): "paper", frozenset({True, False}): "paper+LIVE"}.get(
+        frozenset(kinds), "LIVE"
+    )
     # A closed pipe (`check | true`) or a full disk changes neither the code nor adds a
     # traceback: the code is the answer a monitoring script reads.
     write_line(
         sys.stdout,
         f"ok {host}:{port} server_version={info['server_version']} accounts={accounts} "
-        f"{'paper' if paper else 'LIVE'} connect_ms={connect_ms:.1f}",
+        f"{label} connect_ms={connect_ms:.1f}",
     )
     return EXIT_OK
 

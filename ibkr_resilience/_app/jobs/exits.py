@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..._session.signals import SIGHUP_EXIT_CODE, SIGTERM_EXIT_CODE
 from .journal import JournalError
@@ -51,8 +50,9 @@ exit codes:
        (IBC: ReadOnlyApi=no); the refused order is journaled, no further order was sent
   6    another run holds the gateway's run lock (same host:port) past IBKR_LOCK_WAIT;
        nothing was sent (stderr names the holder)
-  7    the journal could not be written after orders were sent: placing stopped at once;
-       orders may be live and unrecorded (stderr lists each orderRef and order id)
+  7    the journal could not be written during the run (a full disk): placing stopped at
+       once; stderr lists each order sent whose outcome is not in it, by orderRef and order
+       id (they may be live and unrecorded), or says none is missing
   129  hung up (SIGHUP: the terminal or ssh session went away); as for 143
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM); the orders in flight are journaled as order.unconfirmed
@@ -126,8 +126,7 @@ def stop_on_journal_failure(journal: _Sent) -> Iterator[None]:
         ) from None
 
 
-@dataclass(frozen=True)
-class Stop:
+class Stop(NamedTuple):
     """Why a run was cut short: its exit code and the cause in a few words."""
 
     code: ExitCode

@@ -148,7 +148,7 @@ def test_a_one_row_submit_run_loads_none_of_the_quiet_run_extras(
     assert [r["event"] for r in journal][-1] == "order.submitted"
 
 
-def gc_after_job_main(before: str) -> dict[str, object]:
+def gc_after_job_main(before: str, *, process_start: bool = True) -> dict[str, object]:
     """The collector's state once the wrapper's ``job_main`` has imported the job, in a
     fresh interpreter that ran ``before`` first."""
     probe = (
@@ -156,7 +156,7 @@ def gc_after_job_main(before: str) -> dict[str, object]:
         f"sys.path.insert(0, {str(SUBMIT.parent)!r})\n"
         "from lib.job_entry import job_main\n"
         "frozen_before = gc.get_freeze_count()\n"
-        "job_main('submit')\n"
+        f"job_main('submit', process_start={process_start})\n"
         "print(json.dumps({'enabled': gc.isenabled(), "
         "'frozen': gc.get_freeze_count() - frozen_before, "
         "'job': 'ibkr_resilience._app.jobs.submit' in sys.modules}))"
@@ -179,6 +179,25 @@ def test_the_wrapper_imports_the_job_then_freezes_it_and_collects_again() -> Non
 
 def test_the_wrapper_leaves_a_collector_the_caller_disabled_disabled() -> None:
     assert gc_after_job_main("gc.disable()")["enabled"] is False
+
+
+def test_a_program_that_imports_a_wrapper_keeps_its_heap_unfrozen() -> None:
+    # Only the wrapper run as the main program (cron) freezes its import; a test or a
+    # program importing it does not get its whole heap frozen.
+    state = gc_after_job_main("", process_start=False)
+    assert state == {"enabled": True, "frozen": 0, "job": True}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import gc, scripts.paper_trading.submit_orders as s; print(gc.get_freeze_count())",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
 
 
 # --------------------------------------------------------------------------- log lines

@@ -18,7 +18,7 @@ else:  # python scripts/paper_trading/close_positions.py: this folder is sys.pat
 if __name__ == "__main__":  # a process of its own: a signal during start-up ends it as 143
     early_signals()
 
-main = job_main("close")
+main = job_main("close", process_start=__name__ == "__main__")
 
 if __name__ == "__main__":
     sys.exit(ended(main()))

@@ -19,7 +19,7 @@ else:  # python scripts/paper_trading/submit_orders.py: this folder is sys.path[
 if __name__ == "__main__":  # a process of its own: a signal during start-up ends it as 143
     early_signals()
 
-main = job_main("submit")
+main = job_main("submit", process_start=__name__ == "__main__")
 
 if __name__ == "__main__":
     sys.exit(ended(main()))

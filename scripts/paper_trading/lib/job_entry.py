@@ -21,8 +21,13 @@ CHECKOUT = Path(__file__).resolve().parents[3]
 """The repository root: ``scripts/paper_trading/lib/`` is three levels below it."""
 
 
-def job_main(job: str) -> Callable[[], int]:
+def job_main(job: str, *, process_start: bool = False) -> Callable[[], int]:
     """``ibkr_resilience._app.jobs.<job>.main``; the checkout's copy if none is installed.
+
+    ``process_start``: the wrapper is the process's main program (cron started it), so
+    the import is made with the garbage collector paused and then frozen
+    (:func:`_imports_kept`); a program that merely imports the wrapper keeps its heap as
+    it was.
 
     A setting read when the job's modules load the client library
     (``IBKR_CLIENT_LIBRARY``) can already fail there: then the returned ``main`` reports
@@ -31,7 +36,7 @@ def job_main(job: str) -> Callable[[], int]:
     """
     module = f"ibkr_resilience._app.jobs.{job}"
     try:
-        with _imports_kept():
+        with _imports_kept() if process_start else contextlib.nullcontext():
             try:
                 loaded = importlib.import_module(module)
             except ModuleNotFoundError as exc:

@@ -12,13 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_offline_and_shows_the_three_promises(tmp_path: Path) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
     r = subprocess.run(
-        [sys.executable, "-m", "ibkr_resilience", "demo", "--restart", "2", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "ibkr_resilience", "demo", "--restart", "2", "--dir", str(work)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path)},
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home)},
     )
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
@@ -28,7 +30,7 @@ def test_demo_runs_offline_and_shows_the_three_promises(tmp_path: Path) -> None:
     seconds = float(out.rstrip().splitlines()[-1].split()[-2])
     assert seconds < 30
 
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     refused = [
         x for x in log if x["event"] == "ibkr.connect.failed" and x["failure_class"] == "refused"
     ]
@@ -36,9 +38,13 @@ def test_demo_runs_offline_and_shows_the_three_promises(tmp_path: Path) -> None:
     first_success = next(x for x in log if x["event"] == "ibkr.connect.success")
     assert first_success["attempt"] == len(refused) + 1
 
-    journal = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    journal = [json.loads(line) for line in (work / "journal.jsonl").read_text().splitlines()]
     events = [j["event"] for j in journal]
     assert events.count("order.submitted") == 5 + 2  # 5 plan rows, then 2 closing orders
     assert events.count("order.skipped") == 5
     # the console log (stderr) is readable, not JSON, and shows the refused attempts
     assert "ibkr.connect.failed" in r.stderr and not r.stderr.lstrip().startswith("{")
+    # everything the demo writes stays in its directory: the run lock too
+    assert list(home.rglob("*")) == []
+    kept = [p.name for p in (work / "state" / "ibkr_resilience").iterdir()]
+    assert kept and all(name.startswith("lock-") for name in kept), kept

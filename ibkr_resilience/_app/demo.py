@@ -71,6 +71,9 @@ def run_demo(
         IBKR_LOG_STDERR_LEVEL="INFO",
         IBKR_CONNECT_TIMEOUT="2",
         IBKR_CONNECT_MAX_TIME=str(restart_s + 20),
+        # The run lock (a file kept on purpose: removing a lock file races) goes with the
+        # journal and the log, not into the user's real state directory.
+        XDG_STATE_HOME=str(workdir.resolve() / "state"),
     )
     started = time.monotonic()
     with FakeGateway(accounts=[DEMO_ACCOUNT]) as gw:

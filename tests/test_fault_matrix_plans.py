@@ -118,6 +118,13 @@ def test_edited_plan_rerun(fake_gateway: FakeGateway, bot_api: BotApi, tmp_path:
     changed = next(r for r in records if r["event"] == "order.changed")
     assert changed["order_id"] == ibm_id and changed["quantity"] == 15
     assert changed["placed_fingerprint"] != changed["fingerprint"]
+    # The removed row's order is known from the gateway; what it was placed with, from
+    # the journal.
+    placed_spy = next(
+        r for r in records if r["event"] == "order.submitted" and r["order_ref"].endswith(":spy")
+    )
+    removed = next(r for r in records if r["event"] == "order.removed")
+    assert removed["placed_fingerprint"] == placed_spy["fingerprint"] is not None
     # The gateway still has the IBM order as placed, and the removed SPY order working.
     by_ref = {o.order_ref.rpartition(":")[2]: o for o in gw.state.order_list()}
     assert by_ref["ibm"].quantity == 51

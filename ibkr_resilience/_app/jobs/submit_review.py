@@ -147,7 +147,9 @@ class ReviewedRows:
             f"removed from the plan after it was placed ({where}): not cancelled; "
             "cancel it in TWS if it should not stay"
         )
-        fingerprint = earlier.fingerprint if isinstance(earlier, Placement) else None
+        # The gateway's view names the order; what it was placed with is the journal's.
+        journaled = earlier if isinstance(earlier, Placement) else self.placements.get(ref)
+        fingerprint = journaled.fingerprint if journaled is not None else None
         self.journal.append(
             REMOVED,
             plan_id=self.plan.plan_id,

@@ -356,7 +356,7 @@ def test_connect_fault(
     assert run.code == code, run.stderr
     assert "Traceback" not in run.stderr
     (line,) = run.human_stderr()
-    assert line.startswith("submit_orders.py: error: could not connect: could not connect to")
+    assert line.startswith("submit_orders.py: error: could not connect to")
     assert f"last failure {fault.failure_class}: " in line
     wire_alert(bot_api, title, f"Failure: {fault.failure_class}", f"{gw.port}")
     if fault.failure_class == "rejected":
@@ -852,6 +852,8 @@ def test_read_only_at_connect(fake_gateway: FakeGateway, bot_api: BotApi, tmp_pa
     wire_alert(bot_api, title, "Failure: read_only", "Read-Only API", "ReadOnlyApi=no")
     assert gw.messages("placeOrder") == []
     assert "Traceback" not in run.stderr
+    (line,) = run.human_stderr()  # says what to change, not "could not connect: could not..."
+    assert line.startswith("submit_orders.py: error: the gateway's API is read-only (error 321)")
     gateway_closed_cleanly(gw)
 
 

@@ -53,6 +53,10 @@ from .runlock import RunLocked, RunLockError, lock_path, run_lock
 from .summary import print_summary, problems_reason, write_line
 
 log = get_logger("ibkr_resilience.script")
+READ_ONLY_REASON = (
+    'the gateway\'s API is read-only (error 321): untick "Read-Only API" (IBC: ReadOnlyApi=no)'
+)
+"""Exit 5's reason: a setting to change at the gateway, not a connection to wait for."""
 
 PROBLEM_EVENTS = frozenset({REJECTED, UNCONFIRMED, CANCEL_FAILED, NOT_PLACED, *PLACEMENT_PROBLEMS})
 """Outcomes that make a run exit 3 (see :data:`.exits.EXIT_CODES_HELP`)."""
@@ -369,7 +373,8 @@ def run_script(state: RunState, body: Callable[[], None], *, stderr: IO[str] | N
         # gateway to wait for.
         read_only = exc.failure_class == FailureClass.READ_ONLY
         code = ExitCode.READ_ONLY_API if read_only else ExitCode.CONNECT_FAILED
-        reason = f"could not connect: {exc}"
+        # The error's own text already starts "could not connect to HOST:PORT ...".
+        reason = f"{READ_ONLY_REASON}; {exc}" if read_only else str(exc)
         state.failure_class = exc.failure_class
     except LiveAccountRefused as exc:
         code, reason = ExitCode.LIVE_ACCOUNT, f"live account refused, nothing sent: {exc}"

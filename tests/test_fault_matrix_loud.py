@@ -277,22 +277,31 @@ def test_closed_stdout_and_stderr(
     assert_pinged(healthchecks, "/2", "cannot read order plan")
 
 
+def run_onto_full_disk(
+    cmd: list[str], env: dict[str, str], cwd: Path, stream: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` with ``stream`` ("stdout" or "stderr") on ``/dev/full`` (every write
+    gets ENOSPC) and the other one captured."""
+    with open("/dev/full", "w") as full:
+        return subprocess.run(
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=full if stream == "stdout" else subprocess.PIPE,
+            stderr=full if stream == "stderr" else subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+
+
 def test_stdout_on_full_disk(
     fake_gateway: FakeGateway, bot_api: BotApi, healthchecks: Healthchecks, tmp_path: Path
 ) -> None:
     """``>> /var/log/ibkr/submit.out`` on a full disk (``>/dev/full``): the summary's write
     gets ENOSPC. The run still exits 0 with no traceback, logs its ``script.end`` and
     pings success (before: exit 1, an OSError traceback, ping ``/1``, found by a newcomer)."""
-    with open("/dev/full", "w") as full:
-        result = subprocess.run(
-            submit_cmd(fake_gateway),
-            cwd=tmp_path,
-            env=loud_env(tmp_path, bot_api, healthchecks),
-            stdout=full,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-        )
+    env = loud_env(tmp_path, bot_api, healthchecks)
+    result = run_onto_full_disk(submit_cmd(fake_gateway), env, tmp_path, "stdout")
     AUDIT.process("", result.stderr)
     code, title = EXPECTED["stdout_on_full_disk"]
     assert result.returncode == code, result.stderr
@@ -309,16 +318,7 @@ def test_stderr_on_full_disk(
     be written, yet the run exits 2, alerts and pings ``/2`` (before: exit 1)."""
     cmd = submit_cmd(fake_gateway)
     cmd[cmd.index("--plan") + 1] = str(tmp_path / "no-such-plan.csv")
-    with open("/dev/full", "w") as full:
-        result = subprocess.run(
-            cmd,
-            cwd=tmp_path,
-            env=loud_env(tmp_path, bot_api, healthchecks),
-            stdout=subprocess.PIPE,
-            stderr=full,
-            text=True,
-            timeout=60,
-        )
+    result = run_onto_full_disk(cmd, loud_env(tmp_path, bot_api, healthchecks), tmp_path, "stderr")
     AUDIT.process(result.stdout, "")
     code, title = EXPECTED["stderr_on_full_disk"]
     assert result.returncode == code

@@ -81,6 +81,18 @@ def held(gw: FakeGateway, count: int) -> None:
     assert gw.wait_for(lambda: len(gw.events("sim.order_held")) == count, timeout=60)
 
 
+def submit_with_three_held(
+    gw: FakeGateway, bot_api: BotApi, tmp_path: Path, running: Callable[..., Running]
+) -> Running:
+    """``submit_orders.py`` with a window of 3 against a gateway that holds every order:
+    returned once its first three orders are held unanswered."""
+    gw.hold_orders(after=0)
+    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="3")
+    job = running(submit_cmd(gw), env, tmp_path)
+    held(gw, 3)
+    return job
+
+
 def outcomes(tmp_path: Path) -> list[dict[str, Any]]:
     return [r for r in journal_records(tmp_path) if r["event"] in OUTCOMES]
 
@@ -196,10 +208,7 @@ def test_window_sigterm(
     unconfirmed (plan order, the gateway's order ids, the cause); the re-run after the
     gateway answered them skips the three and places the other two."""
     gw = fake_gateway
-    gw.hold_orders(after=0)
-    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="3")
-    job = running(submit_cmd(gw), env, tmp_path)
-    held(gw, 3)
+    job = submit_with_three_held(gw, bot_api, tmp_path, running)
     records = terminated_with_three_in_flight(
         gw, job, "submit_orders.py", EXPECTED["window_sigterm"], outcomes, tmp_path
     )
@@ -220,10 +229,7 @@ def test_window_sigterm_repeated(
     newcomer lost 4-5 of 8 this way, with two signals 10 ms apart), nor turn exit 143
     into "killed by SIGTERM" once the run has reported."""
     gw = fake_gateway
-    gw.hold_orders(after=0)
-    env = job_env(tmp_path, bot_api.url, IBKR_ACK_TIMEOUT="60", IBKR_ORDER_WINDOW="3")
-    job = running(submit_cmd(gw), env, tmp_path)
-    held(gw, 3)
+    job = submit_with_three_held(gw, bot_api, tmp_path, running)
     records = terminated_with_three_in_flight(
         gw,
         job,
